@@ -1,0 +1,234 @@
+/**
+ * bench:collective — the gRPC Collective between processes on loopback, one process per
+ * rank, for world sizes 2 and 4: all-reduce latency (p50/p99, 512 float32), algorithm
+ * bandwidth (bytes / p50 time, 256K and 4M float32), allGather latency of SyncBN-sized
+ * stats; a raw TCP round trip (node:net, 2 KB ping-pong) as the floor; and, when
+ * /usr/bin/python3 has torch, torch.distributed over gloo on the same machine
+ * (shared/bench/gloo_allreduce.py) with our/gloo ratios. Every result is one JSON line.
+ *
+ * BENCH_WORLDS=2,4 (default) picks the world sizes; BENCH_GLOO=0 skips gloo;
+ * BENCH_FRAME_BYTES sets the collective's frameBytes (default: the collective's own).
+ * Internally re-runs this file as `rank` and `tcp-echo` child processes.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { GrpcCollective, listenCollectiveServer } from '../src/gpu-pool/grpc-collective.js';
+
+const SELF = fileURLToPath(import.meta.url);
+const GLOO = join(import.meta.dirname, '../../shared/bench/gloo_allreduce.py');
+
+function quantile(xs: number[], q: number): number {
+  const s = xs.slice().sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(s.length * q))];
+}
+
+function emit(obj: Record<string, unknown>): void {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+function round(x: number, digits = 3): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+// ---- child roles ------------------------------------------------------------------------
+
+/** One rank: bind, report the port, read the peers, connect, measure; rank 0 prints results. */
+async function rankMain(world: number, rank: number): Promise<void> {
+  const { server, port } = await listenCollectiveServer({ host: '127.0.0.1', port: 0 });
+  process.stdout.write(JSON.stringify({ port }) + '\n');
+  const rl = createInterface({ input: process.stdin });
+  const line = await new Promise<string>((r) => rl.once('line', r));
+  rl.close();
+  const { peers } = JSON.parse(line) as { peers: string[] };
+  // Generous timeout: W=4 processes share 2 cores.
+  const frameBytes = process.env.BENCH_FRAME_BYTES ? { frameBytes: Number(process.env.BENCH_FRAME_BYTES) } : {};
+  const c = await GrpcCollective.connect({ jobId: 'bench', generation: 1, rank, worldSize: world, peers, server, timeoutMs: 30_000, heartbeatMs: 500, ...frameBytes });
+  const report = (o: Record<string, unknown>) => rank === 0 && emit({ bench: 'collective', impl: 'grpc', world, ...o });
+
+  const time = async (f: () => Promise<unknown>, warm: number, iters: number): Promise<number[]> => {
+    for (let i = 0; i < warm; i++) await f();
+    await c.barrier();
+    const ts: number[] = [];
+    for (let i = 0; i < iters; i++) {
+      const t = performance.now();
+      await f();
+      ts.push(performance.now() - t);
+    }
+    return ts;
+  };
+
+  {
+    const x = new Float32Array(512).fill(1);
+    const ts = await time(() => c.allReduce(x), 50, 200);
+    report({ op: 'allReduce', floats: 512, iters: ts.length, p50_us: round(quantile(ts, 0.5) * 1000, 1), p99_us: round(quantile(ts, 0.99) * 1000, 1) });
+  }
+  {
+    // SyncBN forward: (n, mean, M2) for 128 channels.
+    const x = new Float32Array(2 * 128 + 1).fill(1);
+    const ts = await time(() => c.allGather(x), 50, 200);
+    report({ op: 'allGather', floats: x.length, iters: ts.length, p50_us: round(quantile(ts, 0.5) * 1000, 1), p99_us: round(quantile(ts, 0.99) * 1000, 1) });
+  }
+  for (const [n, iters] of [
+    [262_144, 50],
+    [4_194_304, 10],
+  ] as const) {
+    const x = new Float32Array(n).fill(1);
+    const ts = await time(() => c.allReduce(x), 5, iters);
+    const p50 = quantile(ts, 0.5);
+    report({ op: 'allReduce', floats: n, iters, p50_us: round(p50 * 1000, 1), algbw_GBps: round((n * 4) / (p50 / 1000) / 1e9) });
+  }
+  {
+    // One direction only (root 0 to the others): the transport's own throughput, the
+    // ceiling under the all-reduce's (which also adds and copies).
+    const n = 4_194_304;
+    const x = new Float32Array(n).fill(1);
+    const ts = await time(() => c.broadcast(x, 0), 3, 10);
+    const p50 = quantile(ts, 0.5);
+    report({ op: 'broadcast', floats: n, iters: ts.length, p50_us: round(p50 * 1000, 1), algbw_GBps: round((n * 4) / (p50 / 1000) / 1e9) });
+  }
+  await c.close();
+  server.forceShutdown();
+}
+
+/** TCP echo server for the round-trip floor. */
+function tcpEcho(): void {
+  const srv = createServer((s) => {
+    s.setNoDelay(true);
+    s.pipe(s);
+  });
+  srv.listen(0, '127.0.0.1', () => {
+    const a = srv.address();
+    process.stdout.write(JSON.stringify({ port: typeof a === 'object' && a ? a.port : 0 }) + '\n');
+  });
+}
+
+// ---- parent -----------------------------------------------------------------------------
+
+function spawnChild(args: string[]): { child: ChildProcess; lines: AsyncIterator<string> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', SELF, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  return { child, lines };
+}
+
+async function nextJson(lines: AsyncIterator<string>): Promise<Record<string, unknown> | null> {
+  const r = await lines.next();
+  return r.done ? null : (JSON.parse(r.value) as Record<string, unknown>);
+}
+
+async function tcpRoundTrip(): Promise<void> {
+  const { child, lines } = spawnChild(['tcp-echo']);
+  const { port } = (await nextJson(lines)) as { port: number };
+  const sock = connect(port, '127.0.0.1');
+  await new Promise<void>((r) => sock.once('connect', () => r()));
+  sock.setNoDelay(true);
+  const msg = Buffer.alloc(2048, 7);
+  let got = 0;
+  let done: (() => void) | null = null;
+  sock.on('data', (d) => {
+    got += d.length;
+    if (got >= msg.length && done) {
+      got -= msg.length;
+      const f = done;
+      done = null;
+      f();
+    }
+  });
+  const ts: number[] = [];
+  for (let i = 0; i < 2200; i++) {
+    const t = performance.now();
+    await new Promise<void>((r) => {
+      done = r;
+      sock.write(msg);
+    });
+    if (i >= 200) ts.push(performance.now() - t);
+  }
+  sock.destroy();
+  child.kill();
+  emit({ bench: 'tcp_rtt', impl: 'node:net', bytes: 2048, iters: ts.length, p50_us: round(quantile(ts, 0.5) * 1000, 1), p99_us: round(quantile(ts, 0.99) * 1000, 1) });
+}
+
+async function grpcWorld(world: number): Promise<Record<string, unknown>[]> {
+  const ranks = Array.from({ length: world }, (_, r) => spawnChild(['rank', String(world), String(r)]));
+  const kill = () => ranks.forEach((x) => x.child.kill('SIGKILL'));
+  const guard = setTimeout(() => {
+    process.stderr.write(`bench: world ${world} timed out\n`);
+    kill();
+  }, 300_000);
+  try {
+    const ports = await Promise.all(ranks.map(async (x) => ((await nextJson(x.lines)) as { port: number }).port));
+    const peers = ports.map((p) => `127.0.0.1:${p}`);
+    for (const x of ranks) x.child.stdin!.write(JSON.stringify({ peers }) + '\n');
+    const results: Record<string, unknown>[] = [];
+    for (let o = await nextJson(ranks[0].lines); o; o = await nextJson(ranks[0].lines)) {
+      emit(o);
+      results.push(o);
+    }
+    await Promise.all(ranks.map((x) => (x.child.exitCode !== null ? undefined : new Promise((r) => x.child.once('exit', r)))));
+    return results;
+  } finally {
+    clearTimeout(guard);
+  }
+}
+
+function glooWorld(world: number, port: number): Record<string, unknown>[] {
+  try {
+    const out = execFileSync('/usr/bin/python3', [GLOO, String(world)], { env: { ...process.env, MASTER_PORT: String(port) }, encoding: 'utf8', timeout: 300_000, stdio: ['ignore', 'pipe', 'pipe'] });
+    const rows = out
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    for (const r of rows) emit({ bench: 'collective', impl: 'gloo', world: r.world, op: 'allReduce', floats: r.floats, p50_us: round(Number(r.p50_us), 1), algbw_GBps: round(Number(r.algbw_GBps)) });
+    return rows;
+  } catch (e) {
+    emit({ bench: 'collective', impl: 'gloo', world, error: (e as Error).message.split('\n')[0] });
+    return [];
+  }
+}
+
+function hasTorch(): boolean {
+  if (process.env.BENCH_GLOO === '0' || !existsSync(GLOO)) return false;
+  try {
+    execFileSync('/usr/bin/python3', ['-c', 'import torch'], { stdio: 'ignore', timeout: 60_000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function main(): Promise<void> {
+  const [role, a, b] = process.argv.slice(2);
+  if (role === 'rank') return rankMain(Number(a), Number(b));
+  if (role === 'tcp-echo') return tcpEcho();
+
+  const worlds = (process.env.BENCH_WORLDS ?? '2,4').split(',').map(Number);
+  await tcpRoundTrip();
+  const ours = new Map<number, Record<string, unknown>[]>();
+  for (const w of worlds) ours.set(w, await grpcWorld(w));
+  if (!hasTorch()) {
+    emit({ bench: 'collective', impl: 'gloo', skipped: 'no torch in /usr/bin/python3 (or BENCH_GLOO=0)' });
+    return;
+  }
+  const base = 29_500 + Math.floor(Math.random() * 400) * 10;
+  for (const w of worlds) {
+    const gloo = glooWorld(w, base + w);
+    const g512 = gloo.find((r) => r.floats === 512);
+    const g4m = gloo.find((r) => r.floats === 4_194_304);
+    const o512 = ours.get(w)!.find((r) => r.op === 'allReduce' && r.floats === 512);
+    const o4m = ours.get(w)!.find((r) => r.op === 'allReduce' && r.floats === 4_194_304);
+    if (g512 && o512) {
+      const ratio = Number(o512.p50_us) / Number(g512.p50_us);
+      emit({ bench: 'ratio', world: w, metric: 'allReduce_512_p50_ours_over_gloo', value: round(ratio), target: '<= 0.5', met: ratio <= 0.5 });
+    }
+    if (g4m && o4m) {
+      const ratio = Number(o4m.algbw_GBps) / Number(g4m.algbw_GBps);
+      emit({ bench: 'ratio', world: w, metric: 'allReduce_4M_algbw_ours_over_gloo', value: round(ratio), target: '>= 1.0', met: ratio >= 1.0 });
+    }
+  }
+}
+
+await main();
