@@ -1,0 +1,62 @@
+/**
+ * What a worker runs on: a GPU (index from nvidia-smi, pinned with CUDA_VISIBLE_DEVICES,
+ * tensorflow backend) or the CPU (wasm backend). Pure discovery; no tensors.
+ */
+import { execFileSync } from 'node:child_process';
+import { cpus, totalmem } from 'node:os';
+
+export interface GpuInfo {
+  index: number;
+  name: string;
+  memoryMiB: number;
+}
+
+export interface DeviceAssignment {
+  kind: 'gpu' | 'cpu';
+  /** GPU index (nvidia-smi), or the worker's CPU slot. */
+  index: number;
+  name: string;
+  memoryMiB: number;
+  /** Environment for the worker process: pins the GPU and picks the backend. */
+  env: Record<string, string>;
+}
+
+/** GPUs visible through nvidia-smi; [] where it is absent or fails. */
+export function listGpus(): GpuInfo[] {
+  try {
+    const out = execFileSync('nvidia-smi', ['--query-gpu=index,name,memory.total', '--format=csv,noheader,nounits'], { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] });
+    return out
+      .trim()
+      .split('\n')
+      .filter((l) => l.trim())
+      .map((l) => {
+        const [index, name, mem] = l.split(',').map((s) => s.trim());
+        return { index: Number(index), name, memoryMiB: Number(mem) };
+      });
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Devices for `count` workers (default: one per GPU, else 2 CPU workers). GPU workers
+ * see only their own device; CPU workers are told to use wasm and no CUDA device.
+ */
+export function assignDevices(count?: number, gpus: GpuInfo[] = listGpus()): DeviceAssignment[] {
+  if (gpus.length > 0) {
+    const n = count ?? gpus.length;
+    return Array.from({ length: n }, (_, i) => {
+      const g = gpus[i % gpus.length];
+      return { kind: 'gpu', index: g.index, name: g.name, memoryMiB: g.memoryMiB, env: { CUDA_VISIBLE_DEVICES: String(g.index), TAS_BACKEND: process.env.TAS_BACKEND ?? 'auto' } };
+    });
+  }
+  const n = count ?? 2;
+  const cpuName = cpus()[0]?.model ?? 'cpu';
+  return Array.from({ length: n }, (_, i) => ({
+    kind: 'cpu',
+    index: i,
+    name: cpuName,
+    memoryMiB: Math.round(totalmem() / 2 ** 20 / n),
+    env: { CUDA_VISIBLE_DEVICES: '', TAS_BACKEND: process.env.TAS_BACKEND === 'cpu' ? 'cpu' : 'wasm' },
+  }));
+}

@@ -1,0 +1,52 @@
+/** Typed messages of proto/worker.proto (keepCase: snake_case as on the wire). */
+export interface WorkerInfoMsg {
+  worker_id: string;
+  device_kind: 'gpu' | 'cpu';
+  device_index: number;
+  device_name: string;
+  device_memory_mib: number;
+  backend: string;
+  backend_package: string;
+  rss_bytes: number;
+  busy_job_id: string;
+}
+
+export interface RunRequestMsg {
+  job_id: string;
+  generation: number;
+  rank: number;
+  world_size: number;
+  peers: string[];
+  spec_json: string;
+  out_dir: string;
+  data_dir: string;
+  resume: boolean;
+  timeout_ms: number;
+}
+
+export interface StepMsg {
+  global_step: number;
+  total_steps: number;
+  epoch: number;
+  loss: number;
+  accuracy: number;
+  lr: number;
+  samples_per_sec: number;
+  compute_ms: number;
+  bn_forward_sync_ms: number;
+  bn_backward_sync_ms: number;
+  grad_sync_ms: number;
+}
+
+export interface DoneMsg {
+  completed: boolean;
+  global_steps: number;
+  artifact_path: string;
+  summary_json: string;
+}
+
+export interface RunEventMsg {
+  step?: StepMsg;
+  done?: DoneMsg;
+  event?: 'step' | 'done';
+}

@@ -1,0 +1,153 @@
+/**
+ * The GPU pool: worker processes (one per device) and running a job's ranks on them.
+ *
+ * Local workers are spawned here (`src/gpu-pool/worker-main.ts`, one per device, GPU
+ * pinned with CUDA_VISIBLE_DEVICES); workers on other machines join by address
+ * (`tas worker --host 0.0.0.0 --port 7070` there, then their address here). Either way a
+ * worker is one gRPC address serving the Worker and Collective services.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { TrainerError, type TrainerErrorCode } from '../trainer/errors.js';
+import { assignDevices, type DeviceAssignment } from './device.js';
+import type { DoneMsg, StepMsg, WorkerInfoMsg } from './messages.js';
+import { WorkerClient } from './worker-client.js';
+
+const WORKER_MAIN = fileURLToPath(new URL('./worker-main.ts', import.meta.url));
+
+export interface LocalWorker {
+  address: string;
+  device: DeviceAssignment;
+  process: ChildProcess;
+}
+
+/** Spawn one worker process per device; resolves when every one serves its address. */
+export async function startLocalWorkers(count?: number, opts: { host?: string; startTimeoutMs?: number } = {}): Promise<LocalWorker[]> {
+  const devices = assignDevices(count);
+  return Promise.all(devices.map((device) => startWorker(device, opts.host ?? '127.0.0.1', opts.startTimeoutMs ?? 60_000)));
+}
+
+function startWorker(device: DeviceAssignment, host: string, timeoutMs: number): Promise<LocalWorker> {
+  const child = spawn(process.execPath, ['--import', 'tsx', WORKER_MAIN, '--host', host, '--port', '0', '--device-kind', device.kind, '--device-index', String(device.index)], {
+    env: { ...process.env, ...device.env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new TrainerError('TAS_ERR_COLLECTIVE', `worker for ${device.kind} ${device.index} did not start within ${timeoutMs} ms`));
+    }, timeoutMs);
+    child.once('exit', (code, sig) => {
+      clearTimeout(timer);
+      reject(new TrainerError('TAS_ERR_COLLECTIVE', `worker for ${device.kind} ${device.index} exited during start-up (${sig ?? code})`));
+    });
+    // The worker announces itself with one JSON line: {"ready": {"address": "host:port"}}.
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      try {
+        const msg = JSON.parse(line) as { ready?: { address: string } };
+        if (msg.ready) {
+          clearTimeout(timer);
+          child.removeAllListeners('exit');
+          resolve({ address: msg.ready.address, device, process: child });
+        }
+      } catch {
+        process.stderr.write(`[worker ${device.index}] ${line}\n`);
+      }
+    });
+  });
+}
+
+export async function stopLocalWorkers(workers: LocalWorker[]): Promise<void> {
+  await Promise.all(
+    workers.map(
+      (w) =>
+        new Promise<void>((resolve) => {
+          if (w.process.exitCode !== null || w.process.signalCode !== null) return resolve();
+          w.process.once('exit', () => resolve());
+          w.process.kill('SIGTERM');
+        }),
+    ),
+  );
+}
+
+export interface PoolJobOptions {
+  outDir: string;
+  dataDir?: string;
+  jobId?: string;
+  generation?: number;
+  resume?: boolean;
+  timeoutMs?: number;
+  onStep?: (s: StepMsg) => void;
+  /** Cancels every rank; the job then rejects with TAS_ERR_CANCELLED. */
+  signal?: AbortSignal;
+}
+
+export interface PoolJobResult {
+  jobId: string;
+  workers: WorkerInfoMsg[];
+  done: DoneMsg;
+}
+
+/**
+ * Run a job with one rank per worker address (rank = index). Every rank gets every
+ * peer's address; the first failure cancels the other ranks and is reported with the rank
+ * it came from.
+ */
+export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: PoolJobOptions): Promise<PoolJobResult> {
+  const jobId = o.jobId ?? randomUUID();
+  const clients = addresses.map((a) => new WorkerClient(a));
+  try {
+    const infos = await Promise.all(clients.map((c) => c.info()));
+    const specJson = JSON.stringify(rawSpec);
+    // The first failure in time is the cause (a dead worker's dropped stream, say); the
+    // other ranks then fail because of it, so it is the one reported.
+    let first: { rank: number; error: Error & { details?: string; code?: number } } | null = null;
+    const runs = clients.map((c, rank) =>
+      c
+        .run(
+          {
+            job_id: jobId,
+            generation: o.generation ?? 1,
+            rank,
+            world_size: clients.length,
+            peers: addresses,
+            spec_json: specJson,
+            out_dir: o.outDir,
+            data_dir: o.dataDir ?? process.cwd(),
+            resume: o.resume ?? true,
+            timeout_ms: o.timeoutMs ?? 5000,
+          },
+          rank === 0 ? o.onStep : undefined,
+        )
+        .catch((e: Error) => {
+          if (!first) {
+            first = { rank, error: e };
+            void Promise.all(clients.map((k) => k.cancel(jobId)));
+          }
+          throw e;
+        }),
+    );
+    const onAbort = () => void Promise.all(clients.map((k) => k.cancel(jobId)));
+    o.signal?.addEventListener('abort', onAbort, { once: true });
+    if (o.signal?.aborted) onAbort();
+    const settled = await Promise.allSettled(runs).finally(() => o.signal?.removeEventListener('abort', onAbort));
+    if (o.signal?.aborted) throw new TrainerError('TAS_ERR_CANCELLED', `job ${jobId} cancelled`);
+    if (first) throw poolError(first, addresses);
+    return { jobId, workers: infos, done: (settled[0] as PromiseFulfilledResult<DoneMsg>).value };
+  } finally {
+    clients.forEach((c) => c.close());
+  }
+}
+
+/** A rank's failure as the pool reports it: the rank, its worker, and the worker's reason. */
+function poolError(f: { rank: number; error: Error & { details?: string; code?: number } }, addresses: string[]): TrainerError {
+  const why = f.error.details ?? f.error.message;
+  // Worker errors arrive as "TAS_ERR_<CODE>: message"; keep the code, drop the prefix.
+  const m = /^(TAS_ERR_[A-Z_]+): ([\s\S]*)$/.exec(why);
+  const code = (m?.[1] ?? 'TAS_ERR_COLLECTIVE') as TrainerErrorCode;
+  const reason = f.error.code === grpc.status.UNAVAILABLE && !m ? `worker unreachable or dead (${why})` : m?.[2] ?? why;
+  return new TrainerError(code, `rank ${f.rank} (worker ${addresses[f.rank]}): ${reason}`);
+}

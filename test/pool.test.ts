@@ -1,0 +1,121 @@
+/**
+ * The GPU pool with real worker processes talking gRPC: a 2-worker SyncBN job gives the
+ * same model as the in-process run; a worker killed with SIGKILL mid-training fails every
+ * rank with an error naming it, never a hang; cancel stops the ranks and frees the workers.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import './setup-backend.js';
+import { parseArtifact } from '../src/trainer/artifact/artifact.js';
+import { runLocalJob } from '../src/trainer/engine/local-job.js';
+import { TrainerError } from '../src/trainer/errors.js';
+import { WorkerClient } from '../src/gpu-pool/worker-client.js';
+import { runJobOnWorkers, startLocalWorkers, stopLocalWorkers, type LocalWorker } from '../src/gpu-pool/pool.js';
+
+const dirs: string[] = [];
+const tmp = () => {
+  const d = mkdtempSync(join(tmpdir(), 'tas-pool-'));
+  dirs.push(d);
+  return d;
+};
+
+function spec(epochs: number): Record<string, unknown> {
+  const q = JSON.parse(readFileSync(new URL('../examples/quickstart.json', import.meta.url), 'utf8')) as Record<string, unknown>;
+  return { ...q, epochs, lr_schedule: { type: 'constant' }, checkpoint: { every_steps: 5 }, local_batch_sizes: [24, 40], batch_size: undefined };
+}
+
+let workers: LocalWorker[] = [];
+before(async () => {
+  workers = await startLocalWorkers(2);
+});
+after(async () => {
+  await stopLocalWorkers(workers);
+  dirs.forEach((d) => rmSync(d, { recursive: true, force: true }));
+});
+
+describe('gpu pool over gRPC', () => {
+  it('reports each worker device and backend', async () => {
+    const info = await new WorkerClient(workers[0].address).info();
+    assert.equal(info.device_kind, 'cpu');
+    assert.ok(['wasm', 'cpu', 'tensorflow'].includes(info.backend));
+    assert.ok(info.rss_bytes > 0);
+  });
+
+  it('trains a 2-rank SyncBN job to the same model as the in-process run', async () => {
+    const steps: number[] = [];
+    const r = await runJobOnWorkers(spec(2), workers.map((w) => w.address), { outDir: tmp(), resume: false, onStep: (s) => steps.push(s.global_step) });
+    assert.ok(r.done.completed);
+    assert.equal(steps.length, r.done.global_steps);
+    const local = await runLocalJob(spec(2), { outDir: tmp(), resume: false });
+    const a = parseArtifact(new Uint8Array(readFileSync(r.done.artifact_path))).state;
+    const b = parseArtifact(new Uint8Array(readFileSync(local.artifactPath!))).state;
+    for (const [k, t] of b) assert.deepEqual(a.get(k)!.data, t.data, k);
+  });
+
+  it('fails every rank, naming the rank, when a worker is SIGKILLed mid-training', async () => {
+    const victim = workers[1];
+    let killedAt = 0;
+    const started = runJobOnWorkers(spec(500), workers.map((w) => w.address), {
+      outDir: tmp(),
+      resume: false,
+      timeoutMs: 2000,
+      onStep: (s) => {
+        if (s.global_step === 10 && !killedAt) {
+          killedAt = performance.now();
+          victim.process.kill('SIGKILL');
+        }
+      },
+    });
+    await assert.rejects(started, (e: Error) => /rank 1/.test(e.message));
+    const failedAfterMs = performance.now() - killedAt;
+    // A bound on a hang, not a speed target: the collective's timeout is 2 s.
+    assert.ok(failedAfterMs < 15_000, `failed after ${failedAfterMs} ms`);
+    // Replace the dead worker for the next test.
+    const [fresh] = await startLocalWorkers(1);
+    workers[1] = fresh;
+    // The survivor is free again.
+    assert.equal((await new WorkerClient(workers[0].address).info()).busy_job_id, '');
+  });
+
+  it('cancel stops all ranks and frees the workers', async () => {
+    const clients = workers.map((w) => new WorkerClient(w.address));
+    const ac = new AbortController();
+    const run = runJobOnWorkers(spec(500), workers.map((w) => w.address), {
+      outDir: tmp(),
+      resume: false,
+      signal: ac.signal,
+      onStep: (s) => {
+        if (s.global_step === 5) ac.abort();
+      },
+    });
+    await assert.rejects(run, (e: unknown) => e instanceof TrainerError && e.code === 'TAS_ERR_CANCELLED');
+    for (const c of clients) assert.equal((await c.info()).busy_job_id, '');
+    clients.forEach((c) => c.close());
+  });
+
+  it('a worker busy with a job refuses a second one (RESOURCE_EXHAUSTED), the first is unaffected', async () => {
+    const ac = new AbortController();
+    let second: Promise<unknown> | null = null; // settles to the second job's error (or null)
+    const first = runJobOnWorkers(spec(500), workers.map((w) => w.address), {
+      outDir: tmp(),
+      resume: false,
+      signal: ac.signal,
+      onStep: (s) => {
+        if (s.global_step === 3 && !second) {
+          second = runJobOnWorkers(spec(1), [workers[1].address], { outDir: tmp(), resume: false }).then(
+            () => null,
+            (e: unknown) => e,
+          );
+          void second.finally(() => ac.abort());
+        }
+      },
+    });
+    await assert.rejects(first, (e: unknown) => e instanceof TrainerError && e.code === 'TAS_ERR_CANCELLED');
+    const err = await second!;
+    assert.ok(err instanceof Error);
+    assert.match(err.message, /rank 0 \(worker [^)]+\): worker busy with job/);
+  });
+});
