@@ -13,6 +13,7 @@ import { parseArtifact } from '../src/trainer/artifact/artifact.js';
 import { runLocalJob } from '../src/trainer/engine/local-job.js';
 import { TrainerError } from '../src/trainer/errors.js';
 import { WorkerClient } from '../src/gpu-pool/worker-client.js';
+import { hasOpenssl, makeTestCerts } from '../src/gpu-pool/testing/tls.js';
 import { runJobOnWorkers, startLocalWorkers, stopLocalWorkers, type LocalWorker } from '../src/gpu-pool/pool.js';
 
 const dirs: string[] = [];
@@ -117,5 +118,19 @@ describe('gpu pool over gRPC', () => {
     const err = await second!;
     assert.ok(err instanceof Error);
     assert.match(err.message, /rank 0 \(worker [^)]+\): worker busy with job/);
+  });
+
+  it('mutual TLS: workers started with certificates train a job; a plaintext client is refused', async (t) => {
+    if (!hasOpenssl()) return t.skip('no openssl');
+    const tls = makeTestCerts(tmp());
+    const secure = await startLocalWorkers(2, { host: 'localhost', tls });
+    try {
+      const addresses = secure.map((w) => w.address);
+      const r = await runJobOnWorkers(spec(1), addresses, { outDir: tmp(), resume: false, tls });
+      assert.ok(r.done.completed);
+      await assert.rejects(new WorkerClient(addresses[0]).info(1500), /unreachable/);
+    } finally {
+      await stopLocalWorkers(secure);
+    }
   });
 });

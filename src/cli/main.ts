@@ -1,13 +1,24 @@
 /**
- * `tas` command line. Until the service lands (REST, queue, worker pool), `tas train`
- * runs a job spec on this machine with N in-process ranks.
+ * `tas` command line.
  *
  *   tas train <spec.json> [--out DIR] [--data-dir DIR] [--no-resume] [--quiet]
+ *                         [--processes | --workers-at HOST:PORT,...] [--timeout-ms MS] [--tls-*]
+ *       Train a job. Default: the spec's N ranks in this process (in-process collective).
+ *       --processes: spawn N local worker processes, ranks talk gRPC (the real pool path).
+ *       --workers-at: run rank i on the i-th worker address (workers from `tas pool` / `tas worker`).
+ *   tas pool [--workers N] [--host H] [--tls-*]
+ *       Start N local workers (default: one per GPU, else 2 CPU workers); print their addresses.
+ *   tas worker [--host H] [--port P] [--device-kind gpu|cpu] [--device-index I] [--tls-*]
+ *       Run one worker here (to join a pool from another machine: --host 0.0.0.0).
  *   tas validate <spec.json>
+ *
+ * TLS (optional, mutual): --tls-cert F --tls-key F --tls-ca F, or TAS_TLS_CERT/KEY/CA.
  */
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { runJobOnWorkers, startLocalWorkers, stopLocalWorkers, type LocalWorker } from '../gpu-pool/pool.js';
+import { startWorkerServer, tlsFrom } from '../gpu-pool/worker-server.js';
 import { initBackend } from '../trainer/backend.js';
 import { resolveTrainSpec } from '../trainer/engine/job-spec.js';
 import { runLocalJob } from '../trainer/engine/local-job.js';
@@ -15,7 +26,33 @@ import { TrainerError } from '../trainer/errors.js';
 
 const USAGE = `usage:
   tas train <spec.json> [--out DIR] [--data-dir DIR] [--no-resume] [--quiet]
+                        [--processes | --workers-at HOST:PORT,...] [--timeout-ms MS] [--tls-cert F --tls-key F --tls-ca F]
+  tas pool [--workers N] [--host H] [--tls-cert F --tls-key F --tls-ca F]
+  tas worker [--host H] [--port P] [--device-kind gpu|cpu] [--device-index I] [--tls-cert F --tls-key F --tls-ca F]
   tas validate <spec.json>`;
+
+const OPTIONS = {
+  out: { type: 'string' },
+  'data-dir': { type: 'string' },
+  'no-resume': { type: 'boolean' },
+  quiet: { type: 'boolean' },
+  processes: { type: 'boolean' },
+  'workers-at': { type: 'string' },
+  'timeout-ms': { type: 'string' },
+  workers: { type: 'string' },
+  host: { type: 'string' },
+  port: { type: 'string' },
+  'device-kind': { type: 'string' },
+  'device-index': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
+
+class UsageError extends Error {}
 
 async function readSpec(path: string): Promise<unknown> {
   try {
@@ -25,53 +62,121 @@ async function readSpec(path: string): Promise<unknown> {
   }
 }
 
-async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: { out: { type: 'string' }, 'data-dir': { type: 'string' }, 'no-resume': { type: 'boolean' }, quiet: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+function intOption(v: Values, name: 'workers' | 'port' | 'device-index' | 'timeout-ms', min: number): number | undefined {
+  const s = v[name];
+  if (s === undefined) return undefined;
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name}: must be an integer >= ${min}, got ${JSON.stringify(s)}`);
+  return n;
+}
+
+/** Resolves on SIGINT/SIGTERM. */
+function untilSignal(): Promise<void> {
+  return new Promise((resolve) => {
+    process.once('SIGINT', () => resolve());
+    process.once('SIGTERM', () => resolve());
   });
-  const [cmd, specPath] = positionals;
-  if (values.help || !cmd || !specPath) {
-    console.log(USAGE);
-    return values.help ? 0 : 2;
-  }
+}
+
+interface StepLine {
+  step: number;
+  of: number;
+  epoch: number;
+  loss: number;
+  accuracy: number;
+  lr: number;
+  samplesPerSec: number;
+  computeMs: number;
+  bnFwdMs: number;
+  bnBwdMs: number;
+  gradMs: number;
+}
+
+function stepPrinter(quiet: boolean | undefined): (s: StepLine) => void {
+  let last = 0;
+  return (s) => {
+    const now = performance.now();
+    if (quiet || (now - last < 1000 && s.step !== s.of)) return;
+    last = now;
+    const r = (x: number) => +x.toFixed(2);
+    console.log(
+      JSON.stringify({
+        step: s.step,
+        of: s.of,
+        epoch: s.epoch + 1,
+        loss: +s.loss.toFixed(5),
+        accuracy: +s.accuracy.toFixed(4),
+        lr: s.lr,
+        samples_per_s: Math.round(s.samplesPerSec),
+        ms: { compute: r(s.computeMs), bn_sync_fwd: r(s.bnFwdMs), bn_sync_bwd: r(s.bnBwdMs), grad_sync: r(s.gradMs) },
+      }),
+    );
+  };
+}
+
+async function train(specPath: string, v: Values): Promise<number> {
   const raw = await readSpec(specPath);
-  if (cmd === 'validate') {
-    const s = resolveTrainSpec(raw);
-    console.log(JSON.stringify({ valid: true, workers: s.workers, local_batch_sizes: s.localBatchSizes, epochs: s.epochs }));
-    return 0;
-  }
-  if (cmd !== 'train') {
-    console.log(USAGE);
-    return 2;
-  }
-  const backend = await initBackend();
-  const outDir = resolve(values.out ?? join(process.env.TAS_DATA_DIR ?? 'data', 'runs', basename(specPath).replace(/\.json$/, '')));
+  const spec = resolveTrainSpec(raw);
+  const outDir = resolve(v.out ?? join(process.env.TAS_DATA_DIR ?? 'data', 'runs', basename(specPath).replace(/\.json$/, '')));
+  const dataDir = resolve(v['data-dir'] ?? dirname(resolve(specPath)));
+  const resume = !v['no-resume'];
+  const print = stepPrinter(v.quiet);
   const started = performance.now();
-  let lastPrint = 0;
-  const result = await runLocalJob(raw, {
-    outDir,
-    dataDir: values['data-dir'] ?? dirname(resolve(specPath)),
-    resume: !values['no-resume'],
-    onStep: (m) => {
-      const now = performance.now();
-      if (values.quiet || (now - lastPrint < 1000 && m.globalStep !== m.totalSteps)) return;
-      lastPrint = now;
-      const t = m.timings;
+  const seconds = () => +((performance.now() - started) / 1000).toFixed(2);
+
+  if (v.processes || v['workers-at']) {
+    if (v.processes && v['workers-at']) throw new UsageError('--processes and --workers-at exclude each other');
+    const tls = tlsFrom(v);
+    let local: LocalWorker[] = [];
+    let addresses: string[];
+    if (v['workers-at']) {
+      addresses = v['workers-at'].split(',').map((a) => a.trim()).filter(Boolean);
+      if (addresses.length !== spec.workers) throw new UsageError(`--workers-at: the job needs ${spec.workers} workers (spec.workers), ${addresses.length} addresses given`);
+    } else {
+      local = await startLocalWorkers(spec.workers, tls ? { tls } : {});
+      addresses = local.map((w) => w.address);
+    }
+    const ac = new AbortController();
+    const onSignal = () => ac.abort();
+    process.once('SIGINT', onSignal);
+    try {
+      const timeoutMs = intOption(v, 'timeout-ms', 100);
+      const r = await runJobOnWorkers(raw, addresses, {
+        outDir,
+        dataDir,
+        resume,
+        signal: ac.signal,
+        ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+        ...(tls ? { tls } : {}),
+        onStep: (s) =>
+          print({ step: s.global_step, of: s.total_steps, epoch: s.epoch, loss: s.loss, accuracy: s.accuracy, lr: s.lr, samplesPerSec: s.samples_per_sec, computeMs: s.compute_ms, bnFwdMs: s.bn_forward_sync_ms, bnBwdMs: s.bn_backward_sync_ms, gradMs: s.grad_sync_ms }),
+      });
+      const summary = JSON.parse(r.done.summary_json || '{}') as Record<string, unknown>;
       console.log(
         JSON.stringify({
-          step: m.globalStep,
-          of: m.totalSteps,
-          epoch: m.epoch + 1,
-          loss: +m.loss.toFixed(5),
-          accuracy: +m.accuracy.toFixed(4),
-          lr: m.lr,
-          samples_per_s: Math.round(m.samplesPerSec),
-          ms: { compute: +t.computeMs.toFixed(2), bn_sync_fwd: +t.bnForwardSyncMs.toFixed(2), bn_sync_bwd: +t.bnBackwardSyncMs.toFixed(2), grad_sync: +t.gradSyncMs.toFixed(2) },
+          done: r.done.completed,
+          job_id: r.jobId,
+          workers: r.workers.map((w) => ({ id: w.worker_id, device: `${w.device_kind}:${w.device_index}`, backend: w.backend })),
+          steps: r.done.global_steps,
+          ...summary,
+          artifact: r.done.artifact_path,
+          seconds: seconds(),
         }),
       );
-    },
+      return 0;
+    } finally {
+      process.off('SIGINT', onSignal);
+      await stopLocalWorkers(local);
+    }
+  }
+
+  const backend = await initBackend();
+  const result = await runLocalJob(raw, {
+    outDir,
+    dataDir,
+    resume,
+    onStep: (m) =>
+      print({ step: m.globalStep, of: m.totalSteps, epoch: m.epoch, loss: m.loss, accuracy: m.accuracy, lr: m.lr, samplesPerSec: m.samplesPerSec, computeMs: m.timings.computeMs, bnFwdMs: m.timings.bnForwardSyncMs, bnBwdMs: m.timings.bnBackwardSyncMs, gradMs: m.timings.gradSyncMs }),
   });
   console.log(
     JSON.stringify({
@@ -83,10 +188,74 @@ async function main(argv: string[]): Promise<number> {
       evaluation: result.rank0.evaluation,
       recalibration: result.rank0.recalibration?.mode ?? null,
       artifact: result.artifactPath,
-      seconds: +((performance.now() - started) / 1000).toFixed(2),
+      seconds: seconds(),
     }),
   );
   return 0;
+}
+
+async function pool(v: Values): Promise<number> {
+  const tls = tlsFrom(v);
+  const n = intOption(v, 'workers', 1);
+  const workers = await startLocalWorkers(n, { ...(v.host ? { host: v.host } : {}), ...(tls ? { tls } : {}) });
+  for (const w of workers) console.log(JSON.stringify({ worker: { address: w.address, device: w.device.kind, index: w.device.index, name: w.device.name, pid: w.process.pid } }));
+  console.log(JSON.stringify({ pool: { addresses: workers.map((w) => w.address), tls: Boolean(tls) } }));
+  console.error(`[tas pool] ${workers.length} workers ready; train on them with: tas train <spec.json> --workers-at ${workers.map((w) => w.address).join(',')}  (Ctrl-C stops the pool)`);
+  // A worker that dies is reported (it is not restarted here; the service's scheduler does that).
+  for (const w of workers) w.process.once('exit', (code, sig) => console.error(`[tas pool] worker ${w.address} exited (${sig ?? code})`));
+  await untilSignal();
+  await stopLocalWorkers(workers);
+  return 0;
+}
+
+async function worker(v: Values): Promise<number> {
+  const tls = tlsFrom(v);
+  const kind = v['device-kind'];
+  if (kind !== undefined && kind !== 'gpu' && kind !== 'cpu') throw new UsageError(`--device-kind: must be gpu or cpu, got ${JSON.stringify(kind)}`);
+  const port = intOption(v, 'port', 0);
+  const index = intOption(v, 'device-index', 0);
+  const w = await startWorkerServer({
+    host: v.host ?? '127.0.0.1',
+    ...(port !== undefined ? { port } : {}),
+    ...(kind ? { deviceKind: kind } : {}),
+    ...(index !== undefined ? { deviceIndex: index } : {}),
+    ...(tls ? { tls } : {}),
+  });
+  console.log(JSON.stringify({ ready: { address: w.address, pid: process.pid, device: w.device.kind, index: w.device.index, backend: w.backend.name, tls: Boolean(tls) } }));
+  await untilSignal();
+  await w.close();
+  return 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, allowPositionals: true, options: OPTIONS });
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const { values: v, positionals } = parsed;
+  const [cmd, specPath] = positionals;
+  if (v.help || !cmd) {
+    console.log(USAGE);
+    return v.help ? 0 : 2;
+  }
+  switch (cmd) {
+    case 'pool':
+      return pool(v);
+    case 'worker':
+      return worker(v);
+    case 'validate':
+    case 'train': {
+      if (!specPath) throw new UsageError(`tas ${cmd} needs a spec file`);
+      if (cmd === 'train') return train(specPath, v);
+      const s = resolveTrainSpec(await readSpec(specPath));
+      console.log(JSON.stringify({ valid: true, workers: s.workers, local_batch_sizes: s.localBatchSizes, epochs: s.epochs }));
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
+  }
 }
 
 main(process.argv.slice(2)).then(
@@ -94,7 +263,10 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (e: unknown) => {
-    if (e instanceof TrainerError) {
+    if (e instanceof UsageError) {
+      console.error(`${e.message}\n${USAGE}`);
+      process.exitCode = 2;
+    } else if (e instanceof TrainerError) {
       console.error(`error ${e.code}${e.field ? ` (${e.field})` : ''}: ${e.message}`);
       process.exitCode = 1;
     } else {

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +21,7 @@ import {
   type Frame,
   type GrpcCollectiveOptions,
 } from './grpc-collective.js';
+import { hasOpenssl, makeTestCerts } from './testing/tls.js';
 
 const PROTO = join(import.meta.dirname, '../../proto/collective.proto');
 
@@ -455,22 +455,13 @@ describe('GrpcCollective', () => {
   });
 
   it('mutual TLS from PEM files', async (t) => {
-    let dir: string | undefined;
-    try {
-      execFileSync('openssl', ['version'], { stdio: 'ignore' });
-    } catch {
+    if (!hasOpenssl()) {
       t.skip('no openssl');
       return;
     }
-    dir = mkdtempSync(join(tmpdir(), 'tas-tls-'));
+    const dir = mkdtempSync(join(tmpdir(), 'tas-tls-'));
     try {
-      const o = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
-      o(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=tas-test-ca']);
-      o(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'rank.key', '-out', 'rank.csr', '-subj', '/CN=localhost']);
-      const ext = join(dir, 'ext.cnf');
-      execFileSync('sh', ['-c', `printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ${JSON.stringify(ext)}`]);
-      o(['x509', '-req', '-in', 'rank.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'rank.pem', '-days', '1', '-extfile', 'ext.cnf']);
-      const tls = { cert: join(dir, 'rank.pem'), key: join(dir, 'rank.key'), ca: join(dir, 'ca.pem') };
+      const tls = makeTestCerts(dir);
       const servers = await Promise.all([0, 1].map(() => listenCollectiveServer({ host: '127.0.0.1', port: 0, tls })));
       servers.forEach((s) => openServers.push(s.server));
       const peers = servers.map((s) => `localhost:${s.port}`);

@@ -362,12 +362,13 @@ const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc-node.flow_control_window': 16 << 20,
 };
 
-function serverCredentials(tls?: TlsFiles): grpc.ServerCredentials {
+/** Mutual TLS from PEM files, or plaintext. Shared by the worker's server and clients. */
+export function serverCredentials(tls?: TlsFiles): grpc.ServerCredentials {
   if (!tls) return grpc.ServerCredentials.createInsecure();
   return grpc.ServerCredentials.createSsl(readFileSync(tls.ca), [{ cert_chain: readFileSync(tls.cert), private_key: readFileSync(tls.key) }], true);
 }
 
-function channelCredentials(tls?: TlsFiles): grpc.ChannelCredentials {
+export function channelCredentials(tls?: TlsFiles): grpc.ChannelCredentials {
   if (!tls) return grpc.credentials.createInsecure();
   return grpc.credentials.createSsl(readFileSync(tls.ca), readFileSync(tls.key), readFileSync(tls.cert));
 }

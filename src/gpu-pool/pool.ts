@@ -14,6 +14,7 @@ import * as grpc from '@grpc/grpc-js';
 import { TrainerError, type TrainerErrorCode } from '../trainer/errors.js';
 import { assignDevices, type DeviceAssignment } from './device.js';
 import type { DoneMsg, StepMsg, WorkerInfoMsg } from './messages.js';
+import type { TlsFiles } from './grpc-collective.js';
 import { WorkerClient } from './worker-client.js';
 
 const WORKER_MAIN = fileURLToPath(new URL('./worker-main.ts', import.meta.url));
@@ -25,13 +26,21 @@ export interface LocalWorker {
 }
 
 /** Spawn one worker process per device; resolves when every one serves its address. */
-export async function startLocalWorkers(count?: number, opts: { host?: string; startTimeoutMs?: number } = {}): Promise<LocalWorker[]> {
+export async function startLocalWorkers(count?: number, opts: { host?: string; startTimeoutMs?: number; tls?: TlsFiles } = {}): Promise<LocalWorker[]> {
   const devices = assignDevices(count);
-  return Promise.all(devices.map((device) => startWorker(device, opts.host ?? '127.0.0.1', opts.startTimeoutMs ?? 60_000)));
+  const started = await Promise.allSettled(devices.map((device) => startWorker(device, opts.host ?? '127.0.0.1', opts.startTimeoutMs ?? 60_000, opts.tls)));
+  const ok = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+  const bad = started.find((s) => s.status === 'rejected');
+  if (bad) {
+    await stopLocalWorkers(ok); // all or none: no orphaned workers
+    throw bad.reason;
+  }
+  return ok;
 }
 
-function startWorker(device: DeviceAssignment, host: string, timeoutMs: number): Promise<LocalWorker> {
-  const child = spawn(process.execPath, ['--import', 'tsx', WORKER_MAIN, '--host', host, '--port', '0', '--device-kind', device.kind, '--device-index', String(device.index)], {
+function startWorker(device: DeviceAssignment, host: string, timeoutMs: number, tls?: TlsFiles): Promise<LocalWorker> {
+  const tlsArgs = tls ? ['--tls-cert', tls.cert, '--tls-key', tls.key, '--tls-ca', tls.ca] : [];
+  const child = spawn(process.execPath, ['--import', 'tsx', WORKER_MAIN, '--host', host, '--port', '0', '--device-kind', device.kind, '--device-index', String(device.index), ...tlsArgs], {
     env: { ...process.env, ...device.env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -83,6 +92,8 @@ export interface PoolJobOptions {
   onStep?: (s: StepMsg) => void;
   /** Cancels every rank; the job then rejects with TAS_ERR_CANCELLED. */
   signal?: AbortSignal;
+  /** Mutual TLS to the workers (they must serve with the same CA). */
+  tls?: TlsFiles;
 }
 
 export interface PoolJobResult {
@@ -98,7 +109,7 @@ export interface PoolJobResult {
  */
 export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: PoolJobOptions): Promise<PoolJobResult> {
   const jobId = o.jobId ?? randomUUID();
-  const clients = addresses.map((a) => new WorkerClient(a));
+  const clients = addresses.map((a) => new WorkerClient(a, o.tls));
   try {
     const infos = await Promise.all(clients.map((c) => c.info()));
     const specJson = JSON.stringify(rawSpec);

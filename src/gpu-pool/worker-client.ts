@@ -2,6 +2,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { TrainerError } from '../trainer/errors.js';
 import type { DoneMsg, RunEventMsg, RunRequestMsg, StepMsg, WorkerInfoMsg } from './messages.js';
+import { channelCredentials, type TlsFiles } from './grpc-collective.js';
 import { workerProto } from './proto.js';
 
 interface RawWorkerClient extends grpc.Client {
@@ -13,9 +14,12 @@ interface RawWorkerClient extends grpc.Client {
 export class WorkerClient {
   private readonly raw: RawWorkerClient;
 
-  constructor(readonly address: string) {
+  constructor(
+    readonly address: string,
+    tls?: TlsFiles,
+  ) {
     const { Client } = workerProto();
-    this.raw = new Client(address, grpc.credentials.createInsecure()) as unknown as RawWorkerClient;
+    this.raw = new Client(address, channelCredentials(tls)) as unknown as RawWorkerClient;
   }
 
   info(deadlineMs = 5000): Promise<WorkerInfoMsg> {
