@@ -7,7 +7,7 @@
  * exit 1 on any failure. Reads the format, not particular files.
  *   GOLDEN_TRANSPORTS=inproc,grpc (default both)
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { initBackend } from '../../src/trainer/backend.js';
 import { inProcessLauncher, useLauncher } from './cases.js';
@@ -19,6 +19,10 @@ type Json = Record<string, unknown>;
 
 const dir = resolve(process.env.GOLDEN_DIR ?? join(import.meta.dirname, '../../../shared/golden'));
 const transports = (process.env.GOLDEN_TRANSPORTS ?? 'inproc,grpc').split(',').map((s) => s.trim());
+if (!existsSync(dir)) {
+  console.error(`golden: no fixture directory ${dir}; set GOLDEN_DIR`);
+  process.exit(1);
+}
 const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
 const backend = await initBackend(undefined, () => {});
 console.log(`golden: ${files.length} fixtures in ${dir}, backend ${backend.name}, transports ${transports.join('+')}`);
