@@ -31,7 +31,7 @@ export function parseCsvRows(text: string, delimiter = ',', field = 'data.path')
   };
   const endRow = () => {
     endField();
-    if (!(row.length === 1 && row[0] === '' )) rows.push(row);
+    if (!(row.length === 1 && row[0] === '')) rows.push(row);
     row = [];
   };
   const start = text.charCodeAt(0) === 0xfeff ? 1 : 0; // byte-order mark

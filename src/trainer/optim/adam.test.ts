@@ -6,6 +6,7 @@ import { Adam, type AdamOptions } from './adam.js';
 import { createOptimizer } from './index.js';
 import { TrainerError } from '../errors.js';
 import type { Param } from '../tensor-types.js';
+import { assertNoLeak, assertResumesBitForBit, disposeParams, makeParam, setGrads as setGradsWith, type GradFn } from './testing.js';
 
 before(async () => {
   await tf.setBackend('cpu');
@@ -14,25 +15,8 @@ before(async () => {
 /** g = p^2 + 0.5 * p - 0.2 (nonlinear, sign changes, so errors compound). */
 const gradOf = (p: number): number => p * p + 0.5 * p - 0.2;
 
-function makeParam(name: string, values: number[], shape: number[]): Param {
-  // Unnamed variable: tfjs variable names are global and tests reuse parameter names.
-  return { name, value: tf.tidy(() => tf.variable(tf.tensor(values, shape, 'float32'), true)), grad: null };
-}
-
-function setGrads(params: Param[]): void {
-  for (const p of params) {
-    const g = tf.tidy(() => tf.sub(tf.add(tf.square(p.value), tf.mul(p.value, 0.5)), 0.2));
-    p.grad?.dispose();
-    p.grad = g;
-  }
-}
-
-function disposeParams(params: Param[]): void {
-  for (const p of params) {
-    p.grad?.dispose();
-    p.value.dispose();
-  }
-}
+const grad: GradFn = (p) => tf.sub(tf.add(tf.square(p), tf.mul(p, 0.5)), 0.2);
+const setGrads = (params: Param[]) => setGradsWith(params, grad);
 
 type Cfg = Required<AdamOptions>;
 
@@ -147,53 +131,11 @@ test('Adam keeps a per-parameter step count; parameters without grad are skipped
 });
 
 test('Adam does not leak tensors across steps', () => {
-  for (const cfg of configs) {
-    const params = [makeParam('w', [0.1, 0.2, 0.3], [3]), makeParam('b', [0.5], [1])];
-    const opt = new Adam(cfg);
-    setGrads(params);
-    opt.step(params, 0.01);
-    const baseline = tf.memory().numTensors;
-    for (let i = 0; i < 5; i++) {
-      setGrads(params);
-      opt.step(params, 0.01);
-      assert.equal(tf.memory().numTensors, baseline);
-    }
-    opt.importState(opt.exportState());
-    assert.equal(tf.memory().numTensors, baseline);
-    opt.dispose();
-    disposeParams(params);
-  }
+  for (const cfg of configs) assertNoLeak(() => new Adam(cfg), grad);
 });
 
 test('Adam export/import resumes bit-for-bit: 3 + 2 steps == 5 steps', () => {
-  for (const cfg of configs) {
-    const init = [0.4, -0.8, 1.1];
-    const run5 = [makeParam('w', init, [3])];
-    const full = new Adam(cfg);
-    for (let i = 0; i < 5; i++) {
-      setGrads(run5);
-      full.step(run5, 0.03);
-    }
-    const resumed = [makeParam('w', init, [3])];
-    const first = new Adam(cfg);
-    for (let i = 0; i < 3; i++) {
-      setGrads(resumed);
-      first.step(resumed, 0.03);
-    }
-    const state = first.exportState();
-    first.dispose();
-    const second = new Adam(cfg);
-    second.importState(state);
-    for (let i = 0; i < 2; i++) {
-      setGrads(resumed);
-      second.step(resumed, 0.03);
-    }
-    assert.deepEqual([...resumed[0].value.dataSync()], [...run5[0].value.dataSync()]);
-    assert.deepEqual(second.exportState(), full.exportState());
-    full.dispose();
-    second.dispose();
-    disposeParams([...run5, ...resumed]);
-  }
+  for (const cfg of configs) assertResumesBitForBit(() => new Adam(cfg), grad);
 });
 
 test('Adam importState: missing per-param step falls back to the global counter; bad state rejected', () => {

@@ -6,6 +6,7 @@ import { Sgd, type SgdOptions } from './sgd.js';
 import { createOptimizer } from './index.js';
 import { TrainerError } from '../errors.js';
 import type { Param } from '../tensor-types.js';
+import { assertNoLeak, assertResumesBitForBit, disposeParams, makeParam, setGrads as setGradsWith, type GradFn } from './testing.js';
 
 before(async () => {
   await tf.setBackend('cpu');
@@ -14,25 +15,8 @@ before(async () => {
 /** Gradient used by every test: of loss sum(p^3/3 + 0.5 * p), i.e. g = p^2 + 0.5 (nonlinear, so errors compound). */
 const gradOf = (p: number): number => p * p + 0.5;
 
-function makeParam(name: string, values: number[], shape: number[]): Param {
-  // Unnamed variable: tfjs variable names are global and tests reuse parameter names.
-  return { name, value: tf.tidy(() => tf.variable(tf.tensor(values, shape, 'float32'), true)), grad: null };
-}
-
-function setGrads(params: Param[]): void {
-  for (const p of params) {
-    const g = tf.tidy(() => tf.add(tf.square(p.value), 0.5));
-    p.grad?.dispose();
-    p.grad = g;
-  }
-}
-
-function disposeParams(params: Param[]): void {
-  for (const p of params) {
-    p.grad?.dispose();
-    p.value.dispose();
-  }
-}
+const grad: GradFn = (p) => tf.add(tf.square(p), 0.5);
+const setGrads = (params: Param[]) => setGradsWith(params, grad);
 
 /** Plain-JS float64 reference of torch.optim.SGD for one scalar parameter. */
 function referenceSgd(p0: number, steps: number, lr: number, o: Required<SgdOptions>): number[] {
@@ -114,52 +98,11 @@ test('SGD skips parameters without a gradient', () => {
 });
 
 test('SGD does not leak tensors across steps', () => {
-  const params = [makeParam('w', [0.1, 0.2, 0.3], [3]), makeParam('b', [0.5], [1])];
-  const opt = new Sgd({ momentum: 0.9, weightDecay: 0.01, nesterov: true });
-  setGrads(params);
-  opt.step(params, 0.01);
-  const baseline = tf.memory().numTensors;
-  for (let i = 0; i < 5; i++) {
-    setGrads(params);
-    opt.step(params, 0.01);
-    assert.equal(tf.memory().numTensors, baseline);
-  }
-  opt.exportState();
-  assert.equal(tf.memory().numTensors, baseline);
-  opt.dispose();
-  disposeParams(params);
+  assertNoLeak(() => new Sgd({ momentum: 0.9, weightDecay: 0.01, nesterov: true }), grad);
 });
 
 test('SGD export/import resumes bit-for-bit: 3 + 2 steps == 5 steps', () => {
-  for (const cfg of configs) {
-    const init = [0.4, -0.8, 1.1];
-    const run5 = [makeParam('w', init, [3])];
-    const full = new Sgd(cfg);
-    for (let i = 0; i < 5; i++) {
-      setGrads(run5);
-      full.step(run5, 0.03);
-    }
-    const resumed = [makeParam('w', init, [3])];
-    const first = new Sgd(cfg);
-    for (let i = 0; i < 3; i++) {
-      setGrads(resumed);
-      first.step(resumed, 0.03);
-    }
-    const state = first.exportState();
-    first.dispose();
-    const second = new Sgd(cfg);
-    second.importState(state);
-    assert.equal(second.exportState().step, 3);
-    for (let i = 0; i < 2; i++) {
-      setGrads(resumed);
-      second.step(resumed, 0.03);
-    }
-    assert.deepEqual([...resumed[0].value.dataSync()], [...run5[0].value.dataSync()]);
-    assert.deepEqual(second.exportState(), full.exportState());
-    full.dispose();
-    second.dispose();
-    disposeParams([...run5, ...resumed]);
-  }
+  for (const cfg of configs) assertResumesBitForBit(() => new Sgd(cfg), grad);
 });
 
 test('SGD importState rejects bad state', () => {
