@@ -116,6 +116,7 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: 
     // The first failure in time is the cause (a dead worker's dropped stream, say); the
     // other ranks then fail because of it, so it is the one reported.
     let first: { rank: number; error: Error & { details?: string; code?: number } } | null = null;
+    const cancelAll = () => void Promise.all(clients.map((k) => k.cancel(jobId)));
     const runs = clients.map((c, rank) =>
       c
         .run(
@@ -136,15 +137,14 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: 
         .catch((e: Error) => {
           if (!first) {
             first = { rank, error: e };
-            void Promise.all(clients.map((k) => k.cancel(jobId)));
+            cancelAll();
           }
           throw e;
         }),
     );
-    const onAbort = () => void Promise.all(clients.map((k) => k.cancel(jobId)));
-    o.signal?.addEventListener('abort', onAbort, { once: true });
-    if (o.signal?.aborted) onAbort();
-    const settled = await Promise.allSettled(runs).finally(() => o.signal?.removeEventListener('abort', onAbort));
+    o.signal?.addEventListener('abort', cancelAll, { once: true });
+    if (o.signal?.aborted) cancelAll();
+    const settled = await Promise.allSettled(runs).finally(() => o.signal?.removeEventListener('abort', cancelAll));
     if (o.signal?.aborted) throw new TrainerError('TAS_ERR_CANCELLED', `job ${jobId} cancelled`);
     if (first) throw poolError(first, addresses);
     return { jobId, workers: infos, done: (settled[0] as PromiseFulfilledResult<DoneMsg>).value };
