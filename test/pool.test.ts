@@ -10,8 +10,10 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import './setup-backend.js';
 import { parseArtifact } from '../src/trainer/artifact/artifact.js';
+import { summariseBnBuffers } from '../src/trainer/math/bn-summary.js';
 import { runLocalJob } from '../src/trainer/engine/local-job.js';
 import { TrainerError } from '../src/trainer/errors.js';
+import type { StepMsg } from '../src/gpu-pool/messages.js';
 import { WorkerClient } from '../src/gpu-pool/worker-client.js';
 import { hasOpenssl, makeTestCerts } from '../src/gpu-pool/testing/tls.js';
 import { runJobOnWorkers, startLocalWorkers, stopLocalWorkers, type LocalWorker } from '../src/gpu-pool/pool.js';
@@ -46,14 +48,18 @@ describe('gpu pool over gRPC', () => {
   });
 
   it('trains a 2-rank SyncBN job to the same model as the in-process run', async () => {
-    const steps: number[] = [];
-    const r = await runJobOnWorkers(spec(2), workers.map((w) => w.address), { outDir: tmp(), resume: false, onStep: (s) => steps.push(s.global_step) });
+    const steps: StepMsg[] = [];
+    const r = await runJobOnWorkers(spec(2), workers.map((w) => w.address), { outDir: tmp(), resume: false, onStep: (s) => steps.push(s) });
     assert.ok(r.done.completed);
     assert.equal(steps.length, r.done.global_steps);
+    // A run this short (under 500 steps) reports both BN layers' running statistics on every step.
+    assert.ok(steps.every((s) => s.bn_stats.map((l) => l.layer).join() === 'layers.1,layers.4' && s.bn_stats.every((l) => l.channels === 64 && l.var_mean > 0)));
     const local = await runLocalJob(spec(2), { outDir: tmp(), resume: false });
     const a = parseArtifact(new Uint8Array(readFileSync(r.done.artifact_path))).state;
     const b = parseArtifact(new Uint8Array(readFileSync(local.artifactPath!))).state;
     for (const [k, t] of b) assert.deepEqual(a.get(k)!.data, t.data, k);
+    // Done's summary holds the final (recalibrated) BN statistics: the artifact's own.
+    assert.deepEqual((JSON.parse(r.done.summary_json) as { bn_final: unknown }).bn_final, summariseBnBuffers(a));
   });
 
   it('fails every rank, naming the rank, when a worker is SIGKILLed mid-training', async () => {

@@ -36,6 +36,21 @@ export interface StepMsg {
   bn_forward_sync_ms: number;
   bn_backward_sync_ms: number;
   grad_sync_ms: number;
+  /** Empty on steps that record no BN statistics (proto-loader's `defaults` gives [] for an absent repeated field). */
+  bn_stats: BnLayerStatsMsg[];
+}
+
+/** proto BnLayerStats: a `BnLayerSummary` (trainer/math/bn-summary.ts) flattened for the wire. */
+export interface BnLayerStatsMsg {
+  layer: string;
+  channels: number;
+  mean_mean: number;
+  mean_min: number;
+  mean_max: number;
+  mean_l2: number;
+  var_mean: number;
+  var_min: number;
+  var_max: number;
 }
 
 export interface DoneMsg {

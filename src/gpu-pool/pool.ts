@@ -28,7 +28,7 @@ export interface LocalWorker {
 /** Spawn one worker process per device; resolves when every one serves its address. */
 export async function startLocalWorkers(count?: number, opts: { host?: string; startTimeoutMs?: number; tls?: TlsFiles } = {}): Promise<LocalWorker[]> {
   const devices = assignDevices(count);
-  const started = await Promise.allSettled(devices.map((device) => startWorker(device, opts.host ?? '127.0.0.1', opts.startTimeoutMs ?? 60_000, opts.tls)));
+  const started = await Promise.allSettled(devices.map((device) => startLocalWorker(device, opts)));
   const ok = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   const bad = started.find((s) => s.status === 'rejected');
   if (bad) {
@@ -38,11 +38,16 @@ export async function startLocalWorkers(count?: number, opts: { host?: string; s
   return ok;
 }
 
-function startWorker(device: DeviceAssignment, host: string, timeoutMs: number, tls?: TlsFiles): Promise<LocalWorker> {
+/** Spawn one worker process for `device`; resolves when it serves its address. */
+export function startLocalWorker(device: DeviceAssignment, opts: { host?: string; startTimeoutMs?: number; tls?: TlsFiles } = {}): Promise<LocalWorker> {
+  const host = opts.host ?? '127.0.0.1';
+  const timeoutMs = opts.startTimeoutMs ?? 60_000;
+  const tls = opts.tls;
   const tlsArgs = tls ? ['--tls-cert', tls.cert, '--tls-key', tls.key, '--tls-ca', tls.ca] : [];
-  const child = spawn(process.execPath, ['--import', 'tsx', WORKER_MAIN, '--host', host, '--port', '0', '--device-kind', device.kind, '--device-index', String(device.index), ...tlsArgs], {
+  const child = spawn(process.execPath, ['--import', 'tsx', WORKER_MAIN, '--host', host, '--port', '0', '--device-kind', device.kind, '--device-index', String(device.index), '--exit-with-parent', ...tlsArgs], {
     env: { ...process.env, ...device.env },
-    stdio: ['ignore', 'pipe', 'inherit'],
+    // stdin stays open as the worker's lifeline (--exit-with-parent).
+    stdio: ['pipe', 'pipe', 'inherit'],
   });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -90,6 +95,8 @@ export interface PoolJobOptions {
   resume?: boolean;
   timeoutMs?: number;
   onStep?: (s: StepMsg) => void;
+  /** Called once every worker answered Info, before the ranks start. */
+  onStart?: (workers: WorkerInfoMsg[]) => void;
   /** Cancels every rank; the job then rejects with TAS_ERR_CANCELLED. */
   signal?: AbortSignal;
   /** Mutual TLS to the workers (they must serve with the same CA). */
@@ -112,6 +119,7 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: 
   const clients = addresses.map((a) => new WorkerClient(a, o.tls));
   try {
     const infos = await Promise.all(clients.map((c) => c.info()));
+    o.onStart?.(infos);
     const specJson = JSON.stringify(rawSpec);
     // The first failure in time is the cause (a dead worker's dropped stream, say); the
     // other ranks then fail because of it, so it is the one reported.

@@ -3,7 +3,7 @@
  * Collective (data) services. Prints one JSON line `{"ready": {...}}` when it serves.
  *
  *   tsx src/gpu-pool/worker-main.ts [--host 127.0.0.1] [--port 0] [--device-kind gpu|cpu] [--device-index N]
- *                                    [--tls-cert F --tls-key F --tls-ca F]
+ *                                    [--tls-cert F --tls-key F --tls-ca F] [--exit-with-parent]
  */
 import { parseArgs } from 'node:util';
 import { startWorkerServer, tlsFrom } from './worker-server.js';
@@ -17,6 +17,9 @@ const { values } = parseArgs({
     'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' },
     'tls-ca': { type: 'string' },
+    // Exit when the parent's end of stdin closes: a pool that dies (even by SIGKILL)
+    // takes its workers with it instead of leaving orphans holding devices.
+    'exit-with-parent': { type: 'boolean', default: false },
   },
 });
 
@@ -34,3 +37,8 @@ process.stdout.write(`${JSON.stringify({ ready: { address: w.address, pid: proce
 const stop = () => void w.close().then(() => process.exit(0));
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
+if (values['exit-with-parent']) {
+  process.stdin.on('end', stop);
+  process.stdin.on('error', stop);
+  process.stdin.resume();
+}

@@ -15,9 +15,10 @@ import { TrainerError, type TrainerErrorCode } from '../trainer/errors.js';
 import { resolveTrainSpec } from '../trainer/engine/job-spec.js';
 import { CHECKPOINT_FILE, readCheckpointIn, saveArtifact } from '../trainer/engine/local-job.js';
 import { trainRank } from '../trainer/engine/train.js';
+import type { BnLayerSummary } from '../trainer/math/bn-summary.js';
 import { join } from 'node:path';
 import type { DeviceAssignment } from './device.js';
-import type { RunEventMsg, RunRequestMsg, WorkerInfoMsg } from './messages.js';
+import type { BnLayerStatsMsg, RunEventMsg, RunRequestMsg, WorkerInfoMsg } from './messages.js';
 import { workerProto } from './proto.js';
 
 export interface CollectiveRequest {
@@ -53,6 +54,21 @@ export function toStatus(e: unknown): Partial<grpc.StatusObject> {
   // Anything unexpected is UNKNOWN with its message; the stack stays in the worker's log.
   process.stderr.write(`[tas worker] unexpected error: ${(e as Error).stack ?? String(e)}\n`);
   return { code: grpc.status.UNKNOWN, details: (e as Error).message ?? String(e) };
+}
+
+/** A BN summary flattened into proto BnLayerStats (num_batches_tracked stays out: it tracks the step). */
+export function bnLayerStatsMsg(s: BnLayerSummary): BnLayerStatsMsg {
+  return {
+    layer: s.layer,
+    channels: s.channels,
+    mean_mean: s.mean.mean,
+    mean_min: s.mean.min,
+    mean_max: s.mean.max,
+    mean_l2: s.mean.l2,
+    var_mean: s.var.mean,
+    var_min: s.var.min,
+    var_max: s.var.max,
+  };
 }
 
 export function addWorkerService(server: grpc.Server, deps: WorkerDeps): void {
@@ -167,6 +183,7 @@ async function runRank(
           bn_forward_sync_ms: m.timings.bnForwardSyncMs,
           bn_backward_sync_ms: m.timings.bnBackwardSyncMs,
           grad_sync_ms: m.timings.gradSyncMs,
+          bn_stats: m.bnStats?.map(bnLayerStatsMsg) ?? [],
         },
       });
     },
@@ -177,7 +194,14 @@ async function runRank(
       completed: result.completed,
       global_steps: result.globalSteps,
       artifact_path: artifactPath,
-      summary_json: JSON.stringify({ evaluation: result.evaluation, recalibration: result.recalibration, backend: backendInfo().name, resumed_from_step: resume?.globalStep ?? null }),
+      summary_json: JSON.stringify({
+        evaluation: result.evaluation,
+        recalibration: result.recalibration,
+        backend: backendInfo().name,
+        resumed_from_step: resume?.globalStep ?? null,
+        // The final (post-recalibration) BN statistics, as BnLayerSummary JSON; NaN (a diverged layer) becomes null.
+        bn_final: result.bnFinal,
+      }),
     };
   } finally {
     result.model.dispose();
