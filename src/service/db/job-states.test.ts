@@ -10,6 +10,8 @@ const ALLOWED = new Set([
   'running>failed',
   'running>retrying',
   'retrying>scheduled',
+  'scheduled>retrying',
+  'retrying>failed',
   'queued>cancelled',
   'scheduled>cancelled',
   'running>cancelled',

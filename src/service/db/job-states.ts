@@ -4,8 +4,9 @@
  * restart goes to retrying and back to scheduled (resuming from its checkpoint).
  *
  *   queued ─► scheduled ─► running ─► succeeded | failed
- *                 ▲           │
- *                 └─ retrying ◄┘
+ *                 ▲  │        │
+ *                 │  ▼        │
+ *                 retrying ◄──┘ ─► failed   (restarts used up)
  *   queued | scheduled | running | retrying ─► cancelled
  */
 import { JobStatus } from './generated/enums.js';
@@ -16,9 +17,9 @@ export const JOB_STATUSES: readonly JobStatus[] = Object.values(JobStatus);
 
 const NEXT: Readonly<Record<JobStatus, readonly JobStatus[]>> = {
   queued: ['scheduled', 'cancelled'],
-  scheduled: ['running', 'cancelled'],
+  scheduled: ['running', 'retrying', 'cancelled'],
   running: ['succeeded', 'failed', 'retrying', 'cancelled'],
-  retrying: ['scheduled', 'cancelled'],
+  retrying: ['scheduled', 'failed', 'cancelled'],
   succeeded: [],
   failed: [],
   cancelled: [],

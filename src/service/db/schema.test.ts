@@ -54,8 +54,11 @@ describe('schema.prisma and the migrations agree', { skip: unavailable ?? false 
     const noStats = await prisma.jobMetric.create({ data: { jobId: job.id, step: 11 } });
     assert.equal(noStats.bnStats, null);
 
+    const log = await prisma.jobLog.create({ data: { jobId: job.id, level: 'warn', message: 'attempt 1 failed', at } });
+    assert.deepEqual(await prisma.jobLog.findUniqueOrThrow({ where: { id: log.id } }), log);
+
     const worker = await prisma.worker.create({
-      data: { id: 'w0', address: '127.0.0.1:5001', deviceKind: 'gpu', deviceIndex: 0, deviceName: 'NVIDIA H100', backend: 'tensorflow', state: 'busy', currentJobId: job.id, lastSeenAt: at },
+      data: { id: 'w0', address: '127.0.0.1:5001', deviceKind: 'gpu', deviceIndex: 0, deviceName: 'NVIDIA H100', backend: 'tensorflow', pid: 4242, rssBytes: 6_000_000_000n, deviceMemoryMiB: 81559, state: 'busy', currentJobId: job.id, lastSeenAt: at },
     });
     assert.deepEqual(await prisma.worker.findUniqueOrThrow({ where: { id: 'w0' } }), worker);
 
