@@ -11,6 +11,14 @@
  *   tas worker [--host H] [--port P] [--device-kind gpu|cpu] [--device-index I] [--tls-*]
  *       Run one worker here (to join a pool from another machine: --host 0.0.0.0).
  *   tas validate <spec.json>
+ *   tas serve [--no-workers]
+ *       The service in one command: REST API (TAS_HTTP_PORT, default 8000), scheduler, and
+ *       local workers (TAS_WORKERS, default one per GPU else 2 CPU workers; --no-workers:
+ *       only the remote ones of TAS_WORKERS_AT). PostgreSQL from DATABASE_URL, else an
+ *       embedded one under TAS_DATA_DIR (default ./data); Redis from REDIS_URL, else a
+ *       private redis-server. Prints one JSON line {"listening": ...} when it serves.
+ *   tas api | tas scheduler [--no-workers]
+ *       One part alone, for several machines (they share DATABASE_URL, REDIS_URL and the data dir).
  *
  * TLS (optional, mutual): --tls-cert F --tls-key F --tls-ca F, or TAS_TLS_CERT/KEY/CA.
  */
@@ -19,6 +27,9 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runJobOnWorkers, startLocalWorkers, stopLocalWorkers, type LocalWorker } from '../gpu-pool/pool.js';
 import { startWorkerServer, tlsFrom } from '../gpu-pool/worker-server.js';
+import { ConfigError, loadConfig } from '../service/config.js';
+import { ServiceStartError } from '../service/errors.js';
+import { startService, type ServiceParts } from '../service/service.js';
 import { initBackend } from '../trainer/backend.js';
 import { resolveTrainSpec } from '../trainer/engine/job-spec.js';
 import { runLocalJob } from '../trainer/engine/local-job.js';
@@ -29,7 +40,10 @@ const USAGE = `usage:
                         [--processes | --workers-at HOST:PORT,...] [--timeout-ms MS] [--tls-cert F --tls-key F --tls-ca F]
   tas pool [--workers N] [--host H] [--tls-cert F --tls-key F --tls-ca F]
   tas worker [--host H] [--port P] [--device-kind gpu|cpu] [--device-index I] [--tls-cert F --tls-key F --tls-ca F]
-  tas validate <spec.json>`;
+  tas validate <spec.json>
+  tas serve [--no-workers]          API + scheduler + local workers (env: TAS_HTTP_PORT, TAS_DATA_DIR, DATABASE_URL, REDIS_URL, TAS_WORKERS, TAS_WORKERS_AT)
+  tas api                           the REST API alone
+  tas scheduler [--no-workers]      the scheduler and its local workers alone`;
 
 const OPTIONS = {
   out: { type: 'string' },
@@ -47,6 +61,7 @@ const OPTIONS = {
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
   'tls-ca': { type: 'string' },
+  'no-workers': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -227,6 +242,28 @@ async function worker(v: Values): Promise<number> {
   return 0;
 }
 
+async function serve(v: Values, parts: ServiceParts): Promise<number> {
+  const config = loadConfig();
+  const tls = tlsFrom(v);
+  const log = (m: string) => console.error(`[tas] ${m}`);
+  const svc = await startService(config, parts, { log, ...(tls ? { tls } : {}) });
+  console.log(
+    JSON.stringify({
+      listening: {
+        http: svc.httpUrl,
+        database: svc.embeddedDatabase ? 'embedded' : 'external',
+        redis: svc.redisUrl,
+        data_dir: config.dataDir,
+        workers: svc.localPool?.list().map((w) => ({ address: w.address, device: w.device.kind, index: w.device.index, pid: w.process.pid })) ?? [],
+      },
+    }),
+  );
+  await untilSignal();
+  log('stopping: running attempts resume from their checkpoints at the next start');
+  await svc.stop();
+  return 0;
+}
+
 async function main(argv: string[]): Promise<number> {
   let parsed;
   try {
@@ -241,6 +278,12 @@ async function main(argv: string[]): Promise<number> {
     return v.help ? 0 : 2;
   }
   switch (cmd) {
+    case 'serve':
+      return serve(v, { api: true, scheduler: true, localWorkers: !v['no-workers'] });
+    case 'api':
+      return serve(v, { api: true, scheduler: false, localWorkers: false });
+    case 'scheduler':
+      return serve(v, { api: false, scheduler: true, localWorkers: !v['no-workers'] });
     case 'pool':
       return pool(v);
     case 'worker':
@@ -268,6 +311,10 @@ main(process.argv.slice(2)).then(
       process.exitCode = 2;
     } else if (e instanceof TrainerError) {
       console.error(`error ${e.code}${e.field ? ` (${e.field})` : ''}: ${e.message}`);
+      process.exitCode = 1;
+    } else if (e instanceof ConfigError || e instanceof ServiceStartError) {
+      // Configuration and start-up problems say what to do; no stack trace.
+      console.error(`error ${e.code}: ${e.message}`);
       process.exitCode = 1;
     } else {
       console.error(e);

@@ -1,0 +1,17 @@
+/**
+ * Single-flight: concurrent calls for the same key share one in-flight promise. Fifty
+ * dashboards polling one job at the same moment cost one database read, not fifty; the
+ * answer is never older than the read that produced it (nothing is cached after it
+ * settles).
+ */
+export class SingleFlight<K, V> {
+  private readonly inFlight = new Map<K, Promise<V>>();
+
+  run(key: K, fn: () => Promise<V>): Promise<V> {
+    const pending = this.inFlight.get(key);
+    if (pending) return pending;
+    const p = fn().finally(() => this.inFlight.delete(key));
+    this.inFlight.set(key, p);
+    return p;
+  }
+}
