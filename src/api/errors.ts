@@ -4,10 +4,11 @@
  *
  *   {"error": {"code": "TAS_ERR_...", "message": "...", "field": "..."?}}
  *
- * Errors of the layers below (TrainerError, DbError) are mapped by code, never by
- * parsing messages; anything else becomes a 500 whose body says only "internal error"
- * (the stack goes to the log, never to the client).
+ * Errors of the layers below (TrainerError, DbError, OnnxExportError) are mapped by
+ * code, never by parsing messages; anything else becomes a 500 whose body says only
+ * "internal error" (the stack goes to the log, never to the client).
  */
+import { OnnxExportError } from '../serving/onnx-export.js';
 import { DB_ERROR_HTTP_STATUS, DbError } from '../service/db/errors.js';
 import { TrainerError, type TrainerErrorCode } from '../trainer/errors.js';
 
@@ -20,6 +21,7 @@ export type ApiErrorCode =
   | 'TAS_ERR_NOT_FOUND'
   | 'TAS_ERR_CONFLICT' // a state or idempotency conflict
   | 'TAS_ERR_POOL_TOO_SMALL' // a job asks for more workers than the pool has
+  | 'TAS_ERR_NOT_EXPORTABLE' // a stored model cannot be exported in the asked format (ONNX)
   | 'TAS_ERR_UNAVAILABLE' // a dependency (database, Redis) is down
   | 'TAS_ERR_INTERNAL';
 
@@ -28,7 +30,7 @@ export interface ApiErrorBody {
 }
 
 export class ApiError extends Error {
-  readonly code: ApiErrorCode | TrainerErrorCode | DbError['code'];
+  readonly code: ApiErrorCode | TrainerErrorCode | DbError['code'] | OnnxExportError['code'];
   readonly statusCode: number;
   readonly field?: string;
   constructor(statusCode: number, code: ApiError['code'], message: string, field?: string) {
@@ -65,5 +67,7 @@ export function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
   if (err instanceof TrainerError) return new ApiError(TRAINER_STATUS[err.code], err.code, err.message, err.field);
   if (err instanceof DbError) return new ApiError(DB_ERROR_HTTP_STATUS[err.code], err.code, err.message);
+  // The request was well formed; the stored model is what cannot be exported.
+  if (err instanceof OnnxExportError) return new ApiError(422, err.code, err.message);
   return new ApiError(500, 'TAS_ERR_INTERNAL', 'internal error');
 }
