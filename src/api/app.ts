@@ -5,6 +5,7 @@
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import type { Registry } from 'prom-client';
 import type { JobQueue } from '../gpu-pool/queue.js';
 import type { PrismaClient } from '../service/db/client.js';
 import type { JobService } from '../service/job-service.js';
@@ -92,6 +93,10 @@ export interface ApiDeps {
   readonly probeIntervalMs: number;
   /** Registers the dataset routes (optional: they need the data directory). */
   readonly registerDatasets?: (app: FastifyInstance) => Promise<void>;
+  /** Registers the inference routes (/v2, the Open Inference Protocol). */
+  readonly registerInference?: (app: FastifyInstance) => Promise<void>;
+  /** The Prometheus registry /metrics serves (shared with inference). @defaultValue a new one */
+  readonly registry?: Registry;
 }
 
 /** The whole REST API: OpenAPI at /docs, then every resource's routes. */
@@ -112,16 +117,18 @@ export async function buildApp(deps: ApiDeps, options: BuildAppOptions = {}): Pr
         { name: 'models', description: 'Trained models and artifacts' },
         { name: 'pool', description: 'The worker pool' },
         { name: 'health', description: 'Liveness, readiness, Prometheus metrics' },
+        { name: 'inference', description: 'The Open Inference Protocol (KServe v2 / Triton) over REST; the same over gRPC on TAS_GRPC_PORT' },
       ],
     },
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
-  registerPrometheus(app, { prisma: deps.prisma, queue: deps.queue, probeIntervalMs: deps.probeIntervalMs });
+  registerPrometheus(app, { prisma: deps.prisma, queue: deps.queue, probeIntervalMs: deps.probeIntervalMs, ...(deps.registry ? { registry: deps.registry } : {}) });
   await app.register(healthRoutes, { checks: deps.checks });
   await app.register(jobRoutes, { jobs: deps.jobs });
   await app.register(modelRoutes, { models: deps.models });
   await app.register(poolRoutes, { prisma: deps.prisma, probeIntervalMs: deps.probeIntervalMs });
   if (deps.registerDatasets) await deps.registerDatasets(app);
+  if (deps.registerInference) await deps.registerInference(app);
   return app;
 }

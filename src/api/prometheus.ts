@@ -13,10 +13,12 @@ export interface PrometheusOptions {
   readonly prisma: PrismaClient;
   readonly queue: JobQueue;
   readonly probeIntervalMs: number;
+  /** Where to register; others (inference) may register in it too. @defaultValue a new one */
+  readonly registry?: Registry;
 }
 
 export function registerPrometheus(app: FastifyInstance, o: PrometheusOptions): Registry {
-  const registry = new Registry();
+  const registry = o.registry ?? new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'tas_process_' });
   const requests = new Counter({ name: 'tas_http_requests_total', help: 'HTTP requests by route, method and status', labelNames: ['route', 'method', 'status'] as const, registers: [registry] });
   const duration = new Histogram({

@@ -251,6 +251,7 @@ async function serve(v: Values, parts: ServiceParts): Promise<number> {
     JSON.stringify({
       listening: {
         http: svc.httpUrl,
+        grpc: svc.grpcAddress,
         database: svc.embeddedDatabase ? 'embedded' : 'external',
         redis: svc.redisUrl,
         data_dir: config.dataDir,

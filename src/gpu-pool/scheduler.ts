@@ -52,6 +52,8 @@ export interface SchedulerOptions {
   readonly concurrency?: number;
   readonly tls?: TlsFiles;
   readonly log?: (message: string) => void;
+  /** Told after a job published a model version (the inference servers load it). */
+  readonly onModelPublished?: (model: string, version: number) => Promise<void>;
 }
 
 /** Errors a restart cannot fix. */
@@ -199,6 +201,8 @@ export class Scheduler {
             ...summary,
           } as Prisma.InputJsonValue,
         });
+        // Before the job shows succeeded, so a client that sees it can call the new version.
+        await this.o.onModelPublished?.(name, version).catch((e: Error) => this.log(`model ${name} version ${version}: could not notify the inference servers (${e.message}); they pick it up within seconds`));
         await this.repo.transition(jobId, 'succeeded', `model ${name} version ${version}`);
         await this.jobLog(jobId, 'info', `succeeded after ${Number(result.done.global_steps)} steps; published model ${name} version ${version}`);
         return 'succeeded';

@@ -35,6 +35,9 @@ describe('loadConfig', () => {
       queueName: 'tas-jobs',
       probeIntervalMs: 2000,
       lockDurationMs: 30000,
+      inferThreads: 1,
+      inferMaxRows: 1024,
+      inferMaxMessageBytes: 32 * 1024 * 1024,
     });
     assert.equal(CONFIG_DEFAULTS.maxUploadBytes, 536870912);
   });
@@ -55,6 +58,9 @@ describe('loadConfig', () => {
         TAS_QUEUE: 'tas-jobs.staging',
         TAS_PROBE_INTERVAL_MS: '500',
         TAS_LOCK_DURATION_MS: '60000',
+        TAS_INFER_THREADS: '2',
+        TAS_INFER_MAX_ROWS: '64',
+        TAS_INFER_MAX_MESSAGE_BYTES: '4MiB',
       },
       CWD,
     );
@@ -72,6 +78,9 @@ describe('loadConfig', () => {
       queueName: 'tas-jobs.staging',
       probeIntervalMs: 500,
       lockDurationMs: 60000,
+      inferThreads: 2,
+      inferMaxRows: 64,
+      inferMaxMessageBytes: 4 * 1024 * 1024,
     });
   });
 
@@ -92,6 +101,12 @@ describe('loadConfig', () => {
       fails({ TAS_GRPC_PORT: bad }, 'TAS_GRPC_PORT', `TAS_GRPC_PORT: must be an integer from 0 to 65535, got '${bad}'`);
     }
     fails({ TAS_GRPC_PORT: '8000' }, 'TAS_GRPC_PORT', "TAS_GRPC_PORT: must differ from TAS_HTTP_PORT (8000), got '8000'");
+  });
+
+  test('inference limits: threads and rows are counts of at least one', () => {
+    fails({ TAS_INFER_THREADS: '0' }, 'TAS_INFER_THREADS', "TAS_INFER_THREADS: must be an integer from 1 to 256, got '0'");
+    fails({ TAS_INFER_MAX_ROWS: '-5' }, 'TAS_INFER_MAX_ROWS', "TAS_INFER_MAX_ROWS: must be an integer from 1 to 1000000, got '-5'");
+    fails({ TAS_INFER_MAX_MESSAGE_BYTES: 'lots' }, 'TAS_INFER_MAX_MESSAGE_BYTES', /must be a positive number of bytes/);
   });
 
   test('TAS_WORKERS is a count of at least one', () => {

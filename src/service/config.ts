@@ -38,6 +38,12 @@ export interface ServiceConfig {
   readonly probeIntervalMs: number;
   /** BullMQ lock duration of a running job; a scheduler silent this long loses it (TAS_LOCK_DURATION_MS). @defaultValue 30000 */
   readonly lockDurationMs: number;
+  /** Inference threads (TAS_INFER_THREADS): batches run at once, off the event loop. @defaultValue 1 */
+  readonly inferThreads: number;
+  /** Most rows one inference request may carry (TAS_INFER_MAX_ROWS). @defaultValue 1024 */
+  readonly inferMaxRows: number;
+  /** Largest inference request, gRPC message or REST body (TAS_INFER_MAX_MESSAGE_BYTES). @defaultValue 32 MiB */
+  readonly inferMaxMessageBytes: number;
 }
 
 export const CONFIG_DEFAULTS = {
@@ -51,6 +57,9 @@ export const CONFIG_DEFAULTS = {
   queueName: 'tas-jobs',
   probeIntervalMs: 2000,
   lockDurationMs: 30_000,
+  inferThreads: 1,
+  inferMaxRows: 1024,
+  inferMaxMessageBytes: 32 * 1024 * 1024,
 } as const;
 
 /** A configuration variable with a bad value: `${variable}: ${reason}, got '${value}'`. */
@@ -88,6 +97,9 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     queueName: queueName(env),
     probeIntervalMs: optionalInteger(env, 'TAS_PROBE_INTERVAL_MS', 10, 3_600_000) ?? CONFIG_DEFAULTS.probeIntervalMs,
     lockDurationMs: optionalInteger(env, 'TAS_LOCK_DURATION_MS', 1000, 86_400_000) ?? CONFIG_DEFAULTS.lockDurationMs,
+    inferThreads: optionalInteger(env, 'TAS_INFER_THREADS', 1, 256) ?? CONFIG_DEFAULTS.inferThreads,
+    inferMaxRows: optionalInteger(env, 'TAS_INFER_MAX_ROWS', 1, 1_000_000) ?? CONFIG_DEFAULTS.inferMaxRows,
+    inferMaxMessageBytes: bytes(env, 'TAS_INFER_MAX_MESSAGE_BYTES', CONFIG_DEFAULTS.inferMaxMessageBytes),
   };
 }
 

@@ -6,6 +6,7 @@
  * evaluation, its recalibration record, the final BN statistics, the backend.
  */
 import { stat } from 'node:fs/promises';
+import type { ModelRecord, RepositorySource, ServingSettings } from '../serving/repository.js';
 import { Prisma, type PrismaClient } from './db/client.js';
 import { DbError } from './db/errors.js';
 
@@ -23,16 +24,18 @@ export interface ModelView {
   readonly createdAt: string;
   readonly latestVersion: number | null;
   readonly versions: number;
+  readonly serving: { readonly loaded: boolean; readonly maxBatchSize: number; readonly maxQueueDelayUs: number };
 }
 
 export interface PublishInput {
   readonly name: string;
-  readonly jobId: string;
+  /** The job that trained it; null for an artifact imported without a job. */
+  readonly jobId: string | null;
   readonly artifactPath: string;
   readonly metadata: Prisma.InputJsonValue;
 }
 
-export class ModelStore {
+export class ModelStore implements RepositorySource {
   constructor(private readonly prisma: PrismaClient) {}
 
   /** Record `artifactPath` as the next version of model `name`; returns the version. */
@@ -65,7 +68,25 @@ export class ModelStore {
       createdAt: m.createdAt.toISOString(),
       latestVersion: m.versions[0]?.version ?? null,
       versions: m.versions.length,
+      serving: { loaded: m.servingLoaded, maxBatchSize: m.maxBatchSize, maxQueueDelayUs: m.maxQueueDelayUs },
     }));
+  }
+
+  /** Every model with its serving settings and versions: what the inference server mirrors. */
+  async servingIndex(): Promise<ModelRecord[]> {
+    const models = await this.prisma.model.findMany({
+      select: { name: true, servingLoaded: true, maxBatchSize: true, maxQueueDelayUs: true, versions: { select: { version: true, artifactPath: true }, orderBy: { version: 'asc' } } },
+    });
+    return models.map((m) => ({ name: m.name, loaded: m.servingLoaded, maxBatchSize: m.maxBatchSize, maxQueueDelayUs: m.maxQueueDelayUs, versions: m.versions }));
+  }
+
+  async setServing(name: string, settings: ServingSettings): Promise<boolean> {
+    const data = {
+      ...(settings.loaded !== undefined ? { servingLoaded: settings.loaded } : {}),
+      ...(settings.maxBatchSize !== undefined ? { maxBatchSize: settings.maxBatchSize } : {}),
+      ...(settings.maxQueueDelayUs !== undefined ? { maxQueueDelayUs: settings.maxQueueDelayUs } : {}),
+    };
+    return (await this.prisma.model.updateMany({ where: { name }, data })).count > 0;
   }
 
   /** Version `version` of `name`; "latest" (or undefined) is the newest. */

@@ -7,6 +7,7 @@
  */
 import { mkdir } from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
+import { Registry } from 'prom-client';
 import { buildApp } from '../api/app.js';
 import { datasetRoutes } from '../api/routes/datasets.js';
 import { LocalPool } from '../gpu-pool/local-pool.js';
@@ -20,11 +21,13 @@ import { migrate } from './db/migrate.js';
 import { DatasetStore } from './datasets.js';
 import { startEmbeddedPostgres } from './embedded-postgres.js';
 import { JobService } from './job-service.js';
+import { startInferenceService, type InferenceService } from '../serving/inference-service.js';
+import { modelChangesChannel, redisModelChanges } from './model-changes.js';
 import { ModelStore } from './models.js';
 import { ensureRedis } from './redis-server.js';
 
 export interface ServiceParts {
-  /** Serve the REST API. */
+  /** Serve the REST API, and inference (REST /v2 on the same port, gRPC on TAS_GRPC_PORT). */
   readonly api: boolean;
   /** Run the scheduler (takes jobs from the queue and runs them on the pool). */
   readonly scheduler: boolean;
@@ -35,6 +38,8 @@ export interface ServiceParts {
 export interface RunningService {
   /** The REST API's base URL, when it serves. */
   readonly httpUrl: string | null;
+  /** host:port of gRPC inference, when the API serves. */
+  readonly grpcAddress: string | null;
   readonly databaseUrl: string;
   readonly redisUrl: string;
   readonly embeddedDatabase: boolean;
@@ -84,6 +89,10 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     stops.push(async () => queueConnection.quit());
     const queue = new JobQueue(queueConnection, config.queueName);
     stops.push(() => queue.close());
+    // Model-repository change notices: schedulers publish versions, APIs (un)load models.
+    const changesSubscriber = redisConnection(redis.url);
+    stops.push(async () => changesSubscriber.quit());
+    const modelChanges = redisModelChanges(commands, changesSubscriber, modelChangesChannel(config.queueName));
 
     const registry = new WorkerRegistry(prisma, { probeIntervalMs: config.probeIntervalMs, ...(o.tls ? { tls: o.tls } : {}), log });
     let localPool: LocalPool | null = null;
@@ -114,6 +123,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         lockDurationMs: config.lockDurationMs,
         ...(o.tls ? { tls: o.tls } : {}),
         log,
+        onModelPublished: () => modelChanges.notify(),
       });
       await scheduler.start();
       stops.push(async () => {
@@ -125,7 +135,21 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
 
     let app: FastifyInstance | null = null;
     let httpUrl: string | null = null;
+    let grpcAddress: string | null = null;
     if (parts.api) {
+      const registry = new Registry();
+      const inference: InferenceService = await startInferenceService({
+        source: new ModelStore(prisma),
+        changes: modelChanges,
+        registry,
+        threads: config.inferThreads,
+        maxRequestRows: config.inferMaxRows,
+        maxMessageBytes: config.inferMaxMessageBytes,
+        grpc: { host: config.host, port: config.grpcPort, ...(o.tls ? { tls: o.tls } : {}) },
+        log,
+      });
+      stops.push(() => inference.close());
+      grpcAddress = inference.grpc?.address ?? null;
       const datasets = new DatasetStore({ prisma, dataDir: config.dataDir });
       app = await buildApp({
         prisma,
@@ -138,6 +162,8 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
           { name: 'redis', check: async () => void (await commands.ping()) },
         ],
         registerDatasets: async (a) => void (await a.register(datasetRoutes, { store: datasets, maxUploadBytes: config.maxUploadBytes })),
+        registerInference: (a) => inference.registerRoutes(a),
+        registry,
       });
       const server = app;
       stops.push(() => server.close());
@@ -146,7 +172,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
       log(`REST API on ${httpUrl} (OpenAPI at ${httpUrl}/docs)`);
     }
 
-    return { httpUrl, databaseUrl, redisUrl: redis.url, embeddedDatabase: config.databaseUrl === null, prisma, app, localPool, stop };
+    return { httpUrl, grpcAddress, databaseUrl, redisUrl: redis.url, embeddedDatabase: config.databaseUrl === null, prisma, app, localPool, stop };
   } catch (e) {
     await stop();
     throw e;

@@ -58,6 +58,7 @@ export async function startServe(env: ServeEnv, opts: { workers?: number; lockDu
       TAS_QUEUE: env.queue,
       TAS_DATA_DIR: env.dataDir,
       TAS_HTTP_PORT: '0',
+      TAS_GRPC_PORT: '0',
       TAS_HOST: '127.0.0.1',
       TAS_WORKERS: String(opts.workers ?? 2),
       TAS_PROBE_INTERVAL_MS: '500',

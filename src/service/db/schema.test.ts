@@ -68,6 +68,10 @@ describe('schema.prisma and the migrations agree', { skip: unavailable ?? false 
     assert.deepEqual(await prisma.dataset.findUniqueOrThrow({ where: { id: dataset.id } }), dataset);
 
     const model = await prisma.model.create({ data: { name: 'mnist-cnn' } });
+    // Serving defaults: loaded, batches of up to 64 rows, no added queue delay.
+    assert.deepEqual([model.servingLoaded, model.maxBatchSize, model.maxQueueDelayUs], [true, 64, 0]);
+    const unloaded = await prisma.model.update({ where: { id: model.id }, data: { servingLoaded: false, maxBatchSize: 8, maxQueueDelayUs: 500 } });
+    assert.deepEqual(await prisma.model.findUniqueOrThrow({ where: { id: model.id } }), unloaded);
     const v1 = await prisma.modelVersion.create({
       data: { modelId: model.id, version: 1, jobId: job.id, artifactPath: '/artifacts/x/model.safetensors', metadata: { format: 'tas-model', format_version: 1 } },
     });

@@ -1,0 +1,173 @@
+/**
+ * The gRPC binding of the Open Inference Protocol (`inference.GRPCInferenceService`,
+ * proto/inference/grpc_predict_v2.proto), with the standard health service
+ * (`grpc.health.v1.Health`) and server reflection beside it, so generic tools (grpcurl,
+ * grpc_health_probe, Postman) discover and probe the server without a .proto.
+ */
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { serverCredentials, type TlsFiles } from '../gpu-pool/grpc-collective.js';
+import { PROTO_DIR } from '../gpu-pool/proto.js';
+import { toInferenceError } from './errors.js';
+import { infer, type InferInput, type InferOptions } from './infer.js';
+import type { ModelRepository } from './repository.js';
+import { PLATFORM, type ServerIdentity } from './server-info.js';
+import { fromRaw, fromTyped, rawFp32, type TypedContents } from './tensors.js';
+
+export const INFERENCE_PROTO = `${PROTO_DIR}inference/grpc_predict_v2.proto`;
+export const INFERENCE_SERVICE = 'inference.GRPCInferenceService';
+
+/** proto-loader options: field names as in the .proto, int64 as JS numbers. */
+export const PROTO_OPTIONS: protoLoader.Options = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true };
+
+export interface InferenceGrpcOptions extends InferOptions {
+  readonly repository: ModelRepository;
+  readonly identity: ServerIdentity;
+  readonly log?: (message: string) => void;
+}
+
+// The request messages as proto-loader decodes them (keepCase, defaults).
+interface InferInputTensorMsg {
+  name: string;
+  datatype: string;
+  shape: number[];
+  contents: TypedContents | null;
+}
+interface ModelInferRequestMsg {
+  model_name: string;
+  model_version: string;
+  id: string;
+  inputs: InferInputTensorMsg[];
+  outputs: Array<{ name: string }>;
+  raw_input_contents: Buffer[];
+}
+interface NameVersionMsg {
+  name: string;
+  version: string;
+}
+
+type Unary<Req> = grpc.handleUnaryCall<Req, unknown>;
+
+export function loadInferenceDefinition(): protoLoader.PackageDefinition {
+  return protoLoader.loadSync(INFERENCE_PROTO, PROTO_OPTIONS);
+}
+
+/** Add the inference service to `server`. */
+export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions, definition = loadInferenceDefinition()): void {
+  const pkg = grpc.loadPackageDefinition(definition) as unknown as { inference: { GRPCInferenceService: grpc.ServiceClientConstructor } };
+  const repo = o.repository;
+
+  /** Errors as gRPC statuses; unexpected ones are logged and sent as an opaque INTERNAL. */
+  const fail = (cb: grpc.sendUnaryData<unknown>, e: unknown) => {
+    const err = toInferenceError(e);
+    if (err.code === 'INTERNAL') o.log?.(`inference error: ${(e as Error)?.stack ?? String(e)}`);
+    cb({ code: err.grpcStatus, details: err.message });
+  };
+
+  const ModelInfer: Unary<ModelInferRequestMsg> = (call, cb) => {
+    const r = call.request;
+    const raw = r.raw_input_contents.length > 0;
+    if (raw && r.inputs.some((i) => i.contents !== null)) {
+      cb({ code: grpc.status.INVALID_ARGUMENT, details: `contents field must not be specified when using raw_input_contents for model '${r.model_name}'` });
+      return;
+    }
+    if (raw && r.raw_input_contents.length !== r.inputs.length) {
+      cb({ code: grpc.status.INVALID_ARGUMENT, details: `expected ${r.inputs.length} raw input contents but got ${r.raw_input_contents.length} for model '${r.model_name}'` });
+      return;
+    }
+    const inputs: InferInput[] = r.inputs.map((t, i) => ({
+      name: t.name,
+      datatype: t.datatype,
+      shape: t.shape,
+      decode: (model, checked) => (raw ? fromRaw(model, checked, r.raw_input_contents[i]!) : fromTyped(model, checked, t.contents ?? {})),
+    }));
+    infer(repo, { model: r.model_name, version: r.model_version, id: r.id, inputs, outputs: r.outputs.map((x) => x.name) }, 'grpc', o).then(
+      (res) =>
+        cb(null, {
+          model_name: res.model,
+          model_version: res.version,
+          id: res.id,
+          // Answer in the form asked: raw bytes for raw requests (what Triton's clients
+          // send and read), typed contents otherwise.
+          outputs: res.outputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape, ...(raw ? {} : { contents: { fp32_contents: Array.from(t.data) } }) })),
+          raw_output_contents: raw ? res.outputs.map((t) => rawFp32(t.data)) : [],
+        }),
+      (e: unknown) => fail(cb, e),
+    );
+  };
+
+  server.addService(pkg.inference.GRPCInferenceService.service, {
+    ServerLive: ((_call, cb) => cb(null, { live: true })) as Unary<unknown>,
+    ServerReady: ((_call, cb) => cb(null, { ready: repo.isReady() })) as Unary<unknown>,
+    ModelReady: ((call, cb) => cb(null, { ready: repo.modelReady(call.request.name, call.request.version) })) as Unary<NameVersionMsg>,
+    ServerMetadata: ((_call, cb) => cb(null, { name: o.identity.name, version: o.identity.version, extensions: [...o.identity.extensions] })) as Unary<unknown>,
+    ModelMetadata: ((call, cb) => {
+      repo.metadata(call.request.name, call.request.version).then(
+        (m) =>
+          cb(null, {
+            name: m.name,
+            versions: m.versions,
+            platform: PLATFORM,
+            inputs: [m.served.input],
+            outputs: [m.served.output],
+          }),
+        (e: unknown) => fail(cb, e),
+      );
+    }) as Unary<NameVersionMsg>,
+    ModelInfer,
+  });
+}
+
+export interface InferenceGrpcServer {
+  readonly port: number;
+  readonly address: string;
+  /** What the standard health service answers. */
+  setServing(serving: boolean): void;
+  close(): Promise<void>;
+}
+
+export interface StartGrpcOptions extends InferenceGrpcOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly tls?: TlsFiles;
+  /** Largest request message; larger ones fail with RESOURCE_EXHAUSTED. @defaultValue 32 MiB */
+  readonly maxMessageBytes?: number;
+}
+
+/** Serve inference, health and reflection on one port. */
+export async function startInferenceGrpcServer(o: StartGrpcOptions): Promise<InferenceGrpcServer> {
+  const maxBytes = o.maxMessageBytes ?? 32 * 1024 * 1024;
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': maxBytes, 'grpc.max_send_message_length': -1 });
+  const definition = loadInferenceDefinition();
+  addInferenceService(server, o, definition);
+
+  // NOT_SERVING until the repository is read and loaded (`setServing`), so a probe does
+  // not send traffic to a server still loading its models (triton#7014).
+  const health = new HealthImplementation({ '': 'NOT_SERVING', [INFERENCE_SERVICE]: 'NOT_SERVING' });
+  health.addToServer(server);
+  const setServing = (serving: boolean) => {
+    for (const name of ['', INFERENCE_SERVICE]) health.setStatus(name, serving ? 'SERVING' : 'NOT_SERVING');
+  };
+
+  // Reflection describes both services it serves.
+  new ReflectionService({ ...definition, ...protoLoader.loadSync(healthProtoPath, PROTO_OPTIONS) }).addToServer(server);
+
+  const host = o.host.includes(':') ? `[${o.host}]` : o.host;
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync(`${host}:${o.port}`, serverCredentials(o.tls), (err, p) => (err ? reject(err) : resolve(p))));
+  return {
+    port,
+    address: `${o.host === '0.0.0.0' ? '127.0.0.1' : o.host}:${port}`,
+    setServing,
+    close: () =>
+      new Promise<void>((resolve) => {
+        setServing(false);
+        const t = setTimeout(() => server.forceShutdown(), 2000);
+        server.tryShutdown(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      }),
+  };
+}

@@ -1,0 +1,91 @@
+/**
+ * Inference serving assembled: the inference threads, the model repository mirroring the
+ * database, metrics, the gRPC server (Open Inference Protocol, health, reflection) and
+ * the REST routes to register on the API's fastify app. `src/service/service.ts` starts
+ * it beside the REST API.
+ */
+import type { FastifyInstance } from 'fastify';
+import type { Registry } from 'prom-client';
+import type { TlsFiles } from '../gpu-pool/grpc-collective.js';
+import { InferenceEngine } from './engine.js';
+import { startInferenceGrpcServer, type InferenceGrpcServer } from './grpc-server.js';
+import { InferenceMetrics } from './metrics.js';
+import { ModelRepository, type RepositoryChanges, type RepositorySource } from './repository.js';
+import { inferenceRoutes } from './rest-routes.js';
+import { serverIdentity } from './server-info.js';
+
+export interface InferenceServiceOptions {
+  readonly source: RepositorySource;
+  readonly changes?: RepositoryChanges;
+  /** Metrics go here (the API's /metrics registry). */
+  readonly registry?: Registry;
+  /** @defaultValue 1 */
+  readonly threads?: number;
+  /** @defaultValue 1024 */
+  readonly maxRequestRows?: number;
+  /** @defaultValue 32 MiB */
+  readonly maxMessageBytes?: number;
+  /** Where gRPC serves; null: REST only. */
+  readonly grpc: { readonly host: string; readonly port: number; readonly tls?: TlsFiles } | null;
+  readonly refreshMs?: number;
+  readonly log?: (message: string) => void;
+}
+
+export interface InferenceService {
+  readonly repository: ModelRepository;
+  readonly engine: InferenceEngine;
+  readonly grpc: InferenceGrpcServer | null;
+  /** Add the /v2 REST routes to an app. */
+  registerRoutes(app: FastifyInstance): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startInferenceService(o: InferenceServiceOptions): Promise<InferenceService> {
+  const engine = await InferenceEngine.start({ threads: o.threads ?? 1, ...(o.log ? { log: o.log } : {}) });
+  let repository: ModelRepository | null = null;
+  let grpc: InferenceGrpcServer | null = null;
+  try {
+    let metrics: InferenceMetrics | undefined;
+    const pending = () => repository?.pending() ?? [];
+    if (o.registry) metrics = new InferenceMetrics(o.registry, pending);
+    repository = new ModelRepository({
+      source: o.source,
+      engine,
+      ...(metrics ? { metrics } : {}),
+      ...(o.changes ? { changes: o.changes } : {}),
+      ...(o.refreshMs !== undefined ? { refreshMs: o.refreshMs } : {}),
+      ...(o.log ? { log: o.log } : {}),
+    });
+    const common = {
+      repository,
+      identity: serverIdentity(),
+      maxRequestRows: o.maxRequestRows ?? 1024,
+      ...(metrics ? { metrics } : {}),
+      ...(o.log ? { log: o.log } : {}),
+    };
+    if (o.grpc) {
+      grpc = await startInferenceGrpcServer({ ...common, host: o.grpc.host, port: o.grpc.port, ...(o.grpc.tls ? { tls: o.grpc.tls } : {}), ...(o.maxMessageBytes ? { maxMessageBytes: o.maxMessageBytes } : {}) });
+      o.log?.(`gRPC inference (Open Inference Protocol, health, reflection) on ${grpc.address}`);
+    }
+    await repository.start();
+    grpc?.setServing(true);
+    const repo = repository;
+    const server = grpc;
+    return {
+      repository: repo,
+      engine,
+      grpc: server,
+      registerRoutes: async (app) => void (await app.register(inferenceRoutes, { ...common, ...(o.maxMessageBytes ? { maxBodyBytes: o.maxMessageBytes } : {}) })),
+      close: async () => {
+        await server?.close();
+        await repo.close();
+        await engine.close();
+      },
+    };
+  } catch (e) {
+    await grpc?.close();
+    await repository?.close();
+    await engine.close();
+    throw e;
+  }
+}

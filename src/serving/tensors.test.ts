@@ -1,0 +1,74 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { InferenceError } from './errors.js';
+import { checkInput, fromJson, fromRaw, fromTyped, rawFp32, type TensorSignature } from './tensors.js';
+
+const SIG: TensorSignature = { name: 'input', datatype: 'FP32', shape: [-1, 3] };
+const IMG: TensorSignature = { name: 'input', datatype: 'FP32', shape: [-1, 1, 2, 2] };
+
+function code(fn: () => unknown, c: InferenceError['code'], message?: string | RegExp): void {
+  assert.throws(fn, (e: unknown) => {
+    assert.ok(e instanceof InferenceError, String(e));
+    assert.equal(e.code, c);
+    if (typeof message === 'string') assert.equal(e.message, message);
+    else if (message) assert.match(e.message, message);
+    return true;
+  });
+}
+
+describe('checkInput', () => {
+  test('accepts the batch dimension free and the rest exact', () => {
+    assert.deepEqual(checkInput('m', SIG, { name: 'input', datatype: 'FP32', shape: [5, 3] }), { rows: 5, datatype: 'FP32' });
+    assert.deepEqual(checkInput('m', IMG, { name: 'input', datatype: 'UINT8', shape: [1, 1, 2, 2] }), { rows: 1, datatype: 'UINT8' });
+    assert.equal(checkInput('m', SIG, { name: 'input', datatype: 'INT64', shape: [0, 3] }).rows, 0);
+  });
+  test("a wrong shape gets Triton's message", () => {
+    code(() => checkInput('m', SIG, { name: 'input', datatype: 'FP32', shape: [3, 5] }), 'SHAPE_MISMATCH', "unexpected shape for input 'input' for model 'm'. Expected [-1,3], got [3,5]");
+    code(() => checkInput('m', SIG, { name: 'input', datatype: 'FP32', shape: [3] }), 'SHAPE_MISMATCH');
+    code(() => checkInput('m', SIG, { name: 'input', datatype: 'FP32', shape: [-2, 3] }), 'SHAPE_MISMATCH');
+  });
+  test("a datatype the model cannot take gets Triton's message", () => {
+    for (const d of ['BYTES', 'BOOL', 'FP16', 'BF16', 'fp32']) {
+      code(() => checkInput('m', SIG, { name: 'input', datatype: d, shape: [1, 3] }), 'DATATYPE_MISMATCH', `inference input data-type is '${d}', model expects 'FP32' for 'm'`);
+    }
+  });
+});
+
+describe('decoding', () => {
+  const h = (datatype: 'FP32' | 'FP64' | 'INT8' | 'INT16' | 'INT32' | 'INT64' | 'UINT8' | 'UINT16' | 'UINT32' | 'UINT64', shape = [2, 3]) => ({ name: 'input', datatype, shape });
+
+  test('typed contents: the field that matches the datatype', () => {
+    assert.deepEqual(fromTyped('m', h('FP32'), { fp32_contents: [1, 2, 3, 4, 5, 6.5] }), Float32Array.of(1, 2, 3, 4, 5, 6.5));
+    assert.deepEqual(fromTyped('m', h('INT32'), { int_contents: [-1, 2, 3, 4, 5, 6] }), Float32Array.of(-1, 2, 3, 4, 5, 6));
+    assert.deepEqual(fromTyped('m', h('UINT8'), { uint_contents: [0, 255, 3, 4, 5, 6] }), Float32Array.of(0, 255, 3, 4, 5, 6));
+    assert.deepEqual(fromTyped('m', h('INT64'), { int64_contents: [7, 8, 9, 10, 11, 12] }), Float32Array.of(7, 8, 9, 10, 11, 12));
+    // Values in the wrong field do not count.
+    code(() => fromTyped('m', h('FP32'), { fp64_contents: [1, 2, 3, 4, 5, 6] }), 'INVALID_INPUT', "unexpected number of elements for input 'input' for model 'm'. Expected 6, got 0");
+    code(() => fromTyped('m', h('UINT8'), { uint_contents: [0, 256, 3, 4, 5, 6] }), 'INVALID_INPUT', /element 1 \(256\) is not a UINT8 value/);
+  });
+
+  test('raw contents: little-endian bytes of each datatype, at any offset', () => {
+    const f32 = Float32Array.of(1.5, -2, 3, 4, 5, 6);
+    // A slice at an odd offset, as protobuf hands out `bytes` fields.
+    const padded = Buffer.concat([Buffer.from([9]), Buffer.from(f32.buffer)]).subarray(1);
+    assert.deepEqual(fromRaw('m', h('FP32'), padded), f32);
+    assert.deepEqual(fromRaw('m', h('UINT8'), Uint8Array.of(0, 1, 2, 3, 254, 255)), Float32Array.of(0, 1, 2, 3, 254, 255));
+    assert.deepEqual(fromRaw('m', h('INT16'), new Uint8Array(Int16Array.of(-300, 2, 3, 4, 5, 6).buffer)), Float32Array.of(-300, 2, 3, 4, 5, 6));
+    assert.deepEqual(fromRaw('m', h('INT64'), new Uint8Array(BigInt64Array.of(-1n, 2n, 3n, 4n, 5n, 1n << 40n).buffer)), Float32Array.of(-1, 2, 3, 4, 5, 2 ** 40));
+    assert.deepEqual(fromRaw('m', h('FP64'), new Uint8Array(Float64Array.of(0.25, 2, 3, 4, 5, 6).buffer)), Float32Array.of(0.25, 2, 3, 4, 5, 6));
+    code(() => fromRaw('m', h('FP32'), new Uint8Array(20)), 'INVALID_INPUT', "input byte size mismatch for input 'input' for model 'm'. Expected 24, got 20");
+  });
+
+  test('JSON data: flat or nested, numbers only, integers in range', () => {
+    assert.deepEqual(fromJson('m', h('FP32'), [1, 2, 3, 4, 5, 6]), Float32Array.of(1, 2, 3, 4, 5, 6));
+    assert.deepEqual(fromJson('m', h('FP32'), [[1, 2, 3], [4, 5, 6]]), Float32Array.of(1, 2, 3, 4, 5, 6));
+    code(() => fromJson('m', h('FP32'), [1, 2, 3, 4, 5]), 'INVALID_INPUT', /Expected 6, got 5/);
+    code(() => fromJson('m', h('FP32'), [1, 2, 3, 4, 5, '6']), 'INVALID_INPUT', /data must hold numbers, got "6"/);
+    code(() => fromJson('m', h('INT32'), [1, 2, 3, 4, 5, 6.5]), 'INVALID_INPUT', /element 5 \(6.5\) is not a INT32 value/);
+  });
+
+  test('raw output bytes round-trip', () => {
+    const v = Float32Array.of(1, -0.5, 3e-8);
+    assert.deepEqual(fromRaw('m', { name: 'x', datatype: 'FP32', shape: [1, 3] }, rawFp32(v)), v);
+  });
+});
