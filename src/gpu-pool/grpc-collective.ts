@@ -18,15 +18,17 @@
  * - allReduce, buffers under `smallMessageBytes` (64 KiB): every rank's buffer to every
  *   other rank; each rank sums all W buffers in rank order, starting from zeros, exactly
  *   as the in-process group does, so the bits equal the in-process result on every rank.
- * - allReduce, larger buffers: a ring (reduce-scatter then all-gather over W segments),
- *   pipelined at frame granularity (`frameBytes`, 1 MiB): each rank sends and receives
- *   2(W-1)/W of the buffer instead of (W-1) times it. Each segment's final value is computed
- *   once, by its owner at the end of the reduce-scatter, and then only copied around the
- *   ring, so every rank holds the same bits. NOTE: the ring's order of addition is not rank
- *   order: segment c is summed as ((x_c + x_{c+1}) + x_{c+2}) + ... around the ring, so the
- *   result is identical on every rank but may differ in the last bit from the small-message
- *   path and from the in-process group (for W = 2 it is the same, addition being
- *   commutative).
+ * - allReduce, larger buffers, also summed in rank order from zeros on their owner (the
+ *   same bits as the in-process group, on every rank):
+ *   - two ranks: the small path's exchange (REDUCE), the whole buffer as ONE frame each way
+ *     (up to `pairFrameBytes`, 256 MiB); each rank sums into the peer's received message
+ *     and returns it (a view), allocating no result buffer. Each rank sends and receives
+ *     the buffer once: as many bytes as a ring for W = 2, in one phase instead of two.
+ *   - three or more: reduce-scatter then all-gather over W segments, each a direct
+ *     exchange: every rank sends its values of segment c to rank c (REDUCE_SCATTER), which
+ *     sums the W parts in rank order frame by frame (`frameBytes`, 4 MiB) and sends each
+ *     final frame to every other rank (ALL_GATHER_RING), where it is only copied. 2(W-1)/W
+ *     of the buffer each way per rank, as a ring, in 2 dependent steps instead of 2(W-1).
  * - broadcast: the root writes its buffer to every rank; barrier: an empty frame each way.
  *
  * Failure: a stream error or end without GOODBYE ("rank 2 unreachable: ..."), no frame
@@ -39,10 +41,15 @@
  * longest synchronous stretch of the training step.
  *
  * Data path: payloads are raw little-endian float32, encoded by hand (one copy of the
- * payload into the frame; grpc-js adds one more), decoded as Float32Array views over
- * grpc's receive buffer when aligned (the `pad` field makes that the normal case);
- * compression, retries and channelz are off; message size limits are lifted; writes honour
- * back-pressure (a `write` that returns false waits for 'drain').
+ * payload into a pooled frame buffer; grpc-js adds one more), decoded as Float32Array
+ * views over grpc's receive buffer when aligned (the `pad` field makes that the normal
+ * case); compression, retries and channelz are off; message size limits are lifted; writes
+ * honour back-pressure (frames written while a stream is back-pressured queue, in order,
+ * until 'drain'). What large messages cost here is mostly not the algorithm: grpc-js
+ * allocates a fresh buffer per message on each side (its framing copy and the reassembly
+ * `Buffer.concat`) and Node's HTTP/2 one per socket read, and that external memory drives
+ * V8 garbage collections; so this file allocates as little as it can besides (pooled
+ * frame buffers, results written in place).
  */
 import { readFileSync } from 'node:fs';
 import { endianness } from 'node:os';
@@ -336,8 +343,13 @@ export interface GrpcCollectiveOptions {
   connectTimeoutMs?: number;
   /** allReduce buffers below this many bytes use the rank-order all-to-all (default 64 KiB). */
   smallMessageBytes?: number;
-  /** Largest payload per frame; larger messages are split (default 1 MiB). */
+  /** Largest payload per frame; larger messages are split (default 4 MiB). */
   frameBytes?: number;
+  /**
+   * Two ranks: largest payload per allReduce frame (default 256 MiB). Up to this the whole
+   * buffer travels as one frame and the sum is written into the received message.
+   */
+  pairFrameBytes?: number;
   /** PEM file paths: mutual TLS. Plaintext when absent. */
   tls?: TlsFiles;
   /** Where rejected frames and failures are reported (default console.warn). */
@@ -505,7 +517,8 @@ class Link {
   /** Frames of calls this rank has not started yet. */
   early: Frame[] = [];
   private needDrain = false;
-  private drainWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+  /** Frames written after back-pressure, in order, when the stream drains. */
+  private queued: Array<{ buf: Buffer; written?: () => void; resolve: () => void; reject: (e: Error) => void }> = [];
   /** The peer sent GOODBYE. */
   peerLeft = false;
   /** A stream of this link is over (ended, errored, cancelled). */
@@ -547,14 +560,7 @@ class Link {
       if (clean || this.peerLeft) return;
       this.onGone(`${name} ${how}`);
     };
-    if (!dialed) {
-      stream.on('drain', () => {
-        this.needDrain = false;
-        const ws = this.drainWaiters;
-        this.drainWaiters = [];
-        for (const w of ws) w.resolve();
-      });
-    }
+    if (!dialed) stream.on('drain', () => this.flush());
     stream.on('error', (e: Error & Partial<grpc.StatusObject>) => gone(e.details ? `failed: ${grpc.status[e.code!] ?? e.code}: ${e.details}` : `failed: ${e.message}`));
     stream.on('end', () => {
       // The peer ended its side: finish ours so that the stream completes.
@@ -579,19 +585,36 @@ class Link {
     if (first) this.owner.linkGone(this, how);
   }
 
-  /** Writes one encoded frame; returns a promise only when back-pressure must be waited out. */
   /**
-   * Writes one encoded frame; returns a promise only when back-pressure must be waited out.
-   * `written` runs once grpc-js has taken its copy of `buf` (it serializes inside `_write`,
-   * before the write callback), so that `buf` can be reused.
+   * Writes one encoded frame, or queues it (in order) while the stream is back-pressured;
+   * returns a promise only then, resolved when it is written. `written` runs once grpc-js
+   * has taken its copy of `buf` (it serializes inside `_write`, before the write callback),
+   * so that `buf` can be reused. A caller need not wait before sending more: frames stay in
+   * order either way.
    */
   send(buf: Buffer, written?: () => void): Promise<void> | undefined {
-    if (this.needDrain) return this.waitDrain().then(() => this.send(buf, written));
     const failure = this.owner.failureFor(this);
     if (failure) return Promise.reject(failure);
+    if (this.needDrain || this.queued.length > 0) return new Promise((resolve, reject) => this.queued.push({ buf, written, resolve, reject }));
     this.lastSend = performance.now();
     if (!this.tx!.write(buf, written)) this.needDrain = true;
     return undefined;
+  }
+
+  /** 'drain': write what was queued until back-pressure again. */
+  private flush(): void {
+    this.needDrain = false;
+    while (this.queued.length > 0 && !this.needDrain) {
+      const q = this.queued.shift()!;
+      const failure = this.owner.failureFor(this);
+      if (failure) {
+        q.reject(failure);
+        continue;
+      }
+      this.lastSend = performance.now();
+      if (!this.tx!.write(q.buf, q.written)) this.needDrain = true;
+      q.resolve();
+    }
   }
 
   /** Control frames (ABORT, GOODBYE, HEARTBEAT): written regardless of back-pressure. */
@@ -606,11 +629,7 @@ class Link {
   }
 
   get blocked(): boolean {
-    return this.needDrain;
-  }
-
-  private waitDrain(): Promise<void> {
-    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
+    return this.needDrain || this.queued.length > 0;
   }
 
   private endTx(): void {
@@ -692,9 +711,9 @@ class Link {
     this.inbox.clear();
     this.early = [];
     for (const w of ws) w.reject(err);
-    const ds = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const d of ds) d.reject(err);
+    const qs = this.queued;
+    this.queued = [];
+    for (const q of qs) q.reject(err);
   }
 }
 
@@ -750,25 +769,85 @@ function addInto(dst: Float32Array, off: number, src: Float32Array): void {
 }
 
 /**
+ * out[i] = (0 + lo[i]) + hi[i]: two ranks' values summed in rank order from zeros, the
+ * bits of the small path's `out += x_0; out += x_1` (`+ 0` turns -0 into +0 as that does;
+ * float32 + float32 computed in double and rounded once is the float32 sum). `out` may be
+ * `lo` or `hi` (element i is read before it is written).
+ */
+function sum2(out: Float32Array, lo: Float32Array, hi: Float32Array): void {
+  const n = out.length, m = n - (n & 3);
+  let i = 0;
+  for (; i < m; i += 4) {
+    const a0 = lo[i] + 0 + hi[i], a1 = lo[i + 1] + 0 + hi[i + 1], a2 = lo[i + 2] + 0 + hi[i + 2], a3 = lo[i + 3] + 0 + hi[i + 3];
+    out[i] = a0;
+    out[i + 1] = a1;
+    out[i + 2] = a2;
+    out[i + 3] = a3;
+  }
+  for (; i < n; i++) out[i] = lo[i] + 0 + hi[i];
+}
+
+/** out[i] = a[i] + b[i] (a rank-order partial sum plus the next rank's values; `out` may be `a` or `b`). */
+function add2(out: Float32Array, a: Float32Array, b: Float32Array): void {
+  const n = out.length, m = n - (n & 3);
+  let i = 0;
+  for (; i < m; i += 4) {
+    const s0 = a[i] + b[i], s1 = a[i + 1] + b[i + 1], s2 = a[i + 2] + b[i + 2], s3 = a[i + 3] + b[i + 3];
+    out[i] = s0;
+    out[i + 1] = s1;
+    out[i + 2] = s2;
+    out[i + 3] = s3;
+  }
+  for (; i < n; i++) out[i] = a[i] + b[i];
+}
+
+/** A Float32Array of n values, not zero-filled (every value is written before it is read). */
+function uninitFloats(n: number): Float32Array {
+  const b = Buffer.allocUnsafeSlow(n * 4);
+  return new Float32Array(b.buffer, b.byteOffset, n);
+}
+
+/**
  * Encode buffers for large frames, reused once grpc-js has copied them: every fresh large
  * buffer costs page faults and, in bulk, V8 garbage collections (external memory pressure).
+ * Frames up to `size` share a free list; a few larger ones (a two-rank allReduce sends its
+ * whole buffer as one frame) are kept too, for the next call of the same size.
  */
 class FramePool {
   private readonly free: Buffer[] = [];
+  private readonly big: Buffer[] = [];
   constructor(
     private readonly size: number,
     private readonly keep: number,
+    private readonly keepBig = 2,
   ) {}
 
-  /** A buffer of at least n bytes (pooled when large and at most the pool's size). */
+  /** A buffer of at least n bytes (pooled when large). */
   readonly take = (n: number): Buffer => {
-    if (n < 64 * 1024 || n > this.size) return Buffer.allocUnsafe(n);
-    return this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+    if (n < 64 * 1024) return Buffer.allocUnsafe(n);
+    if (n <= this.size) return this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+    for (let i = 0; i < this.big.length; i++) {
+      const b = this.big[i];
+      // A kept buffer fits when it is not more than twice what is needed.
+      if (b.length >= n && b.length <= 2 * n) {
+        this.big.splice(i, 1);
+        return b;
+      }
+    }
+    return Buffer.allocUnsafeSlow(n);
   };
 
   /** `buf` (from `take`, maybe a prefix view) is free again. */
   give(buf: Buffer): void {
-    if (buf.byteOffset === 0 && buf.buffer.byteLength === this.size && this.free.length < this.keep) this.free.push(Buffer.from(buf.buffer, 0, this.size));
+    const whole = buf.buffer.byteLength;
+    // Never a slice of Node's shared small-buffer pool: only what `take` allocated alone.
+    if (buf.byteOffset !== 0 || whole < 64 * 1024) return;
+    if (whole === this.size) {
+      if (this.free.length < this.keep) this.free.push(Buffer.from(buf.buffer, 0, this.size));
+    } else if (whole > this.size) {
+      if (this.big.length >= this.keepBig) this.big.shift();
+      this.big.push(Buffer.from(buf.buffer, 0, whole));
+    }
   }
 }
 
@@ -791,6 +870,7 @@ export class GrpcCollective implements Collective {
   private readonly connectTimeoutMs: number;
   private readonly smallBytes: number;
   private readonly frameFloats: number;
+  private readonly pairFrameFloats: number;
   private readonly pool: FramePool;
   private readonly header: Buffer;
   private readonly heartbeatFrame: Buffer;
@@ -853,9 +933,10 @@ export class GrpcCollective implements Collective {
     if (!(this.heartbeatMs > 0) || this.heartbeatMs > this.timeoutMs / 2) throw new RangeError(`heartbeatMs (${this.heartbeatMs}) must be positive and at most timeoutMs / 2 (${this.timeoutMs / 2})`);
     this.connectTimeoutMs = opts.connectTimeoutMs ?? Math.max(30_000, this.timeoutMs);
     this.smallBytes = opts.smallMessageBytes ?? 64 * 1024;
-    this.frameFloats = Math.max(1, Math.floor((opts.frameBytes ?? 1 << 20) / 4));
+    this.frameFloats = Math.max(1, Math.floor((opts.frameBytes ?? 4 << 20) / 4));
+    this.pairFrameFloats = Math.max(1, Math.floor((opts.pairFrameBytes ?? 256 << 20) / 4));
     // Room for a full frame's payload plus header, error-free fields and pad.
-    this.pool = new FramePool(this.frameFloats * 4 + 256, 32);
+    this.pool = new FramePool(this.frameFloats * 4 + 256, Math.max(4, Math.floor((32 << 20) / (this.frameFloats * 4))));
     this.log = opts.log ?? ((m) => console.warn(m));
     this.header = encodeFrameHeader(this.jobId, this.generation, this.rank);
     this.heartbeatFrame = encodeFrame(this.header, { op: Op.HEARTBEAT });
@@ -1205,68 +1286,147 @@ export class GrpcCollective implements Collective {
         this.finish(seq);
       }
     }
+    if (this.worldSize === 2) {
+      const seq = this.begin({ name: 'allReduce', ops: [Op.REDUCE], total });
+      try {
+        return await this.pairReduce(seq, data);
+      } finally {
+        this.finish(seq);
+      }
+    }
     const seq = this.begin({ name: 'allReduce', ops: [Op.REDUCE_SCATTER, Op.ALL_GATHER_RING], total });
     try {
-      return await this.ring(seq, data);
+      return await this.scatterReduce(seq, data);
     } finally {
       this.finish(seq);
     }
   }
 
   /**
-   * Ring all-reduce: reduce-scatter, then all-gather, over W segments, frame by frame.
-   * Segment c starts as rank c's values and travels c → c+1 → ... → c-1, each rank adding
-   * its own; rank c-1 then holds its final value (computed once) and sends it around the
-   * ring, where it is only copied. Order of addition: x_c + x_{c+1} + ... (not rank order).
+   * Two ranks, a buffer of any size: the small path's exchange (REDUCE frames, the whole
+   * buffer each way; as many bytes as a ring moves for W = 2, in one phase instead of two
+   * dependent ones), summed in rank order from zeros like the small path, so that the bits
+   * equal the in-process group. The buffer travels as ONE frame (up to `pairFrameBytes`):
+   * the sum is then written in place into the peer's received message, which is returned,
+   * so that no result buffer is allocated (a 16 MB allocation per call costs page faults
+   * and, above all, the garbage collections its external memory triggers). Frames of any
+   * split are accepted (summed into a new buffer then).
    */
-  private async ring(seq: number, data: Float32Array): Promise<Float32Array> {
-    const W = this.worldSize, r = this.rank, n = data.length, total = n * 4, ff = this.frameFloats;
-    const acc = data.slice();
-    const next = this.link((r + 1) % W), prev = this.link((r - 1 + W) % W);
-    const lo = (c: number) => Math.floor((c * n) / W);
-    const send = (op: Op, c: number, a: number, b: number) => {
-      const buf = encodeFrame(this.header, { seq, op, chunk: c, offset: a * 4, total }, bytesOf(acc, a, b), this.pool.take);
-      return next.send(buf, () => this.pool.give(buf));
-    };
-    const sendSegment = async (op: Op, c: number) => {
-      for (let a = lo(c), hi = lo(c + 1); a < hi; a += ff) {
-        const p = send(op, c, a, Math.min(hi, a + ff));
-        if (p) await p;
-      }
-    };
-    // Reduce-scatter step 0: our own segment, concurrently with the receive loop below.
-    const first = sendSegment(Op.REDUCE_SCATTER, r);
-    first.catch(() => {});
-    for (let s = 0; s < W - 1; s++) {
-      const c = (r - s - 1 + W) % W;
-      const last = s === W - 2;
-      for (let a = lo(c), hi = lo(c + 1); a < hi; a += ff) {
-        const b = Math.min(hi, a + ff);
-        const f = await prev.recv(seq, Op.REDUCE_SCATTER, c, a * 4);
-        if (f.payload.byteLength !== (b - a) * 4) throw this.badFrame(seq, prev.peer, f, (b - a) * 4);
-        addInto(acc, a, floatsOf(f.payload));
-        // Forward the partial sum; after the last step it is final (we own segment c).
-        const p = send(last ? Op.ALL_GATHER_RING : Op.REDUCE_SCATTER, c, a, b);
-        if (p) await p;
+  private async pairReduce(seq: number, data: Float32Array): Promise<Float32Array> {
+    const peer = this.link(1 - this.rank), n = data.length, total = n * 4, ff = this.pairFrameFloats;
+    const sends: Promise<void>[] = [];
+    for (let a = 0; a < n; a += ff) {
+      const b = Math.min(n, a + ff);
+      const buf = encodeFrame(this.header, { seq, op: Op.REDUCE, offset: a * 4, total }, bytesOf(data, a, b), this.pool.take);
+      const p = peer.send(buf, () => this.pool.give(buf));
+      if (p) sends.push(p);
+    }
+    const sent = sends.length ? Promise.all(sends) : undefined;
+    sent?.catch(() => {});
+    const lo = this.rank === 0;
+    const first = await peer.recv(seq, Op.REDUCE, 0, 0);
+    let out: Float32Array;
+    if (first.payload.byteLength === total && first.payload.buffer.byteLength - total < 1024) {
+      // The whole buffer in one frame, alone in its message buffer: sum into it (a view
+      // when aligned, else a copy).
+      out = floatsOf(first.payload);
+      if (lo) sum2(out, data, out);
+      else sum2(out, out, data);
+    } else {
+      out = uninitFloats(n);
+      let off = 0, f = first;
+      for (;;) {
+        const len = f.payload.byteLength;
+        if (len === 0) throw this.protocolError(`protocol error at call ${seq}: rank ${peer.peer} sent an empty frame at offset ${off} of ${total}`, peer.peer);
+        const a = off / 4, b = a + len / 4, theirs = floatsOf(f.payload);
+        if (lo) sum2(out.subarray(a, b), data.subarray(a, b), theirs);
+        else sum2(out.subarray(a, b), theirs, data.subarray(a, b));
+        off += len;
+        if (off >= total) break;
+        f = await peer.recv(seq, Op.REDUCE, 0, off);
       }
     }
-    // All-gather: the other segments' final values arrive from prev; forward all but the last.
-    for (let t = 0; t < W - 1; t++) {
-      const c = (r - t + W) % W;
-      const forward = t < W - 2;
-      for (let a = lo(c), hi = lo(c + 1); a < hi; a += ff) {
-        const b = Math.min(hi, a + ff);
-        const f = await prev.recv(seq, Op.ALL_GATHER_RING, c, a * 4);
-        if (f.payload.byteLength !== (b - a) * 4) throw this.badFrame(seq, prev.peer, f, (b - a) * 4);
-        bytesOf(acc, a, b).set(f.payload);
-        if (forward) {
-          const p = send(Op.ALL_GATHER_RING, c, a, b);
-          if (p) await p;
+    if (sent) await sent;
+    return out;
+  }
+
+  /**
+   * Three or more ranks: reduce-scatter then all-gather over W segments, each step one
+   * direct exchange (not a ring): segment c is owned by rank c; every rank sends its values
+   * of segment c to rank c (REDUCE_SCATTER, chunk c), which sums the W contributions in rank
+   * order from zeros, like the small path and the in-process group (the same bits), frame
+   * by frame as they arrive, and sends each final frame to every other rank
+   * (ALL_GATHER_RING, chunk c), where it is only copied. Each rank sends and receives
+   * 2(W-1)/W of the buffer, as in a ring, in 2 dependent steps instead of 2(W-1).
+   */
+  private async scatterReduce(seq: number, data: Float32Array): Promise<Float32Array> {
+    const W = this.worldSize, r = this.rank, n = data.length, total = n * 4, ff = this.frameFloats;
+    const out = uninitFloats(n);
+    const lo = (c: number) => Math.floor((c * n) / W);
+    const others = this.others();
+    const sends: Promise<void>[] = [];
+    const send = (to: Link[], src: Float32Array, op: Op, c: number, a: number, b: number) => {
+      const buf = encodeFrame(this.header, { seq, op, chunk: c, offset: a * 4, total }, bytesOf(src, a, b), this.pool.take);
+      let refs = to.length;
+      const written = () => --refs === 0 && this.pool.give(buf);
+      for (const l of to) {
+        const p = l.send(buf, written);
+        if (p) {
+          p.catch(() => {});
+          sends.push(p);
         }
       }
+    };
+    // Our values of every other segment to its owner, frame by frame, owners interleaved
+    // (starting with the next rank's segment) so that each gets its first frame early.
+    let more = true;
+    for (let k = 0; more; k++) {
+      more = false;
+      for (let i = 1; i < W; i++) {
+        const c = (r + i) % W, a = lo(c) + k * ff, hi = lo(c + 1);
+        if (a >= hi) continue;
+        send([this.link(c)], data, Op.REDUCE_SCATTER, c, a, Math.min(hi, a + ff));
+        more = true;
+      }
     }
-    await first;
-    return acc;
+    const check = (f: Frame, p: number, want: number) => {
+      if (f.payload.byteLength !== want) throw this.badFrame(seq, p, f, want);
+      return floatsOf(f.payload);
+    };
+    // Our segment: sum each frame in rank order once every rank's part has come, then
+    // send the final values to everyone.
+    const own = (async () => {
+      const byRank = new Array<Float32Array>(W);
+      for (let a = lo(r), hi = lo(r + 1); a < hi; a += ff) {
+        const b = Math.min(hi, a + ff);
+        const frames = await Promise.all(others.map((l) => l.recv(seq, Op.REDUCE_SCATTER, r, a * 4)));
+        others.forEach((l, i) => (byRank[l.peer] = check(frames[i], l.peer, (b - a) * 4)));
+        byRank[r] = data.subarray(a, b);
+        const o = out.subarray(a, b);
+        sum2(o, byRank[0], byRank[1]);
+        for (let q = 2; q < W; q++) add2(o, o, byRank[q]);
+        send(others, out, Op.ALL_GATHER_RING, r, a, b);
+      }
+    })();
+    // The other segments' final values, from their owners.
+    const gather = others.map(async (l) => {
+      const c = l.peer;
+      for (let a = lo(c), hi = lo(c + 1); a < hi; a += ff) {
+        const b = Math.min(hi, a + ff);
+        const f = await l.recv(seq, Op.ALL_GATHER_RING, c, a * 4);
+        if (f.payload.byteLength !== (b - a) * 4) throw this.badFrame(seq, c, f, (b - a) * 4);
+        bytesOf(out, a, b).set(f.payload);
+      }
+    });
+    await Promise.all([own, ...gather]);
+    await Promise.all(sends);
+    return out;
+  }
+
+  private protocolError(msg: string, p: number): CollectiveError {
+    const err = new CollectiveError(msg, p);
+    this.fail(err);
+    return err;
   }
 
   private badFrame(seq: number, p: number, f: Frame, want: number): CollectiveError {
