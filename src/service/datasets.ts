@@ -44,6 +44,7 @@ import { join, relative, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { DataSource } from '../trainer/data/load.js';
 import type { Dataset as DatasetRow, PrismaClient } from './db/generated/client.js';
+import { decodeCursor, encodeCursor, UUID } from './db/cursor.js';
 import { DbError } from './db/errors.js';
 import { checkInWorker, type CheckRequest, type CheckResult, type TargetsSummary } from './dataset-check.js';
 import { DatasetError } from './dataset-errors.js';
@@ -189,7 +190,6 @@ export interface DatasetStoreOptions {
 
 export const MAX_DATASET_PAGE = 500;
 const DEFAULT_PAGE = 50;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const UPLOAD_ID = /^[0-9a-f]{32}$/;
 const MANIFEST = 'dataset.json';
 const PENDING = 'upload.json';
@@ -600,26 +600,4 @@ async function fileNameOf(format: PairFormat, part: DatasetPart, file: string): 
   } finally {
     await fh.close();
   }
-}
-
-// ---- paging ------------------------------------------------------------------------
-
-function encodeCursor(row: DatasetRow): string {
-  return Buffer.from(JSON.stringify([row.createdAt.toISOString(), row.id])).toString('base64url');
-}
-
-function decodeCursor(cursor: string): { createdAt: Date; id: string } {
-  const invalid = () => new DbError('TAS_ERR_INVALID_ARGUMENT', `invalid cursor ${JSON.stringify(cursor)}`);
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-  } catch {
-    throw invalid();
-  }
-  if (!Array.isArray(parsed) || parsed.length !== 2) throw invalid();
-  const [at, id] = parsed as unknown[];
-  if (typeof at !== 'string' || typeof id !== 'string' || !UUID.test(id)) throw invalid();
-  const createdAt = new Date(at);
-  if (Number.isNaN(createdAt.getTime())) throw invalid();
-  return { createdAt, id };
 }

@@ -43,34 +43,29 @@ export const LONG_POLL_CHECK_MS = 200;
  * A long poll: with `wait` seconds and an If-None-Match, the answer is held until the
  * resource's ETag differs (or the wait ends, then 304), so a dashboard or a script learns
  * of a change when it happens instead of polling in a loop. Without `wait`, a plain
- * conditional GET.
+ * conditional GET. Resolves with the latest read.
  */
-export async function sendWhenChanged(request: FastifyRequest, reply: FastifyReply, read: () => Promise<unknown>, waitSeconds: number | undefined): Promise<FastifyReply> {
-  let body = await read();
-  if (waitSeconds && request.headers['if-none-match'] !== undefined) {
-    const deadline = Date.now() + waitSeconds * 1000;
-    let closed = false;
-    request.raw.once('close', () => (closed = true));
-    while (clientHas(request, etagOf(body)) && Date.now() < deadline && !closed) {
-      await new Promise((r) => setTimeout(r, Math.min(LONG_POLL_CHECK_MS, Math.max(0, deadline - Date.now()))));
-      body = await read();
-    }
-  }
-  return sendWithEtag(request, reply, body);
-}
-
-/** As sendWhenChanged, for resources that come with their ETag (no hashing per request). */
-export async function sendTaggedWhenChanged(request: FastifyRequest, reply: FastifyReply, read: () => Promise<TaggedView>, waitSeconds: number | undefined): Promise<FastifyReply> {
+async function latestWhenChanged<T>(request: FastifyRequest, read: () => Promise<T>, tagOf: (t: T) => string, waitSeconds: number | undefined): Promise<T> {
   let t = await read();
   if (waitSeconds && request.headers['if-none-match'] !== undefined) {
     const deadline = Date.now() + waitSeconds * 1000;
     let closed = false;
     request.raw.once('close', () => (closed = true));
-    while (clientHas(request, t.etag) && Date.now() < deadline && !closed) {
+    while (clientHas(request, tagOf(t)) && Date.now() < deadline && !closed) {
       await new Promise((r) => setTimeout(r, Math.min(LONG_POLL_CHECK_MS, Math.max(0, deadline - Date.now()))));
       t = await read();
     }
   }
+  return t;
+}
+
+export async function sendWhenChanged(request: FastifyRequest, reply: FastifyReply, read: () => Promise<unknown>, waitSeconds: number | undefined): Promise<FastifyReply> {
+  return sendWithEtag(request, reply, await latestWhenChanged(request, read, etagOf, waitSeconds));
+}
+
+/** As sendWhenChanged, for resources that come with their ETag (no hashing per request). */
+export async function sendTaggedWhenChanged(request: FastifyRequest, reply: FastifyReply, read: () => Promise<TaggedView>, waitSeconds: number | undefined): Promise<FastifyReply> {
+  const t = await latestWhenChanged(request, read, (v) => v.etag, waitSeconds);
   void reply.header('etag', t.etag).header('cache-control', 'no-cache');
   if (clientHas(request, t.etag)) return reply.code(304).send();
   return reply.type('application/json; charset=utf-8').serializer((x) => x as string).send(t.json);

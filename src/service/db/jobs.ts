@@ -7,6 +7,7 @@
  */
 import { isDeepStrictEqual } from 'node:util';
 import { Prisma, type PrismaClient } from './client.js';
+import { decodeCursor, encodeCursor, UUID } from './cursor.js';
 import { DbError } from './errors.js';
 import type { Job, JobTransition } from './generated/client.js';
 import { canTransition, isJobStatus, isTerminal, nextStates, type JobStatus } from './job-states.js';
@@ -54,7 +55,6 @@ export interface JobPage {
 
 export const MAX_PAGE_SIZE = 500;
 const DEFAULT_PAGE_SIZE = 50;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export class JobRepository {
   constructor(private readonly prisma: PrismaClient) {}
@@ -202,29 +202,4 @@ function sameRequest(job: Job, request: StoredRequest): boolean {
     // does not matter to isDeepStrictEqual, nor to jsonb.
     isDeepStrictEqual(job.spec, JSON.parse(JSON.stringify(request.spec)))
   );
-}
-
-interface Cursor {
-  createdAt: Date;
-  id: string;
-}
-
-function encodeCursor(job: Job): string {
-  return Buffer.from(JSON.stringify([job.createdAt.toISOString(), job.id])).toString('base64url');
-}
-
-function decodeCursor(cursor: string): Cursor {
-  const invalid = () => new DbError('TAS_ERR_INVALID_ARGUMENT', `invalid cursor ${JSON.stringify(cursor)}`);
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-  } catch {
-    throw invalid();
-  }
-  if (!Array.isArray(parsed) || parsed.length !== 2) throw invalid();
-  const [at, id] = parsed as unknown[];
-  if (typeof at !== 'string' || typeof id !== 'string' || !UUID.test(id)) throw invalid();
-  const createdAt = new Date(at);
-  if (Number.isNaN(createdAt.getTime())) throw invalid();
-  return { createdAt, id };
 }
