@@ -71,8 +71,9 @@ function quantile(sorted: number[], q: number): number {
 }
 
 if (process.env.TAS_BENCH_LOAD) {
-  process.send!(await load(JSON.parse(process.env.TAS_BENCH_LOAD) as LoadArgs));
-  process.disconnect();
+  // Disconnect only once the result is written: a large message would be cut off.
+  const result = await load(JSON.parse(process.env.TAS_BENCH_LOAD) as LoadArgs);
+  process.send!(result, () => process.disconnect());
 } else {
   const { values } = parseArgs({ options: { concurrency: { type: 'string', default: '50' }, seconds: { type: 'string', default: '5' } } });
   const concurrency = Number(values.concurrency);

@@ -1,0 +1,247 @@
+/**
+ * bench:infer: serving the quickstart model (trained here first: examples/quickstart.json).
+ *
+ * The inference server runs in this process as the service runs it (model repository on
+ * the real PostgreSQL, a fresh schema; one inference thread; gRPC and REST); the load
+ * comes from a child process (its own event loop and core, as perf_analyzer would), with
+ * C requests in flight, each one row, for a few seconds per case:
+ *   - gRPC and REST at concurrency 1, 16 and 64 with dynamic batching (the model's
+ *     defaults: max batch 64, no added queue delay);
+ *   - gRPC and REST at concurrency 64 with batching off (max batch 1): the speedup;
+ *   - the peer: the same model exported to ONNX (GET .../onnx's exporter) and run by
+ *     onnxruntime-node in this process, one row per `run`, C runs in flight.
+ * Prints one JSON line per case, then the two checks against the issue's targets.
+ *
+ *   npm run bench:infer [-- --seconds 3]
+ */
+import { fork } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import http from 'node:http';
+import http2 from 'node:http2';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import protobuf from 'protobufjs';
+import { createBaseApp } from '../src/api/app.js';
+import { createPrismaClient } from '../src/service/db/client.js';
+import { migrate } from '../src/service/db/migrate.js';
+import { createFreshSchema } from '../src/service/db/testing/fresh-schema.js';
+import { ModelStore } from '../src/service/models.js';
+import { INFERENCE_PROTO, PROTO_OPTIONS } from '../src/serving/grpc-server.js';
+import { startInferenceService } from '../src/serving/inference-service.js';
+import { exportOnnx } from '../src/serving/onnx-export.js';
+import { readArtifact } from '../src/trainer/artifact/artifact.js';
+import { initBackend } from '../src/trainer/backend.js';
+import { runLocalJob } from '../src/trainer/engine/local-job.js';
+
+interface LoadArgs {
+  /** grpc: a lean HTTP/2 gRPC client (pre-encoded requests, as h2load drives a gRPC server); grpc-js: @grpc/grpc-js's client; rest: HTTP/1.1 keep-alive. */
+  transport: 'grpc' | 'grpc-js' | 'rest';
+  target: string;
+  model: string;
+  concurrency: number;
+  seconds: number;
+  features: number;
+}
+
+interface LoadResult {
+  requests: number;
+  errors: number;
+  firstError: string | null;
+  latenciesMs: number[];
+  seconds: number;
+}
+
+/** C closed loops, one row per request; returns every latency. */
+async function closedLoop(concurrency: number, seconds: number, once: (i: number) => Promise<void>): Promise<LoadResult> {
+  const latencies: number[] = [];
+  let errors = 0;
+  let firstError: string | null = null;
+  // Warm-up (connections, JIT), not measured.
+  await Promise.all(Array.from({ length: concurrency }, (_, i) => once(i).catch(() => undefined)));
+  const started = performance.now();
+  const end = started + seconds * 1000;
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, lane) => {
+      for (let i = lane; performance.now() < end; i += concurrency) {
+        const t0 = performance.now();
+        try {
+          await once(i);
+          latencies.push(performance.now() - t0);
+        } catch (e) {
+          errors++;
+          firstError ??= (e as Error).message;
+        }
+      }
+    }),
+  );
+  return { requests: latencies.length, errors, firstError, latenciesMs: latencies, seconds: (performance.now() - started) / 1000 };
+}
+
+/** Rows of the spirals' input range, different per request. */
+function row(i: number, features: number): Float32Array {
+  return Float32Array.from({ length: features }, (_, j) => Math.sin(i * 0.61 + j * 1.7));
+}
+
+/** A gRPC message on the wire: 1-byte compressed flag, 4-byte big-endian length, the protobuf. */
+function grpcFrame(message: Uint8Array): Buffer {
+  const b = Buffer.alloc(5 + message.length);
+  b.writeUInt32BE(message.length, 1);
+  b.set(message, 5);
+  return b;
+}
+
+async function load(a: LoadArgs): Promise<LoadResult> {
+  if (a.transport === 'grpc') {
+    // The load generator's own cost must stay below the server's: grpc-js's client costs
+    // more per call than its server (it would measure itself), so requests are encoded
+    // once and sent as raw HTTP/2 streams; every answer is checked (grpc-status 0).
+    const root = await protobuf.load(INFERENCE_PROTO);
+    const Req = root.lookupType('inference.ModelInferRequest');
+    const bodies = Array.from({ length: 256 }, (_, i) =>
+      grpcFrame(Req.encode(Req.fromObject({ modelName: a.model, inputs: [{ name: 'input', datatype: 'FP32', shape: [1, a.features] }], rawInputContents: [Buffer.from(row(i, a.features).buffer)] })).finish()),
+    );
+    const session = http2.connect(`http://${a.target}`);
+    const headers = { ':method': 'POST', ':path': '/inference.GRPCInferenceService/ModelInfer', 'content-type': 'application/grpc', te: 'trailers' };
+    const once = (i: number) =>
+      new Promise<void>((resolve, reject) => {
+        const req = session.request(headers);
+        let status: string | undefined;
+        req.on('response', (h) => (status = h['grpc-status'] as string | undefined));
+        req.on('trailers', (t) => (status = (t['grpc-status'] as string | undefined) ?? status));
+        req.on('data', () => undefined);
+        req.on('end', () => (status === '0' ? resolve() : reject(new Error(`grpc-status ${status}`))));
+        req.on('error', reject);
+        req.end(bodies[i % bodies.length]);
+      });
+    const r = await closedLoop(a.concurrency, a.seconds, once);
+    session.close();
+    return r;
+  }
+  if (a.transport === 'grpc-js') {
+    const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(INFERENCE_PROTO, PROTO_OPTIONS)) as unknown as {
+      inference: { GRPCInferenceService: new (address: string, creds: grpc.ChannelCredentials) => grpc.Client & { ModelInfer: (req: unknown, cb: (e: Error | null) => void) => void } };
+    };
+    const client = new pkg.inference.GRPCInferenceService(a.target, grpc.credentials.createInsecure());
+    const once = (i: number) =>
+      new Promise<void>((resolve, reject) => {
+        const x = row(i, a.features);
+        client.ModelInfer(
+          { model_name: a.model, inputs: [{ name: 'input', datatype: 'FP32', shape: [1, a.features] }], raw_input_contents: [Buffer.from(x.buffer)] },
+          (e) => (e ? reject(e) : resolve()),
+        );
+      });
+    const r = await closedLoop(a.concurrency, a.seconds, once);
+    client.close();
+    return r;
+  }
+  const agent = new http.Agent({ keepAlive: true, maxSockets: a.concurrency });
+  const url = new URL(`${a.target}/v2/models/${a.model}/infer`);
+  const once = (i: number) =>
+    new Promise<void>((resolve, reject) => {
+      const body = JSON.stringify({ inputs: [{ name: 'input', shape: [1, a.features], datatype: 'FP32', data: Array.from(row(i, a.features)) }] });
+      const req = http.request(url, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+        res.resume();
+        res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`))));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+  const r = await closedLoop(a.concurrency, a.seconds, once);
+  agent.destroy();
+  return r;
+}
+
+function quantile(sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
+}
+
+function summary(r: LoadResult): { rps: number; p50_ms: number; p99_ms: number; requests: number; errors: number } {
+  const sorted = r.latenciesMs.sort((a, b) => a - b);
+  return { rps: Math.round(r.requests / r.seconds), p50_ms: +quantile(sorted, 0.5).toFixed(3), p99_ms: +quantile(sorted, 0.99).toFixed(3), requests: r.requests, errors: r.errors };
+}
+
+async function runLoad(args: LoadArgs): Promise<LoadResult> {
+  const child = fork(fileURLToPath(import.meta.url), [], { execArgv: ['--import', 'tsx'], env: { ...process.env, TAS_BENCH_LOAD: JSON.stringify(args) } });
+  return new Promise<LoadResult>((resolve, reject) => {
+    child.once('message', (m) => resolve(m as LoadResult));
+    child.once('error', reject);
+    child.once('exit', (code) => reject(new Error(`load generator exited (${code}) without a result`)));
+  });
+}
+
+if (process.env.TAS_BENCH_LOAD) {
+  // Disconnect only once the result is written: a large message would be cut off.
+  const result = await load(JSON.parse(process.env.TAS_BENCH_LOAD) as LoadArgs);
+  process.send!(result, () => process.disconnect());
+} else {
+  const { values } = parseArgs({ options: { seconds: { type: 'string', default: '3' } } });
+  const seconds = Number(values.seconds);
+  const backend = await initBackend(undefined, () => undefined);
+  const dir = await mkdtemp(join(tmpdir(), 'tas-bench-infer-'));
+  const schema = await createFreshSchema();
+  await migrate(schema.url);
+  const prisma = createPrismaClient(schema.url);
+  try {
+    // The quickstart model, trained here (a few seconds).
+    const spec = JSON.parse(readFileSync(new URL('../examples/quickstart.json', import.meta.url), 'utf8')) as { name: string; model: { input_shape: number[] } };
+    const trained = await runLocalJob(spec, { outDir: join(dir, 'train'), resume: false });
+    const store = new ModelStore(prisma);
+    await store.publish({ name: spec.name, jobId: null, artifactPath: trained.artifactPath!, metadata: {} });
+    const features = spec.model.input_shape.reduce((a, b) => a * b, 1);
+
+    // The peer first, alone on the machine: onnxruntime-node in this process.
+    const ort = await import('onnxruntime-node');
+    const onnx = exportOnnx(await readArtifact(trained.artifactPath!), { name: spec.name, version: 1 });
+    const session = await ort.InferenceSession.create(onnx, { intraOpNumThreads: 1, interOpNumThreads: 1 });
+    const peer = new Map<number, ReturnType<typeof summary>>();
+    for (const concurrency of [1, 16, 64]) {
+      const r = await closedLoop(concurrency, seconds, async (i) => {
+        await session.run({ input: new ort.Tensor('float32', row(i, features), [1, features]) });
+      });
+      const s = summary(r);
+      peer.set(concurrency, s);
+      console.log(JSON.stringify({ bench: 'infer', peer: 'onnxruntime-node', in_process: true, model: spec.name, concurrency, ...s }));
+    }
+    await session.release();
+
+    const service = await startInferenceService({ source: store, grpc: { host: '127.0.0.1', port: 0 } });
+    const app = createBaseApp({ bodyLimit: 1024 * 1024 });
+    await service.registerRoutes(app);
+    const restUrl = await app.listen({ port: 0, host: '127.0.0.1' });
+    const results = new Map<string, ReturnType<typeof summary>>();
+    try {
+      const cases: Array<{ batching: boolean; transport: LoadArgs['transport']; concurrency: number }> = [];
+      for (const transport of ['grpc', 'rest'] as const) for (const concurrency of [1, 16, 64]) cases.push({ batching: true, transport, concurrency });
+      // The same load from grpc-js's own client (what a Node user would call it with).
+      cases.push({ batching: true, transport: 'grpc-js', concurrency: 64 });
+      for (const transport of ['grpc', 'rest'] as const) cases.push({ batching: false, transport, concurrency: 64 });
+      for (const c of cases) {
+        await service.repository.configure(spec.name, c.batching ? { maxBatchSize: 64, maxQueueDelayMs: 0 } : { maxBatchSize: 1, maxQueueDelayMs: 0 });
+        const target = c.transport === 'rest' ? restUrl : service.grpc!.address;
+        const s = summary(await runLoad({ transport: c.transport, target, model: spec.name, concurrency: c.concurrency, seconds, features }));
+        results.set(`${c.transport}/${c.concurrency}/${c.batching}`, s);
+        console.log(JSON.stringify({ bench: 'infer', transport: c.transport === 'rest' ? 'rest' : 'grpc', client: c.transport === 'grpc' ? 'raw-http2' : c.transport === 'grpc-js' ? 'grpc-js' : 'http1-keepalive', dynamic_batching: c.batching, model: spec.name, backend: backend.name, inference_threads: service.engine.threadCount, concurrency: c.concurrency, ...s }));
+      }
+    } finally {
+      await app.close();
+      await service.close();
+    }
+    const grpc64 = results.get('grpc/64/true')!.rps;
+    const peer64 = peer.get(64)!.rps;
+    console.log(JSON.stringify({ bench: 'infer', check: 'grpc_rps_c64_vs_onnxruntime_in_process', grpc_rps: grpc64, peer_rps: peer64, ratio: +(grpc64 / peer64).toFixed(3), target: 0.5, met: grpc64 / peer64 >= 0.5 }));
+    for (const transport of ['grpc', 'rest']) {
+      const on = results.get(`${transport}/64/true`)!.rps;
+      const off = results.get(`${transport}/64/false`)!.rps;
+      console.log(JSON.stringify({ bench: 'infer', check: `${transport}_dynamic_batching_speedup_c64`, batched_rps: on, unbatched_rps: off, ratio: +(on / off).toFixed(2), target: 3, met: on / off >= 3 }));
+    }
+  } finally {
+    await prisma.$disconnect();
+    await schema.drop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
