@@ -63,6 +63,8 @@ export class DynamicBatcher {
   private readonly queue: Pending[] = [];
   private queuedRows = 0;
   private inFlight = 0;
+  /** Requests in the batches that run. */
+  private running = 0;
   private timer: NodeJS.Timeout | null = null;
   private closedWith: Error | null = null;
 
@@ -74,7 +76,6 @@ export class DynamicBatcher {
   get pending(): number {
     return this.queue.length + this.running;
   }
-  private running = 0;
 
   setLimits(limits: BatchLimits): void {
     this.limits = limits;

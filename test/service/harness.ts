@@ -41,6 +41,8 @@ export async function serviceEnvironment(): Promise<ServeEnv & { schema: FreshSc
 
 export interface Served {
   readonly url: string;
+  /** host:port of gRPC inference. */
+  readonly grpc: string;
   readonly process: ChildProcess;
   readonly workers: Array<{ address: string; pid: number }>;
   /** Everything the process wrote to stderr (its log), for failure messages. */
@@ -71,11 +73,11 @@ export async function startServe(env: ServeEnv, opts: { workers?: number; lockDu
     log.push(l);
     if (process.env.TAS_TEST_VERBOSE) process.stderr.write(`[serve ${child.pid}] ${l}\n`);
   });
-  const listening = await new Promise<{ http: string; workers: Array<{ address: string; pid: number }> }>((resolve, reject) => {
+  const listening = await new Promise<{ http: string; grpc: string; workers: Array<{ address: string; pid: number }> }>((resolve, reject) => {
     child.once('exit', (code, sig) => reject(new Error(`tas serve exited during start-up (${sig ?? code}):\n${log.join('\n')}`)));
     createInterface({ input: child.stdout! }).on('line', (l) => {
       try {
-        const msg = JSON.parse(l) as { listening?: { http: string; workers: Array<{ address: string; pid: number }> } };
+        const msg = JSON.parse(l) as { listening?: { http: string; grpc: string; workers: Array<{ address: string; pid: number }> } };
         if (msg.listening) resolve(msg.listening);
       } catch {
         log.push(l);
@@ -85,6 +87,7 @@ export async function startServe(env: ServeEnv, opts: { workers?: number; lockDu
   child.removeAllListeners('exit');
   return {
     url: listening.http,
+    grpc: listening.grpc,
     process: child,
     workers: listening.workers,
     log,

@@ -4,7 +4,13 @@
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import { decodeSafetensors, type SafetensorsTensor } from '../../src/trainer/artifact/safetensors.js';
+import { parseArtifact } from '../../src/trainer/artifact/artifact.js';
+import { INFERENCE_PROTO } from '../../src/serving/grpc-server.js';
+import { predict, servable } from '../../src/serving/predict.js';
+import '../setup-backend.js';
 import { summariseBnBuffers } from '../../src/trainer/math/bn-summary.js';
 import { databaseUnavailable } from '../../src/service/db/testing/fresh-schema.js';
 import type { JobMetricsView } from '../../src/service/metrics-view.js';
@@ -16,11 +22,25 @@ const QUICKSTART = JSON.parse(await readFile(new URL('../../examples/quickstart.
 /** A short 2-worker SyncBN job (a few hundred ms of training). */
 const SHORT = { ...QUICKSTART, name: 'short', epochs: 2, lr_schedule: { type: 'constant' } };
 
-async function artifact(url: string, model: { name: string; version: number }): Promise<Map<string, SafetensorsTensor>> {
+async function artifactBytes(url: string, model: { name: string; version: number }): Promise<Uint8Array> {
   const r = await fetch(`${url}/v1/models/${encodeURIComponent(model.name)}/versions/${model.version}/artifact`);
   assert.equal(r.status, 200);
   assert.equal(r.headers.get('content-type'), 'application/octet-stream');
-  return decodeSafetensors(new Uint8Array(await r.arrayBuffer())).tensors;
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+async function artifact(url: string, model: { name: string; version: number }): Promise<Map<string, SafetensorsTensor>> {
+  return decodeSafetensors(await artifactBytes(url, model)).tensors;
+}
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- a client built from the .proto at run time is untyped */
+function inferenceClient(address: string): any {
+  const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(INFERENCE_PROTO, { keepCase: true, longs: Number, defaults: true })) as any;
+  return new pkg.inference.GRPCInferenceService(address, grpc.credentials.createInsecure());
+}
+
+function call<T>(client: any, method: string, request: unknown): Promise<T> {
+  return new Promise((ok, fail) => client[method](request, (e: Error | null, r: T) => (e ? fail(e) : ok(r))));
 }
 
 /** The step the final attempt resumed from (from the model version's record). */
@@ -89,6 +109,31 @@ describe('service end to end', { skip: unavailable ?? false }, () => {
     assert.ok(version.metadata.evaluation.accuracy > 0.9, `eval accuracy ${version.metadata.evaluation.accuracy}`);
     const logs = (await getJson<{ lines: Array<{ message: string }> }>(`${served.url}/v1/jobs/${job.id}/logs`)).body.lines;
     assert.match(logs[logs.length - 1]!.message, /published model/);
+
+    // The published model is served at once (the scheduler notifies the API's repository
+    // before the job shows succeeded, and a request for a model it has not loaded yet
+    // re-reads the index), in eval mode with the artifact's BN statistics: the same
+    // outputs as the trainer's eval forward of the downloaded artifact.
+    const client = inferenceClient(served.grpc);
+    try {
+      const x = Float32Array.from({ length: 16 }, (_, i) => Math.sin(i * 1.3) * 2);
+      const res = await call<{ model_version: string; outputs: Array<{ shape: number[] }>; raw_output_contents: Buffer[] }>(client, 'ModelInfer', {
+        model_name: job.model.name,
+        inputs: [{ name: 'input', datatype: 'FP32', shape: [8, 2] }],
+        raw_input_contents: [Buffer.from(x.buffer)],
+      });
+      assert.equal(res.model_version, String(job.model.version));
+      assert.deepEqual(res.outputs[0]!.shape, [8, 3]);
+      const got = new Float32Array(Uint8Array.from(res.raw_output_contents[0]!).buffer);
+      const local = servable(parseArtifact(await artifactBytes(served.url, job.model)));
+      const expected = await predict(local, x, 8);
+      local.model.dispose();
+      for (let i = 0; i < expected.length; i++) assert.ok(Math.abs(got[i]! - expected[i]!) <= 1e-5 * Math.max(1, Math.abs(expected[i]!)), `logit ${i}: ${got[i]} vs ${expected[i]}`);
+      const viaRest = await postJson<{ outputs: Array<{ data: number[] }> }>(`${served.url}/v2/models/${job.model.name}/infer`, { inputs: [{ name: 'input', shape: [8, 2], datatype: 'FP32', data: Array.from(x) }] });
+      assert.deepEqual(viaRest.body.outputs[0]!.data, Array.from(got));
+    } finally {
+      client.close();
+    }
   });
 
   test('a worker SIGKILLed mid-job: the attempt fails fast, the job resumes on a fresh gang and ends with the same model', async () => {
