@@ -39,8 +39,13 @@ import { initBackend } from '../src/trainer/backend.js';
 import { runLocalJob } from '../src/trainer/engine/local-job.js';
 
 interface LoadArgs {
-  /** grpc: a lean HTTP/2 gRPC client (pre-encoded requests, as h2load drives a gRPC server); grpc-js: @grpc/grpc-js's client; rest: HTTP/1.1 keep-alive. */
-  transport: 'grpc' | 'grpc-js' | 'rest';
+  /**
+   * grpc: ModelInfer from a lean HTTP/2 gRPC client (pre-encoded requests, as h2load
+   * drives a gRPC server); grpc-js: ModelInfer from @grpc/grpc-js's client; grpc-stream:
+   * Triton's ModelStreamInfer, C requests in flight on one stream (grpc-js client, as
+   * perf_analyzer --streaming); rest: HTTP/1.1 keep-alive.
+   */
+  transport: 'grpc' | 'grpc-js' | 'grpc-stream' | 'rest';
   target: string;
   model: string;
   concurrency: number;
@@ -87,6 +92,11 @@ function row(i: number, features: number): Float32Array {
   return Float32Array.from({ length: features }, (_, j) => Math.sin(i * 0.61 + j * 1.7));
 }
 
+interface StreamAnswer {
+  error_message: string;
+  infer_response: { id: string } | null;
+}
+
 /** A gRPC message on the wire: 1-byte compressed flag, 4-byte big-endian length, the protobuf. */
 function grpcFrame(message: Uint8Array): Buffer {
   const b = Buffer.alloc(5 + message.length);
@@ -122,6 +132,36 @@ async function load(a: LoadArgs): Promise<LoadResult> {
     session.close();
     return r;
   }
+  if (a.transport === 'grpc-stream') {
+    const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(INFERENCE_PROTO, PROTO_OPTIONS)) as unknown as {
+      inference: { GRPCInferenceService: new (address: string, creds: grpc.ChannelCredentials) => grpc.Client & { ModelStreamInfer: () => grpc.ClientDuplexStream<unknown, StreamAnswer> } };
+    };
+    const client = new pkg.inference.GRPCInferenceService(a.target, grpc.credentials.createInsecure());
+    const stream = client.ModelStreamInfer();
+    // Answers come as requests complete: match them by id.
+    const waiting = new Map<string, { resolve(): void; reject(e: Error): void }>();
+    stream.on('data', (m: StreamAnswer) => {
+      const w = waiting.get(m.infer_response?.id ?? '');
+      if (!w) return;
+      waiting.delete(m.infer_response!.id);
+      if (m.error_message) w.reject(new Error(m.error_message));
+      else w.resolve();
+    });
+    stream.on('error', (e: Error) => {
+      for (const w of waiting.values()) w.reject(e);
+    });
+    let next = 0;
+    const once = (i: number) =>
+      new Promise<void>((resolve, reject) => {
+        const id = String(next++);
+        waiting.set(id, { resolve, reject });
+        stream.write({ model_name: a.model, id, inputs: [{ name: 'input', datatype: 'FP32', shape: [1, a.features] }], raw_input_contents: [Buffer.from(row(i, a.features).buffer)] });
+      });
+    const r = await closedLoop(a.concurrency, a.seconds, once);
+    stream.end();
+    client.close();
+    return r;
+  }
   if (a.transport === 'grpc-js') {
     const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(INFERENCE_PROTO, PROTO_OPTIONS)) as unknown as {
       inference: { GRPCInferenceService: new (address: string, creds: grpc.ChannelCredentials) => grpc.Client & { ModelInfer: (req: unknown, cb: (e: Error | null) => void) => void } };
@@ -155,6 +195,8 @@ async function load(a: LoadArgs): Promise<LoadResult> {
   agent.destroy();
   return r;
 }
+
+const CLIENT: Readonly<Record<LoadArgs['transport'], string>> = { grpc: 'raw-http2', 'grpc-js': 'grpc-js', 'grpc-stream': 'grpc-js', rest: 'http1-keepalive' };
 
 function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
@@ -217,15 +259,17 @@ if (process.env.TAS_BENCH_LOAD) {
     try {
       const cases: Array<{ batching: boolean; transport: LoadArgs['transport']; concurrency: number }> = [];
       for (const transport of ['grpc', 'rest'] as const) for (const concurrency of [1, 16, 64]) cases.push({ batching: true, transport, concurrency });
-      // The same load from grpc-js's own client (what a Node user would call it with).
+      // The same load from grpc-js's own client (what a Node user would call it with), and
+      // on Triton's streaming RPC (no HTTP/2 stream per request).
       cases.push({ batching: true, transport: 'grpc-js', concurrency: 64 });
+      for (const concurrency of [16, 64]) cases.push({ batching: true, transport: 'grpc-stream', concurrency });
       for (const transport of ['grpc', 'rest'] as const) cases.push({ batching: false, transport, concurrency: 64 });
       for (const c of cases) {
         await service.repository.configure(spec.name, c.batching ? { maxBatchSize: 64, maxQueueDelayMs: 0 } : { maxBatchSize: 1, maxQueueDelayMs: 0 });
         const target = c.transport === 'rest' ? restUrl : service.grpc!.address;
         const s = summary(await runLoad({ transport: c.transport, target, model: spec.name, concurrency: c.concurrency, seconds, features }));
         results.set(`${c.transport}/${c.concurrency}/${c.batching}`, s);
-        console.log(JSON.stringify({ bench: 'infer', transport: c.transport === 'rest' ? 'rest' : 'grpc', client: c.transport === 'grpc' ? 'raw-http2' : c.transport === 'grpc-js' ? 'grpc-js' : 'http1-keepalive', dynamic_batching: c.batching, model: spec.name, backend: backend.name, inference_threads: service.engine.threadCount, concurrency: c.concurrency, ...s }));
+        console.log(JSON.stringify({ bench: 'infer', transport: c.transport === 'rest' ? 'rest' : 'grpc', client: CLIENT[c.transport], rpc: c.transport === 'rest' ? 'POST /v2/models/{m}/infer' : c.transport === 'grpc-stream' ? 'ModelStreamInfer' : 'ModelInfer', dynamic_batching: c.batching, model: spec.name, backend: backend.name, inference_threads: service.engine.threadCount, concurrency: c.concurrency, ...s }));
       }
     } finally {
       await app.close();

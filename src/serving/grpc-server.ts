@@ -10,7 +10,7 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { serverCredentials, type TlsFiles } from '../gpu-pool/grpc-collective.js';
 import { PROTO_DIR } from '../gpu-pool/proto.js';
-import { toInferenceError } from './errors.js';
+import { InferenceError, toInferenceError } from './errors.js';
 import { infer, type InferInput, type InferOptions } from './infer.js';
 import type { ModelRepository } from './repository.js';
 import { PLATFORM, type ServerIdentity } from './server-info.js';
@@ -43,6 +43,13 @@ interface ModelInferRequestMsg {
   outputs: Array<{ name: string }>;
   raw_input_contents: Buffer[];
 }
+interface ModelInferResponseMsg {
+  model_name: string;
+  model_version: string;
+  id: string;
+  outputs: Array<{ name: string; datatype: string; shape: number[]; contents?: { fp32_contents: number[] } }>;
+  raw_output_contents: Buffer[];
+}
 interface NameVersionMsg {
   name: string;
   version: string;
@@ -66,16 +73,14 @@ export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions
     cb({ code: err.grpcStatus, details: err.message });
   };
 
-  const ModelInfer: Unary<ModelInferRequestMsg> = (call, cb) => {
-    const r = call.request;
+  /** One ModelInferRequest, answered in the form asked (raw bytes for raw requests, what Triton's clients send and read; typed contents otherwise). */
+  const inferMessage = async (r: ModelInferRequestMsg): Promise<ModelInferResponseMsg> => {
     const raw = r.raw_input_contents.length > 0;
     if (raw && r.inputs.some((i) => i.contents !== null)) {
-      cb({ code: grpc.status.INVALID_ARGUMENT, details: `contents field must not be specified when using raw_input_contents for model '${r.model_name}'` });
-      return;
+      throw new InferenceError('INVALID_INPUT', `contents field must not be specified when using raw_input_contents for model '${r.model_name}'`);
     }
     if (raw && r.raw_input_contents.length !== r.inputs.length) {
-      cb({ code: grpc.status.INVALID_ARGUMENT, details: `expected ${r.inputs.length} raw input contents but got ${r.raw_input_contents.length} for model '${r.model_name}'` });
-      return;
+      throw new InferenceError('INVALID_INPUT', `expected ${r.inputs.length} raw input contents but got ${r.raw_input_contents.length} for model '${r.model_name}'`);
     }
     const inputs: InferInput[] = r.inputs.map((t, i) => ({
       name: t.name,
@@ -83,19 +88,56 @@ export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions
       shape: t.shape,
       decode: (model, checked) => (raw ? fromRaw(model, checked, r.raw_input_contents[i]!) : fromTyped(model, checked, t.contents ?? {})),
     }));
-    infer(repo, { model: r.model_name, version: r.model_version, id: r.id, inputs, outputs: r.outputs.map((x) => x.name) }, 'grpc', o).then(
-      (res) =>
-        cb(null, {
-          model_name: res.model,
-          model_version: res.version,
-          id: res.id,
-          // Answer in the form asked: raw bytes for raw requests (what Triton's clients
-          // send and read), typed contents otherwise.
-          outputs: res.outputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape, ...(raw ? {} : { contents: { fp32_contents: Array.from(t.data) } }) })),
-          raw_output_contents: raw ? res.outputs.map((t) => rawFp32(t.data)) : [],
-        }),
+    const res = await infer(repo, { model: r.model_name, version: r.model_version, id: r.id, inputs, outputs: r.outputs.map((x) => x.name) }, 'grpc', o);
+    return {
+      model_name: res.model,
+      model_version: res.version,
+      id: res.id,
+      outputs: res.outputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape, ...(raw ? {} : { contents: { fp32_contents: Array.from(t.data) } }) })),
+      raw_output_contents: raw ? res.outputs.map((t) => rawFp32(t.data)) : [],
+    };
+  };
+
+  const ModelInfer: Unary<ModelInferRequestMsg> = (call, cb) => {
+    inferMessage(call.request).then(
+      (res) => cb(null, res),
       (e: unknown) => fail(cb, e),
     );
+  };
+
+  /**
+   * Triton's streaming extension: each request is answered when it completes (not in
+   * order; clients match by id), a failed one with `error_message`; the server half-closes
+   * once the client has and every answer is written.
+   */
+  const ModelStreamInfer = (call: grpc.ServerDuplexStream<ModelInferRequestMsg, unknown>) => {
+    let inFlight = 0;
+    let ended = false;
+    const settle = () => {
+      inFlight--;
+      if (ended && inFlight === 0) call.end();
+    };
+    call.on('data', (r: ModelInferRequestMsg) => {
+      inFlight++;
+      inferMessage(r).then(
+        (res) => {
+          if (!call.cancelled) call.write({ error_message: '', infer_response: res });
+          settle();
+        },
+        (e: unknown) => {
+          const err = toInferenceError(e);
+          if (err.code === 'INTERNAL') o.log?.(`inference error: ${(e as Error)?.stack ?? String(e)}`);
+          if (!call.cancelled) call.write({ error_message: err.message, infer_response: { model_name: r.model_name, model_version: r.model_version, id: r.id } });
+          settle();
+        },
+      );
+    });
+    call.on('end', () => {
+      ended = true;
+      if (inFlight === 0) call.end();
+    });
+    // A client that goes away: answers still in flight are dropped (call.cancelled).
+    call.on('error', () => undefined);
   };
 
   server.addService(pkg.inference.GRPCInferenceService.service, {
@@ -117,6 +159,7 @@ export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions
       );
     }) as Unary<NameVersionMsg>,
     ModelInfer,
+    ModelStreamInfer,
   });
 }
 

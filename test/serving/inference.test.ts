@@ -279,6 +279,31 @@ describe('inference serving', { skip: unavailable ?? (haveGolden ? false : `gold
     assert.match(((await big.json()) as { error: string }).error, /larger than/);
   });
 
+  test("Triton's ModelStreamInfer: many requests on one stream, answered by id, a bad one with error_message", async () => {
+    const stream = h.grpc.ModelStreamInfer() as grpc.ClientDuplexStream<unknown, { error_message: string; infer_response: InferResponseMsg }>;
+    const answers: Array<{ error_message: string; infer_response: InferResponseMsg }> = [];
+    const done = new Promise<void>((ok, fail) => {
+      stream.on('data', (m) => answers.push(m));
+      stream.on('end', ok);
+      stream.on('error', fail);
+    });
+    const x = mlp.eval.x;
+    for (let i = 0; i < 20; i++) stream.write(typedRequest('mlp', x, { id: `s${i}`, model_version: '1' }));
+    stream.write(typedRequest('mlp', { shape: [1, 3], data: [1, 2, 3] }, { id: 'bad' }));
+    stream.end();
+    await done;
+    assert.equal(answers.length, 21);
+    const bad = answers.find((a) => a.infer_response.id === 'bad')!;
+    assert.equal(bad.error_message, "unexpected shape for input 'input' for model 'mlp'. Expected [-1,12], got [1,3]");
+    const good = answers.filter((a) => a.infer_response.id !== 'bad');
+    assert.deepEqual(good.map((a) => a.infer_response.id).sort(), Array.from({ length: 20 }, (_, i) => `s${i}`).sort());
+    for (const a of good) {
+      assert.equal(a.error_message, '');
+      const c = checkMaxAbs(a.infer_response.id, a.infer_response.outputs[0]!.contents!.fp32_contents, mlp.eval.logits.data);
+      assert.ok(c.ok, c.detail);
+    }
+  });
+
   test('dynamic batching under concurrency: every caller gets exactly its own rows', async () => {
     const reload = await rest(`${h.url}/v2/repository/models/cnn/load`, 'POST', { parameters: { config: JSON.stringify({ max_batch_size: 16, dynamic_batching: { max_queue_delay_microseconds: 2000 } }) } });
     assert.equal(reload.status, 200, JSON.stringify(reload.body));
