@@ -125,7 +125,12 @@ export class InferenceEngine {
 
   /** Load (or reload) a model on every thread; resolves with its signature. */
   async load(key: string, artifactPath: string): Promise<LoadedSignature> {
-    const answers = await Promise.all(this.threads.map(async (t) => (await t.ready, t.request({ kind: 'load', key, artifactPath }))));
+    const answers = await Promise.all(
+      this.threads.map(async (t) => {
+        await t.ready;
+        return t.request({ kind: 'load', key, artifactPath });
+      }),
+    );
     this.loaded.set(key, artifactPath);
     const first = answers[0]!;
     if (first.kind !== 'loaded') throw new InferenceError('INTERNAL', `unexpected answer ${first.kind} to load`);
