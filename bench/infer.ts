@@ -2,20 +2,29 @@
  * bench:infer: serving the quickstart model (trained here first: examples/quickstart.json).
  *
  * The inference server runs in this process as the service runs it (model repository on
- * the real PostgreSQL, a fresh schema; one inference thread; gRPC and REST); the load
- * comes from a child process (its own event loop and core, as perf_analyzer would), with
- * C requests in flight, each one row, for a few seconds per case:
- *   - gRPC and REST at concurrency 1, 16 and 64 with dynamic batching (the model's
- *     defaults: max batch 64, no added queue delay);
+ * the real PostgreSQL, a fresh schema; metrics on; one inference thread; gRPC and REST);
+ * the load comes from a child process (its own event loop and core, as perf_analyzer
+ * would), with C requests in flight, each one row, for a few seconds per case:
+ *   - gRPC ModelInfer, ModelStreamInfer and REST at concurrency 1, 16 and 64 with dynamic
+ *     batching (the model's defaults: max batch 64, no added queue delay);
  *   - gRPC and REST at concurrency 64 with batching off (max batch 1): the speedup;
  *   - the peer: the same model exported to ONNX (GET .../onnx's exporter) and run by
  *     onnxruntime-node in this process, one row per `run`, C runs in flight.
- * Prints one JSON line per case, then the two checks against the issue's targets.
+ * Each case also reports the CPU time per request of the server (this process, every
+ * thread) and of the load generator, and the average rows per batch the server ran.
+ * Prints one JSON line per case, then the checks against the issue's targets.
  *
  *   npm run bench:infer [-- --seconds 3]
+ *
+ * For profiling: BENCH_CASES=grpc-stream/64,rest/16 runs only those cases (and no
+ * checks); BENCH_PEER=0 skips the peer; BENCH_PROFILE=DIR writes a CPU profile of the
+ * server's main thread over each case's measured window; BENCH_PERF=1 runs `perf stat`
+ * (events from BENCH_PERF_EVENTS, default syscalls and context switches) on the server
+ * over the window, BENCH_PERF=record `perf record -g` to /tmp/perf.data.
  */
-import { fork } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { fork, spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import inspector from 'node:inspector';
 import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -25,6 +34,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { Registry } from 'prom-client';
 import protobuf from 'protobufjs';
 import { createBaseApp } from '../src/api/app.js';
 import { createPrismaClient } from '../src/service/db/client.js';
@@ -42,15 +52,18 @@ interface LoadArgs {
   /**
    * grpc: ModelInfer from a lean HTTP/2 gRPC client (pre-encoded requests, as h2load
    * drives a gRPC server); grpc-js: ModelInfer from @grpc/grpc-js's client; grpc-stream:
-   * Triton's ModelStreamInfer, C requests in flight on one stream (grpc-js client, as
-   * perf_analyzer --streaming); rest: HTTP/1.1 keep-alive.
+   * Triton's ModelStreamInfer, C requests in flight on one stream, from a lean HTTP/2
+   * client (as perf_analyzer --streaming, a C++ client, drives Triton); grpc-js-stream: the
+   * same from grpc-js's client; rest: HTTP/1.1 keep-alive.
    */
-  transport: 'grpc' | 'grpc-js' | 'grpc-stream' | 'rest';
+  transport: 'grpc' | 'grpc-js' | 'grpc-stream' | 'grpc-js-stream' | 'rest';
   target: string;
   model: string;
   concurrency: number;
   seconds: number;
   features: number;
+  /** Output floats per row. */
+  outFloats: number;
 }
 
 interface LoadResult {
@@ -59,6 +72,8 @@ interface LoadResult {
   firstError: string | null;
   latenciesMs: number[];
   seconds: number;
+  /** CPU time (user + system, every thread) the load generator spent in the measured window. */
+  cpuMs: number;
 }
 
 /** C closed loops, one row per request; returns every latency. */
@@ -68,7 +83,9 @@ async function closedLoop(concurrency: number, seconds: number, once: (i: number
   let firstError: string | null = null;
   // Warm-up (connections, JIT), not measured.
   await Promise.all(Array.from({ length: concurrency }, (_, i) => once(i).catch(() => undefined)));
+  process.send?.({ mark: 'start' });
   const started = performance.now();
+  const cpu0 = process.cpuUsage();
   const end = started + seconds * 1000;
   await Promise.all(
     Array.from({ length: concurrency }, async (_, lane) => {
@@ -84,7 +101,8 @@ async function closedLoop(concurrency: number, seconds: number, once: (i: number
       }
     }),
   );
-  return { requests: latencies.length, errors, firstError, latenciesMs: latencies, seconds: (performance.now() - started) / 1000 };
+  const cpu = process.cpuUsage(cpu0);
+  return { requests: latencies.length, errors, firstError, latenciesMs: latencies, seconds: (performance.now() - started) / 1000, cpuMs: (cpu.user + cpu.system) / 1000 };
 }
 
 /** Rows of the spirals' input range, different per request. */
@@ -95,6 +113,26 @@ function row(i: number, features: number): Float32Array {
 interface StreamAnswer {
   error_message: string;
   infer_response: { id: string } | null;
+}
+
+/** error_message and infer_response.id of a ModelStreamInferResponse, read off the wire. */
+function peekStreamAnswer(msg: Uint8Array): { errorMessage: string; inferResponse?: { id: string } } {
+  const r = protobuf.Reader.create(msg);
+  let errorMessage = '';
+  let id: string | undefined;
+  while (r.pos < r.len) {
+    const tag = r.uint32();
+    if (tag === ((1 << 3) | 2)) errorMessage = r.string();
+    else if (tag === ((2 << 3) | 2)) {
+      const end = r.uint32() + r.pos;
+      while (r.pos < end) {
+        const t = r.uint32();
+        if (t === ((3 << 3) | 2)) id = r.string();
+        else r.skipType(t & 7);
+      }
+    } else r.skipType(tag & 7);
+  }
+  return { errorMessage, ...(id === undefined ? {} : { inferResponse: { id } }) };
 }
 
 /** A gRPC message on the wire: 1-byte compressed flag, 4-byte big-endian length, the protobuf. */
@@ -133,6 +171,78 @@ async function load(a: LoadArgs): Promise<LoadResult> {
     return r;
   }
   if (a.transport === 'grpc-stream') {
+    // One ModelStreamInfer stream. Each lane has at most one request in flight, so the
+    // lane number is the request id: requests are encoded once per lane; what the lanes
+    // write in one turn of the event loop leaves in one HTTP/2 write (as a C++ client's
+    // completion queue batches them). Every answer is decoded far enough to check it: no
+    // error_message, a known id, one FP32 output of `outBytes` raw bytes.
+    const root = await protobuf.load(INFERENCE_PROTO);
+    const Req = root.lookupType('inference.ModelInferRequest');
+    const Res = root.lookupType('inference.ModelStreamInferResponse');
+    const bodies = Array.from({ length: a.concurrency }, (_, lane) =>
+      Array.from({ length: 4 }, (_, k) =>
+        grpcFrame(Req.encode(Req.fromObject({ modelName: a.model, id: String(lane), inputs: [{ name: 'input', datatype: 'FP32', shape: [1, a.features] }], rawInputContents: [Buffer.from(row(lane * 4 + k, a.features).buffer)] })).finish()),
+      ),
+    );
+    const session = http2.connect(`http://${a.target}`);
+    const stream = session.request({ ':method': 'POST', ':path': '/inference.GRPCInferenceService/ModelStreamInfer', 'content-type': 'application/grpc', te: 'trailers' });
+    const waiting: Array<{ resolve(): void; reject(e: Error): void } | undefined> = new Array(a.concurrency);
+    const failAll = (e: Error) => {
+      for (let i = 0; i < waiting.length; i++) {
+        waiting[i]?.reject(e);
+        waiting[i] = undefined;
+      }
+    };
+    let pending: Buffer = Buffer.alloc(0);
+    let checked = 0;
+    stream.on('data', (chunk: Buffer) => {
+      let buf = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+      while (buf.length >= 5) {
+        const len = buf.readUInt32BE(1);
+        if (buf.length < 5 + len) break;
+        const msg = buf.subarray(5, 5 + len);
+        buf = buf.subarray(5 + len);
+        // Every 64th answer decoded in full (one raw output of the right size); the id
+        // and error read off the others.
+        let m: { errorMessage: string; inferResponse?: { id: string } };
+        if ((checked++ & 63) === 0) {
+          const full = Res.decode(msg) as unknown as { errorMessage: string; inferResponse?: { id: string; rawOutputContents: Uint8Array[] } };
+          const raw = full.inferResponse?.rawOutputContents ?? [];
+          if (!full.errorMessage && (raw.length !== 1 || raw[0]!.length !== a.outFloats * 4)) return failAll(new Error(`unexpected output: ${JSON.stringify(full.inferResponse)}`));
+          m = full;
+        } else {
+          m = peekStreamAnswer(msg);
+        }
+        const lane = Number(m.inferResponse?.id);
+        const w = waiting[lane];
+        if (!w) return failAll(new Error(`answer for unknown id ${m.inferResponse?.id}`));
+        waiting[lane] = undefined;
+        if (m.errorMessage) w.reject(new Error(m.errorMessage));
+        else w.resolve();
+      }
+      pending = buf;
+    });
+    stream.on('error', failAll);
+    stream.on('close', () => failAll(new Error(`stream closed (HTTP/2 code ${stream.rstCode})`)));
+    let out: Buffer[] = [];
+    const flush = () => {
+      const b = out.length === 1 ? out[0]! : Buffer.concat(out);
+      out = [];
+      stream.write(b);
+    };
+    const once = (i: number) =>
+      new Promise<void>((resolve, reject) => {
+        const lane = i % a.concurrency;
+        waiting[lane] = { resolve, reject };
+        if (out.length === 0) process.nextTick(flush);
+        out.push(bodies[lane]![(i / a.concurrency) & 3]!);
+      });
+    const r = await closedLoop(a.concurrency, a.seconds, once);
+    stream.end();
+    session.close();
+    return r;
+  }
+  if (a.transport === 'grpc-js-stream') {
     const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(INFERENCE_PROTO, PROTO_OPTIONS)) as unknown as {
       inference: { GRPCInferenceService: new (address: string, creds: grpc.ChannelCredentials) => grpc.Client & { ModelStreamInfer: () => grpc.ClientDuplexStream<unknown, StreamAnswer> } };
     };
@@ -196,21 +306,57 @@ async function load(a: LoadArgs): Promise<LoadResult> {
   return r;
 }
 
-const CLIENT: Readonly<Record<LoadArgs['transport'], string>> = { grpc: 'raw-http2', 'grpc-js': 'grpc-js', 'grpc-stream': 'grpc-js', rest: 'http1-keepalive' };
+const CLIENT: Readonly<Record<LoadArgs['transport'], string>> = { grpc: 'raw-http2', 'grpc-js': 'grpc-js', 'grpc-stream': 'raw-http2', 'grpc-js-stream': 'grpc-js', rest: 'http1-keepalive' };
 
 function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
 }
 
-function summary(r: LoadResult): { rps: number; p50_ms: number; p99_ms: number; requests: number; errors: number } {
+function summary(r: LoadResult & { serverCpuMs?: number }) {
   const sorted = r.latenciesMs.sort((a, b) => a - b);
-  return { rps: Math.round(r.requests / r.seconds), p50_ms: +quantile(sorted, 0.5).toFixed(3), p99_ms: +quantile(sorted, 0.99).toFixed(3), requests: r.requests, errors: r.errors };
+  const perRequest = (ms: number) => (r.requests > 0 ? +((ms * 1000) / r.requests).toFixed(1) : null);
+  return {
+    rps: Math.round(r.requests / r.seconds),
+    p50_ms: +quantile(sorted, 0.5).toFixed(3),
+    p99_ms: +quantile(sorted, 0.99).toFixed(3),
+    requests: r.requests,
+    errors: r.errors,
+    // CPU per request (µs, user + system, every thread): where the 2 cores go.
+    ...(r.serverCpuMs === undefined ? {} : { server_cpu_us_per_req: perRequest(r.serverCpuMs), client_cpu_us_per_req: perRequest(r.cpuMs) }),
+  };
 }
 
-async function runLoad(args: LoadArgs): Promise<LoadResult> {
+/**
+ * Runs the load in a child process; `serverCpuMs` is this process's CPU time (every thread)
+ * over the child's measured window. BENCH_PROFILE=DIR writes a CPU profile of this
+ * process's main thread over that window to DIR (one file per case).
+ */
+async function runLoad(args: LoadArgs): Promise<LoadResult & { serverCpuMs: number }> {
   const child = fork(fileURLToPath(import.meta.url), [], { execArgv: ['--import', 'tsx'], env: { ...process.env, TAS_BENCH_LOAD: JSON.stringify(args) } });
-  return new Promise<LoadResult>((resolve, reject) => {
-    child.once('message', (m) => resolve(m as LoadResult));
+  const profileDir = process.env.BENCH_PROFILE;
+  const profiler = profileDir ? new inspector.Session() : null;
+  profiler?.connect();
+  const post = (method: string) => new Promise<unknown>((res, rej) => profiler!.post(method, (e, r) => (e ? rej(e) : res(r))));
+  let cpu0 = process.cpuUsage();
+  let perfProc: ReturnType<typeof spawn> | undefined;
+  return new Promise((resolve, reject) => {
+    child.on('message', (m: LoadResult | { mark: 'start' }) => {
+      if ('mark' in m) {
+        cpu0 = process.cpuUsage();
+        if (process.env.BENCH_PERF) perfProc = spawn('perf', process.env.BENCH_PERF === 'record' ? ['record', '-F', '2000', '-g', '-o', '/tmp/perf.data', '-p', String(process.pid)] : ['stat', '-e', process.env.BENCH_PERF_EVENTS ?? 'raw_syscalls:sys_enter,context-switches', '--per-thread', '-p', String(process.pid)], { stdio: ['ignore', 'inherit', 'inherit'] });
+        if (profiler) void post('Profiler.enable').then(() => post('Profiler.start'));
+        return;
+      }
+      const cpu = process.cpuUsage(cpu0);
+      perfProc?.kill('SIGINT');
+      const done = { ...m, serverCpuMs: (cpu.user + cpu.system) / 1000 };
+      if (!profiler) return resolve(done);
+      void post('Profiler.stop').then((r) => {
+        writeFileSync(join(profileDir!, `${args.transport}-${args.concurrency}.cpuprofile`), JSON.stringify((r as { profile: unknown }).profile));
+        profiler.disconnect();
+        resolve(done);
+      }, reject);
+    });
     child.once('error', reject);
     child.once('exit', (code) => reject(new Error(`load generator exited (${code}) without a result`)));
   });
@@ -241,7 +387,7 @@ if (process.env.TAS_BENCH_LOAD) {
     const onnx = exportOnnx(await readArtifact(trained.artifactPath!), { name: spec.name, version: 1 });
     const session = await ort.InferenceSession.create(onnx, { intraOpNumThreads: 1, interOpNumThreads: 1 });
     const peer = new Map<number, ReturnType<typeof summary>>();
-    for (const concurrency of [1, 16, 64]) {
+    for (const concurrency of process.env.BENCH_PEER === '0' ? [] : [1, 16, 64]) {
       const r = await closedLoop(concurrency, seconds, async (i) => {
         await session.run({ input: new ort.Tensor('float32', row(i, features), [1, features]) });
       });
@@ -251,37 +397,53 @@ if (process.env.TAS_BENCH_LOAD) {
     }
     await session.release();
 
-    const service = await startInferenceService({ source: store, grpc: { host: '127.0.0.1', port: 0 } });
+    // With a metrics registry, as the service runs it (every request updates its metrics).
+    const registry = new Registry();
+    const service = await startInferenceService({ source: store, registry, grpc: { host: '127.0.0.1', port: 0 } });
+    /** Batches run so far and their rows (tas_inference_batch_size). */
+    const batches = async () => {
+      const h = (await registry.getSingleMetric('tas_inference_batch_size')!.get()).values as Array<{ metricName?: string; value: number }>;
+      return { count: h.find((v) => v.metricName === 'tas_inference_batch_size_count')?.value ?? 0, rows: h.find((v) => v.metricName === 'tas_inference_batch_size_sum')?.value ?? 0 };
+    };
     const app = createBaseApp({ bodyLimit: 1024 * 1024 });
     await service.registerRoutes(app);
     const restUrl = await app.listen({ port: 0, host: '127.0.0.1' });
     const results = new Map<string, ReturnType<typeof summary>>();
+    const outFloats = (await service.repository.metadata(spec.name, '')).served.output.shape.slice(1).reduce((a, b) => a * b, 1);
+    // BENCH_CASES=grpc-stream/64,rest/16 runs only those (transport/concurrency), for profiling.
+    const only = process.env.BENCH_CASES?.split(',');
     try {
       const cases: Array<{ batching: boolean; transport: LoadArgs['transport']; concurrency: number }> = [];
       for (const transport of ['grpc', 'rest'] as const) for (const concurrency of [1, 16, 64]) cases.push({ batching: true, transport, concurrency });
       // The same load from grpc-js's own client (what a Node user would call it with), and
       // on Triton's streaming RPC (no HTTP/2 stream per request).
       cases.push({ batching: true, transport: 'grpc-js', concurrency: 64 });
-      for (const concurrency of [16, 64]) cases.push({ batching: true, transport: 'grpc-stream', concurrency });
+      for (const concurrency of [1, 16, 64]) cases.push({ batching: true, transport: 'grpc-stream', concurrency });
+      cases.push({ batching: true, transport: 'grpc-js-stream', concurrency: 64 });
       for (const transport of ['grpc', 'rest'] as const) cases.push({ batching: false, transport, concurrency: 64 });
       for (const c of cases) {
+        if (only && !only.includes(`${c.transport}/${c.concurrency}`)) continue;
         await service.repository.configure(spec.name, c.batching ? { maxBatchSize: 64, maxQueueDelayMs: 0 } : { maxBatchSize: 1, maxQueueDelayMs: 0 });
         const target = c.transport === 'rest' ? restUrl : service.grpc!.address;
-        const s = summary(await runLoad({ transport: c.transport, target, model: spec.name, concurrency: c.concurrency, seconds, features }));
+        const b0 = await batches();
+        const s = summary(await runLoad({ transport: c.transport, target, model: spec.name, concurrency: c.concurrency, seconds, features, outFloats }));
+        const b1 = await batches();
         results.set(`${c.transport}/${c.concurrency}/${c.batching}`, s);
-        console.log(JSON.stringify({ bench: 'infer', transport: c.transport === 'rest' ? 'rest' : 'grpc', client: CLIENT[c.transport], rpc: c.transport === 'rest' ? 'POST /v2/models/{m}/infer' : c.transport === 'grpc-stream' ? 'ModelStreamInfer' : 'ModelInfer', dynamic_batching: c.batching, model: spec.name, backend: backend.name, inference_threads: service.engine.threadCount, concurrency: c.concurrency, ...s }));
+        console.log(JSON.stringify({ bench: 'infer', transport: c.transport === 'rest' ? 'rest' : 'grpc', client: CLIENT[c.transport], rpc: c.transport === 'rest' ? 'POST /v2/models/{m}/infer' : c.transport.endsWith('stream') ? 'ModelStreamInfer' : 'ModelInfer', dynamic_batching: c.batching, model: spec.name, backend: backend.name, inference_threads: service.engine.threadCount, concurrency: c.concurrency, ...s, avg_batch_rows: +((b1.rows - b0.rows) / Math.max(1, b1.count - b0.count)).toFixed(1) }));
       }
     } finally {
       await app.close();
       await service.close();
     }
-    const grpc64 = results.get('grpc/64/true')!.rps;
-    const peer64 = peer.get(64)!.rps;
-    console.log(JSON.stringify({ bench: 'infer', check: 'grpc_rps_c64_vs_onnxruntime_in_process', grpc_rps: grpc64, peer_rps: peer64, ratio: +(grpc64 / peer64).toFixed(3), target: 0.5, met: grpc64 / peer64 >= 0.5 }));
-    for (const transport of ['grpc', 'rest']) {
-      const on = results.get(`${transport}/64/true`)!.rps;
-      const off = results.get(`${transport}/64/false`)!.rps;
-      console.log(JSON.stringify({ bench: 'infer', check: `${transport}_dynamic_batching_speedup_c64`, batched_rps: on, unbatched_rps: off, ratio: +(on / off).toFixed(2), target: 3, met: on / off >= 3 }));
+    if (!only) {
+      const grpc64 = results.get('grpc/64/true')!.rps;
+      const peer64 = peer.get(64)!.rps;
+      console.log(JSON.stringify({ bench: 'infer', check: 'grpc_rps_c64_vs_onnxruntime_in_process', grpc_rps: grpc64, peer_rps: peer64, ratio: +(grpc64 / peer64).toFixed(3), target: 0.5, met: grpc64 / peer64 >= 0.5 }));
+      for (const transport of ['grpc', 'rest']) {
+        const on = results.get(`${transport}/64/true`)!.rps;
+        const off = results.get(`${transport}/64/false`)!.rps;
+        console.log(JSON.stringify({ bench: 'infer', check: `${transport}_dynamic_batching_speedup_c64`, batched_rps: on, unbatched_rps: off, ratio: +(on / off).toFixed(2), target: 3, met: on / off >= 3 }));
+      }
     }
   } finally {
     await prisma.$disconnect();
