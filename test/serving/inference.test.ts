@@ -279,7 +279,7 @@ describe('inference serving', { skip: unavailable ?? (haveGolden ? false : `gold
     assert.match(((await big.json()) as { error: string }).error, /larger than/);
   });
 
-  test("Triton's ModelStreamInfer: many requests on one stream, answered by id, a bad one with error_message", async () => {
+  test("Triton's ModelStreamInfer: many requests on one stream, answered by id with their own rows, a bad one with error_message", async () => {
     const stream = h.grpc.ModelStreamInfer() as grpc.ClientDuplexStream<unknown, { error_message: string; infer_response: InferResponseMsg }>;
     const answers: Array<{ error_message: string; infer_response: InferResponseMsg }> = [];
     const done = new Promise<void>((ok, fail) => {
@@ -287,19 +287,24 @@ describe('inference serving', { skip: unavailable ?? (haveGolden ? false : `gold
       stream.on('end', ok);
       stream.on('error', fail);
     });
+    // Request i carries row i % N of the fixture's eval input: answers batched together
+    // and written out together must each hold the logits of their own row.
     const x = mlp.eval.x;
-    for (let i = 0; i < 20; i++) stream.write(typedRequest('mlp', x, { id: `s${i}`, model_version: '1' }));
+    const n = x.shape[0]!, per = x.data.length / n, outPer = mlp.eval.logits.data.length / n;
+    const rowOf = <T>(data: ArrayLike<T>, r: number, width: number): T[] => Array.from({ length: width }, (_, j) => data[r * width + j]!);
+    for (let i = 0; i < 60; i++) stream.write(typedRequest('mlp', { shape: [1, per], data: rowOf(x.data, i % n, per) }, { id: `s${i}`, model_version: '1' }));
     stream.write(typedRequest('mlp', { shape: [1, 3], data: [1, 2, 3] }, { id: 'bad' }));
     stream.end();
     await done;
-    assert.equal(answers.length, 21);
+    assert.equal(answers.length, 61);
     const bad = answers.find((a) => a.infer_response.id === 'bad')!;
     assert.equal(bad.error_message, "unexpected shape for input 'input' for model 'mlp'. Expected [-1,12], got [1,3]");
     const good = answers.filter((a) => a.infer_response.id !== 'bad');
-    assert.deepEqual(good.map((a) => a.infer_response.id).sort(), Array.from({ length: 20 }, (_, i) => `s${i}`).sort());
+    assert.deepEqual(good.map((a) => a.infer_response.id).sort(), Array.from({ length: 60 }, (_, i) => `s${i}`).sort());
     for (const a of good) {
       assert.equal(a.error_message, '');
-      const c = checkMaxAbs(a.infer_response.id, a.infer_response.outputs[0]!.contents!.fp32_contents, mlp.eval.logits.data);
+      const i = Number(a.infer_response.id.slice(1));
+      const c = checkMaxAbs(a.infer_response.id, a.infer_response.outputs[0]!.contents!.fp32_contents, rowOf(mlp.eval.logits.data, i % n, outPer));
       assert.ok(c.ok, c.detail);
     }
   });
