@@ -10,7 +10,8 @@ import type { ForwardContext } from '../trainer/layers/layer.js';
 import { Rng } from '../trainer/math/rng.js';
 import { Model } from '../trainer/model/model.js';
 
-const EVAL: ForwardContext = { training: false, record: false, bnSync: null, updateRunningStats: false, rng: new Rng(0) };
+// Served models never change after loading: BN keeps its eval scale and shift (`frozen`).
+const EVAL: ForwardContext = { training: false, record: false, bnSync: null, updateRunningStats: false, rng: new Rng(0), frozen: true };
 
 /** A model ready to serve: built from the artifact's spec with the artifact's state. */
 export interface ServableModel {

@@ -52,6 +52,8 @@ export class BatchNorm extends BaseLayer {
   readonly runningVar: tf.Variable | null;
   numBatchesTracked = 0;
   private saved: Saved | null = null;
+  /** Eval constants kept between `frozen` passes (see ForwardContext.frozen). */
+  private evalConsts: { alpha: tf.Tensor1D; beta: tf.Tensor1D } | null = null;
 
   constructor(path: string, inputShape: readonly number[], readonly opts: BatchNormOptions) {
     super(path, inputShape, inputShape);
@@ -73,9 +75,14 @@ export class BatchNorm extends BaseLayer {
     const useBatchStats = ctx.training || !this.opts.trackRunningStats;
     if (!useBatchStats) {
       if (ctx.onBnStats) ctx.onBnStats(this.path, rows > 0 ? hostStats(x, c) : emptyStats(c), 'local');
+      if (ctx.frozen) {
+        this.evalConsts ??= this.evalAffine();
+        const { alpha, beta } = this.evalConsts;
+        return tf.tidy(() => tf.add(tf.mul(x, alpha), beta));
+      }
       return tf.tidy(() => {
-        const invstd = tf.rsqrt(tf.add(this.runningVar!, this.opts.eps));
-        return this.affineOut(tf.mul(tf.sub(x, this.runningMean!), invstd));
+        const { alpha, beta } = this.evalAffine();
+        return tf.add(tf.mul(x, alpha), beta);
       });
     }
 
@@ -175,6 +182,7 @@ export class BatchNorm extends BaseLayer {
   }
 
   private updateRunning(mean: tf.Tensor1D, varB: tf.Tensor1D, n: number, ctx: ForwardContext): void {
+    this.dropEvalConsts();
     this.numBatchesTracked += 1;
     const momentum = ctx.bnMomentum !== undefined ? ctx.bnMomentum : this.opts.momentum;
     const w = newValueWeight(this.opts.convention, momentum, this.numBatchesTracked);
@@ -186,6 +194,29 @@ export class BatchNorm extends BaseLayer {
     });
   }
 
+  /**
+   * Eval-mode normalisation as PyTorch's CPU inference kernel computes it (ATen
+   * batch_norm_cpu_collect_linear_and_constant_terms): y = x * alpha + beta with
+   * alpha = gamma / sqrt(running_var + eps) and beta = bias - running_mean * alpha, per
+   * channel. Two element-wise kernels per call instead of five, and PyTorch's rounding.
+   */
+  private evalAffine(): { alpha: tf.Tensor1D; beta: tf.Tensor1D } {
+    return tf.tidy(() => {
+      const invstd = tf.reciprocal(tf.sqrt(tf.add(this.runningVar!, this.opts.eps)));
+      const alpha = (this.gamma ? tf.mul(invstd, this.gamma.value) : invstd) as tf.Tensor1D;
+      const shift = tf.mul(this.runningMean!, alpha);
+      const beta = (this.beta ? tf.sub(this.beta.value, shift) : tf.neg(shift)) as tf.Tensor1D;
+      return { alpha, beta };
+    });
+  }
+
+  /** Forget the cached eval constants (the statistics or parameters changed, or the layer goes). */
+  private dropEvalConsts(): void {
+    this.evalConsts?.alpha.dispose();
+    this.evalConsts?.beta.dispose();
+    this.evalConsts = null;
+  }
+
   private affineOut(xhat: tf.Tensor): tf.Tensor {
     return this.gamma && this.beta ? tf.add(tf.mul(xhat, this.gamma.value), this.beta.value) : xhat;
   }
@@ -193,6 +224,7 @@ export class BatchNorm extends BaseLayer {
   /** Replace the running statistics (recalibration). */
   setRunningStats(mean: ArrayLike<number>, variance: ArrayLike<number>): void {
     if (!this.runningMean || !this.runningVar) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${this.path} does not track running statistics`);
+    this.dropEvalConsts();
     this.runningMean.assign(tf.tensor1d(Float32Array.from(mean)));
     this.runningVar.assign(tf.tensor1d(Float32Array.from(variance)));
   }
@@ -208,6 +240,7 @@ export class BatchNorm extends BaseLayer {
   }
 
   override importState(state: HostTensorMap): void {
+    this.dropEvalConsts();
     super.importState(state);
     if (this.runningMean && this.runningVar) {
       const c = this.opts.channels;
@@ -229,6 +262,7 @@ export class BatchNorm extends BaseLayer {
   }
 
   override dispose(): void {
+    this.dropEvalConsts();
     super.dispose();
     this.runningMean?.dispose();
     this.runningVar?.dispose();

@@ -43,6 +43,14 @@ export interface ForwardContext {
   onBnStats?: (layerPath: string, stats: ChannelStats, mode: 'batch' | 'local') => void;
   /** Random stream for dropout masks (seeded per rank and step, so runs reproduce). */
   rng: Rng;
+  /**
+   * Eval passes of a model whose parameters and statistics no longer change (serving):
+   * layers may keep what they derive from them between calls (BN's per-channel scale and
+   * shift) instead of recomputing it. Loading a state or setting statistics still drops
+   * what was kept; changing parameters in place (an optimizer step) does not, so never set
+   * this on a model that trains.
+   */
+  frozen?: boolean;
 }
 
 export interface Layer {
