@@ -14,7 +14,8 @@ import { InferenceError, toInferenceError } from './errors.js';
 import { infer, type InferInput, type InferOptions } from './infer.js';
 import type { ModelRepository } from './repository.js';
 import { PLATFORM, type ServerIdentity } from './server-info.js';
-import { fromRaw, fromTyped, rawFp32, type TypedContents } from './tensors.js';
+import { decodeInferRequest, encodeInferResponse, encodeStreamInferResponse, type ModelInferRequestMsg, type ModelInferResponseMsg, type ModelStreamInferResponseMsg } from './grpc-codec.js';
+import { fromRaw, fromTyped, rawFp32 } from './tensors.js';
 
 export const INFERENCE_PROTO = `${PROTO_DIR}inference/grpc_predict_v2.proto`;
 export const INFERENCE_SERVICE = 'inference.GRPCInferenceService';
@@ -28,28 +29,6 @@ export interface InferenceGrpcOptions extends InferOptions {
   readonly log?: (message: string) => void;
 }
 
-// The request messages as proto-loader decodes them (keepCase, defaults).
-interface InferInputTensorMsg {
-  name: string;
-  datatype: string;
-  shape: number[];
-  contents: TypedContents | null;
-}
-interface ModelInferRequestMsg {
-  model_name: string;
-  model_version: string;
-  id: string;
-  inputs: InferInputTensorMsg[];
-  outputs: Array<{ name: string }>;
-  raw_input_contents: Buffer[];
-}
-interface ModelInferResponseMsg {
-  model_name: string;
-  model_version: string;
-  id: string;
-  outputs: Array<{ name: string; datatype: string; shape: number[]; contents?: { fp32_contents: number[] } }>;
-  raw_output_contents: Buffer[];
-}
 interface NameVersionMsg {
   name: string;
   version: string;
@@ -93,7 +72,7 @@ export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions
       model_name: res.model,
       model_version: res.version,
       id: res.id,
-      outputs: res.outputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape, ...(raw ? {} : { contents: { fp32_contents: Array.from(t.data) } }) })),
+      outputs: res.outputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape, ...(raw ? {} : { contents: { fp32_contents: t.data } }) })),
       raw_output_contents: raw ? res.outputs.map((t) => rawFp32(t.data)) : [],
     };
   };
@@ -110,7 +89,7 @@ export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions
    * order; clients match by id), a failed one with `error_message`; the server half-closes
    * once the client has and every answer is written.
    */
-  const ModelStreamInfer = (call: grpc.ServerDuplexStream<ModelInferRequestMsg, unknown>) => {
+  const ModelStreamInfer = (call: grpc.ServerDuplexStream<ModelInferRequestMsg, ModelStreamInferResponseMsg>) => {
     const write = coalescedWriter(call);
     let inFlight = 0;
     let ended = false;
@@ -141,7 +120,21 @@ export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions
     call.on('error', () => undefined);
   };
 
-  server.addService(pkg.inference.GRPCInferenceService.service, {
+  // The two inference RPCs decode and encode with the hand-written codec (proto-loader's
+  // conversions were the larger part of a request's cost); requests using fields it leaves
+  // alone (parameters, typed contents) go through proto-loader.
+  const base = pkg.inference.GRPCInferenceService.service;
+  const viaCodec = <Res>(m: grpc.MethodDefinition<unknown, unknown>, encode: (r: Res) => Buffer): grpc.MethodDefinition<ModelInferRequestMsg, Res> => ({
+    ...(m as unknown as grpc.MethodDefinition<ModelInferRequestMsg, Res>),
+    requestDeserialize: (b: Buffer) => decodeInferRequest(b) ?? (m.requestDeserialize(b) as ModelInferRequestMsg),
+    responseSerialize: encode,
+  });
+  const service: grpc.ServiceDefinition = {
+    ...base,
+    ModelInfer: viaCodec<ModelInferResponseMsg>(base.ModelInfer!, encodeInferResponse),
+    ModelStreamInfer: viaCodec<ModelStreamInferResponseMsg>(base.ModelStreamInfer!, encodeStreamInferResponse),
+  };
+  server.addService(service, {
     ServerLive: ((_call, cb) => cb(null, { live: true })) as Unary<unknown>,
     ServerReady: ((_call, cb) => cb(null, { ready: repo.isReady() })) as Unary<unknown>,
     ModelReady: ((call, cb) => cb(null, { ready: repo.modelReady(call.request.name, call.request.version) })) as Unary<NameVersionMsg>,
