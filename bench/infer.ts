@@ -20,7 +20,8 @@
  * checks); BENCH_PEER=0 skips the peer; BENCH_PROFILE=DIR writes a CPU profile of the
  * server's main thread over each case's measured window; BENCH_PERF=1 runs `perf stat`
  * (events from BENCH_PERF_EVENTS, default syscalls and context switches) on the server
- * over the window, BENCH_PERF=record `perf record -g` to /tmp/perf.data.
+ * over the window, BENCH_PERF=record `perf record -g` to /tmp/perf.data;
+ * BENCH_QUEUE_DELAY_MS sets the batched cases' max queue delay (default 0).
  */
 import { fork, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -81,8 +82,13 @@ async function closedLoop(concurrency: number, seconds: number, once: (i: number
   const latencies: number[] = [];
   let errors = 0;
   let firstError: string | null = null;
-  // Warm-up (connections, JIT), not measured.
-  await Promise.all(Array.from({ length: concurrency }, (_, i) => once(i).catch(() => undefined)));
+  // Warm-up (connections, JIT on both sides): one second of the same load, not measured.
+  const warmEnd = performance.now() + 1000;
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, lane) => {
+      for (let i = lane; performance.now() < warmEnd; i += concurrency) await once(i).catch(() => undefined);
+    }),
+  );
   process.send?.({ mark: 'start' });
   const started = performance.now();
   const cpu0 = process.cpuUsage();
@@ -423,7 +429,7 @@ if (process.env.TAS_BENCH_LOAD) {
       for (const transport of ['grpc', 'rest'] as const) cases.push({ batching: false, transport, concurrency: 64 });
       for (const c of cases) {
         if (only && !only.includes(`${c.transport}/${c.concurrency}`)) continue;
-        await service.repository.configure(spec.name, c.batching ? { maxBatchSize: 64, maxQueueDelayMs: 0 } : { maxBatchSize: 1, maxQueueDelayMs: 0 });
+        await service.repository.configure(spec.name, c.batching ? { maxBatchSize: 64, maxQueueDelayMs: Number(process.env.BENCH_QUEUE_DELAY_MS ?? 0) } : { maxBatchSize: 1, maxQueueDelayMs: 0 });
         const target = c.transport === 'rest' ? restUrl : service.grpc!.address;
         const b0 = await batches();
         const s = summary(await runLoad({ transport: c.transport, target, model: spec.name, concurrency: c.concurrency, seconds, features, outFloats }));
