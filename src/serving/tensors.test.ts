@@ -52,6 +52,15 @@ describe('decoding', () => {
     // A slice at an odd offset, as protobuf hands out `bytes` fields.
     const padded = Buffer.concat([Buffer.from([9]), Buffer.from(f32.buffer)]).subarray(1);
     assert.deepEqual(fromRaw('m', h('FP32'), padded), f32);
+    // At a 4-aligned offset inside a larger buffer: the values, whatever the neighbours.
+    const inside = Buffer.concat([Buffer.alloc(4, 7), Buffer.from(f32.buffer), Buffer.alloc(4, 7)]).subarray(4, 28);
+    assert.deepEqual(fromRaw('m', h('FP32'), inside), f32);
+    // Every datatype at an odd offset.
+    const odd = (b: ArrayBufferView) => Buffer.concat([Buffer.from([1]), Buffer.from(b.buffer, b.byteOffset, b.byteLength)]).subarray(1);
+    assert.deepEqual(fromRaw('m', h('INT16'), odd(Int16Array.of(-300, 2, 3, 4, 5, 6))), Float32Array.of(-300, 2, 3, 4, 5, 6));
+    assert.deepEqual(fromRaw('m', h('UINT32'), odd(Uint32Array.of(2 ** 32 - 1, 2, 3, 4, 5, 6))), Float32Array.of(2 ** 32 - 1, 2, 3, 4, 5, 6));
+    assert.deepEqual(fromRaw('m', h('INT64'), odd(BigInt64Array.of(-5n, 2n, 3n, 4n, 5n, 6n))), Float32Array.of(-5, 2, 3, 4, 5, 6));
+    assert.deepEqual(fromRaw('m', h('FP64'), odd(Float64Array.of(0.5, 2, 3, 4, 5, -6))), Float32Array.of(0.5, 2, 3, 4, 5, -6));
     assert.deepEqual(fromRaw('m', h('UINT8'), Uint8Array.of(0, 1, 2, 3, 254, 255)), Float32Array.of(0, 1, 2, 3, 254, 255));
     assert.deepEqual(fromRaw('m', h('INT16'), new Uint8Array(Int16Array.of(-300, 2, 3, 4, 5, 6).buffer)), Float32Array.of(-300, 2, 3, 4, 5, 6));
     assert.deepEqual(fromRaw('m', h('INT64'), new Uint8Array(BigInt64Array.of(-1n, 2n, 3n, 4n, 5n, 1n << 40n).buffer)), Float32Array.of(-1, 2, 3, 4, 5, 2 ** 40));

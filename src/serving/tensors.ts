@@ -144,12 +144,15 @@ export function fromRaw(model: string, t: InputHeader & { datatype: InputDatatyp
   if (bytes.byteLength !== count * size) {
     throw new InferenceError('INVALID_INPUT', `input byte size mismatch for input '${t.name}' for model '${model}'. Expected ${count * size}, got ${bytes.byteLength}`);
   }
-  // Copy into aligned memory first: protobuf `bytes` are slices of the message buffer at
-  // any offset, and typed arrays need aligned views.
-  const aligned = new Uint8Array(count * size);
-  aligned.set(bytes);
-  const view = new DataView(aligned.buffer);
-  if (t.datatype === 'FP32' && LITTLE_ENDIAN) return new Float32Array(aligned.buffer);
+  if (t.datatype === 'FP32' && LITTLE_ENDIAN) {
+    // A view when the bytes sit 4-aligned in the message buffer (the batcher copies the
+    // rows into its batch); protobuf `bytes` may sit at any offset, so else a copy.
+    if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, count);
+    const own = new Float32Array(count);
+    new Uint8Array(own.buffer).set(bytes);
+    return own;
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out = new Float32Array(count);
   for (let i = 0; i < count; i++) out[i] = readLE(view, t.datatype, i * size);
   return out;
