@@ -215,7 +215,8 @@ export interface StartGrpcOptions extends InferenceGrpcOptions {
 /** Serve inference, health and reflection on one port. */
 export async function startInferenceGrpcServer(o: StartGrpcOptions): Promise<InferenceGrpcServer> {
   const maxBytes = o.maxMessageBytes ?? 32 * 1024 * 1024;
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': maxBytes, 'grpc.max_send_message_length': -1 });
+  // channelz off: it records every call and message (what grpc-js costs per call, here for nothing).
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': maxBytes, 'grpc.max_send_message_length': -1, 'grpc.enable_channelz': 0 });
   const definition = loadInferenceDefinition();
   addInferenceService(server, o, definition);
 
