@@ -55,19 +55,22 @@ export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions
   /** One ModelInferRequest, answered in the form asked (raw bytes for raw requests, what Triton's clients send and read; typed contents otherwise). */
   const inferMessage = async (r: ModelInferRequestMsg): Promise<ModelInferResponseMsg> => {
     const raw = r.raw_input_contents.length > 0;
-    if (raw && r.inputs.some((i) => i.contents !== null)) {
-      throw new InferenceError('INVALID_INPUT', `contents field must not be specified when using raw_input_contents for model '${r.model_name}'`);
-    }
-    if (raw && r.raw_input_contents.length !== r.inputs.length) {
-      throw new InferenceError('INVALID_INPUT', `expected ${r.inputs.length} raw input contents but got ${r.raw_input_contents.length} for model '${r.model_name}'`);
-    }
+    // Checks only this binding can make (counted as failures like the shared ones).
+    const check = () => {
+      if (raw && r.inputs.some((i) => i.contents !== null)) {
+        throw new InferenceError('INVALID_INPUT', `contents field must not be specified when using raw_input_contents for model '${r.model_name}'`);
+      }
+      if (raw && r.raw_input_contents.length !== r.inputs.length) {
+        throw new InferenceError('INVALID_INPUT', `expected ${r.inputs.length} raw input contents but got ${r.raw_input_contents.length} for model '${r.model_name}'`);
+      }
+    };
     const inputs: InferInput[] = r.inputs.map((t, i) => ({
       name: t.name,
       datatype: t.datatype,
       shape: t.shape,
       decode: (model, checked) => (raw ? fromRaw(model, checked, r.raw_input_contents[i]!) : fromTyped(model, checked, t.contents ?? {})),
     }));
-    const res = await infer(repo, { model: r.model_name, version: r.model_version, id: r.id, inputs, outputs: r.outputs.map((x) => x.name) }, 'grpc', o);
+    const res = await infer(repo, { model: r.model_name, version: r.model_version, id: r.id, inputs, outputs: r.outputs.map((x) => x.name), check }, 'grpc', o);
     return {
       model_name: res.model,
       model_version: res.version,

@@ -22,6 +22,8 @@ export interface InferRequest {
   readonly inputs: readonly InferInput[];
   /** Requested output names; empty = all. */
   readonly outputs: readonly string[];
+  /** Binding-specific checks of the whole request (throw InferenceError), run first and counted like the others. */
+  readonly check?: () => void;
 }
 
 export interface InferResponse {
@@ -40,6 +42,7 @@ export interface InferOptions {
 export async function infer(repo: ModelRepository, req: InferRequest, protocol: Protocol, o: InferOptions): Promise<InferResponse> {
   let version = req.version;
   try {
+    req.check?.();
     const served = await repo.resolve(req.model, req.version);
     version = String(served.version);
     if (req.inputs.length !== 1) {

@@ -391,10 +391,13 @@ describe('inference serving', { skip: unavailable ?? (haveGolden ? false : `gold
     await unary(h.grpc, 'ModelInfer', typedRequest('mlp', mlp.eval.x));
     await rest(`${h.url}/v2/models/mlp/infer`, 'POST', { inputs: [{ name: 'input', shape: mlp.eval.x.shape, datatype: 'FP32', data: mlp.eval.x.data }] });
     await grpcFails(unary(h.grpc, 'ModelInfer', typedRequest('mlp', { shape: [1, 3], data: [1, 2, 3] })), grpc.status.INVALID_ARGUMENT, /unexpected shape/);
+    // A check only the gRPC binding makes counts too (version as the request named it).
+    await grpcFails(unary(h.grpc, 'ModelInfer', { ...rawRequest('mlp', [1, 12], new Float32Array(12)), raw_input_contents: [Buffer.alloc(48), Buffer.alloc(48)] }), grpc.status.INVALID_ARGUMENT, /expected 1 raw input contents but got 2/);
     const text = await (await fetch(`${h.url}/metrics`)).text();
     assert.match(text, /tas_inference_request_success_total\{model="mlp",version="2",protocol="grpc"\} 1/);
     assert.match(text, /tas_inference_request_success_total\{model="mlp",version="2",protocol="rest"\} 1/);
     assert.match(text, /tas_inference_request_failure_total\{model="mlp",version="2",protocol="grpc",reason="SHAPE_MISMATCH"\} 1/);
+    assert.match(text, /tas_inference_request_failure_total\{model="mlp",version="",protocol="grpc",reason="INVALID_INPUT"\} 1/);
     assert.match(text, /tas_inference_queue_duration_seconds_count\{model="mlp",version="2"\} 2/);
     assert.match(text, /tas_inference_compute_duration_seconds_count\{model="mlp",version="2"\} 2/);
     assert.match(text, new RegExp(`tas_inference_batch_size_sum\\{model="mlp",version="2"\\} ${2 * mlp.eval.x.shape[0]!}`));
