@@ -12,20 +12,25 @@
  *     onnxruntime-node in this process, one row per `run`, C runs in flight; at c=64 once
  *     before and once after the server cases (this machine's speed drifts within a run;
  *     the checks use the mean).
+ * Unary ModelInfer load comes from nghttp2's h2load where it is installed (Debian
+ * nghttp2-client; Node's HTTP/2 client costs as much CPU per call as the server on the
+ * same 2 cores), else from a lean Node HTTP/2 client; both Node clients also run at c=64.
  * Each case also reports the CPU time per request of the server (this process, every
- * thread) and of the load generator, and the average rows per batch the server ran.
+ * thread) and of the load generator, the average rows per batch the server ran, and the
+ * requests the server answered and failed (its own counters, warm-up included: h2load
+ * cannot read gRPC trailers, so server_failed = 0 is what shows its calls succeeded).
  * Prints one JSON line per case, then the checks against the issue's targets.
  *
  *   npm run bench:infer [-- --seconds 3]
  *
  * For profiling: BENCH_CASES=grpc-stream/64,rest/16 runs only those cases (and no
- * checks); BENCH_PEER=0 skips the peer; BENCH_PROFILE=DIR writes a CPU profile of the
- * server's main thread over each case's measured window; BENCH_PERF=1 runs `perf stat`
+ * checks); BENCH_PEER=0 skips the peer; BENCH_PROFILE=DIR (existing) writes a CPU profile
+ * of the server's main thread over each case's measured window; BENCH_PERF=1 runs `perf stat`
  * (events from BENCH_PERF_EVENTS, default syscalls and context switches) on the server
  * over the window, BENCH_PERF=record `perf record -g` to /tmp/perf.data;
  * BENCH_QUEUE_DELAY_MS sets the batched cases' max queue delay (default 0).
  */
-import { fork, spawn } from 'node:child_process';
+import { fork, spawn, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import inspector from 'node:inspector';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -54,12 +59,13 @@ import { runLocalJob } from '../src/trainer/engine/local-job.js';
 interface LoadArgs {
   /**
    * grpc: ModelInfer from a lean HTTP/2 gRPC client (pre-encoded requests, as h2load
-   * drives a gRPC server); grpc-js: ModelInfer from @grpc/grpc-js's client; grpc-stream:
+   * drives a gRPC server); grpc-h2load: the same from nghttp2's h2load (C; used where
+   * installed, Debian nghttp2-client), which costs a fraction of Node's HTTP/2 client; grpc-js: ModelInfer from @grpc/grpc-js's client; grpc-stream:
    * Triton's ModelStreamInfer, C requests in flight on one stream, from a lean HTTP/2
    * client (as perf_analyzer --streaming, a C++ client, drives Triton); grpc-js-stream: the
    * same from grpc-js's client; rest: HTTP/1.1 keep-alive.
    */
-  transport: 'grpc' | 'grpc-js' | 'grpc-stream' | 'grpc-js-stream' | 'rest';
+  transport: 'grpc' | 'grpc-h2load' | 'grpc-js' | 'grpc-stream' | 'grpc-js-stream' | 'rest';
   target: string;
   model: string;
   concurrency: number;
@@ -152,6 +158,42 @@ function grpcFrame(message: Uint8Array): Buffer {
 }
 
 async function load(a: LoadArgs): Promise<LoadResult> {
+  if (a.transport === 'grpc-h2load') {
+    // h2load sends one pre-encoded request C at a time on one connection for `seconds`
+    // after a second of warm-up, and logs each response (HTTP status, microseconds).
+    // It cannot read gRPC trailers: the server's own success and failure counters, which
+    // the bench prints beside every case, show that every request succeeded.
+    const dir = await mkdtemp(join(tmpdir(), 'tas-h2load-'));
+    try {
+      const root = await protobuf.load(INFERENCE_PROTO);
+      const Req = root.lookupType('inference.ModelInferRequest');
+      writeFileSync(join(dir, 'req.bin'), grpcFrame(Req.encode(Req.fromObject({ modelName: a.model, inputs: [{ name: 'input', datatype: 'FP32', shape: [1, a.features] }], rawInputContents: [Buffer.from(row(0, a.features).buffer)] })).finish()));
+      const args = ['-c', '1', '-m', String(a.concurrency), '-D', String(a.seconds), '--warm-up-time=1', '-d', join(dir, 'req.bin'), '-H', 'content-type: application/grpc', '-H', 'te: trailers', `--log-file=${join(dir, 'log')}`, `http://${a.target}/inference.GRPCInferenceService/ModelInfer`];
+      // bash's `times` prints the CPU time of its children (h2load) on its second line.
+      const child = spawn('bash', ['-c', 'h2load "$@" > /dev/null && times', 'h2load', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      const warm = setTimeout(() => process.send?.({ mark: 'start' }), 1000);
+      const code = await new Promise<number | null>((r) => child.once('exit', r));
+      clearTimeout(warm);
+      if (code !== 0) throw new Error(`h2load exited with ${code}`);
+      const [user, sys] = (out.trim().split('\n')[1] ?? '').split(' ').map((t) => {
+        const m = /(\d+)m([\d.]+)s/.exec(t);
+        return m ? Number(m[1]) * 60_000 + Number(m[2]) * 1000 : Number.NaN;
+      });
+      const latenciesMs: number[] = [];
+      let errors = 0;
+      for (const line of readFileSync(join(dir, 'log'), 'utf8').split('\n')) {
+        const [, status, us] = line.split('\t');
+        if (status === undefined) continue;
+        if (status === '200') latenciesMs.push(Number(us) / 1000);
+        else errors++;
+      }
+      return { requests: latenciesMs.length, errors, firstError: errors ? 'HTTP status other than 200' : null, latenciesMs, seconds: a.seconds, cpuMs: user! + sys! };
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
   if (a.transport === 'grpc') {
     // The load generator's own cost must stay below the server's: grpc-js's client costs
     // more per call than its server (it would measure itself), so requests are encoded
@@ -314,7 +356,7 @@ async function load(a: LoadArgs): Promise<LoadResult> {
   return r;
 }
 
-const CLIENT: Readonly<Record<LoadArgs['transport'], string>> = { grpc: 'raw-http2', 'grpc-js': 'grpc-js', 'grpc-stream': 'raw-http2', 'grpc-js-stream': 'grpc-js', rest: 'http1-keepalive' };
+const CLIENT: Readonly<Record<LoadArgs['transport'], string>> = { 'grpc-h2load': 'h2load', grpc: 'raw-http2', 'grpc-js': 'grpc-js', 'grpc-stream': 'raw-http2', 'grpc-js-stream': 'grpc-js', rest: 'http1-keepalive' };
 
 function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
@@ -339,6 +381,7 @@ function summary(r: LoadResult & { serverCpuMs?: number }) {
  * over the child's measured window. BENCH_PROFILE=DIR writes a CPU profile of this
  * process's main thread over that window to DIR (one file per case).
  */
+let profiles = 0;
 async function runLoad(args: LoadArgs): Promise<LoadResult & { serverCpuMs: number }> {
   const child = fork(fileURLToPath(import.meta.url), [], { execArgv: ['--import', 'tsx'], env: { ...process.env, TAS_BENCH_LOAD: JSON.stringify(args) } });
   const profileDir = process.env.BENCH_PROFILE;
@@ -360,7 +403,7 @@ async function runLoad(args: LoadArgs): Promise<LoadResult & { serverCpuMs: numb
       const done = { ...m, serverCpuMs: (cpu.user + cpu.system) / 1000 };
       if (!profiler) return resolve(done);
       void post('Profiler.stop').then((r) => {
-        writeFileSync(join(profileDir!, `${args.transport}-${args.concurrency}.cpuprofile`), JSON.stringify((r as { profile: unknown }).profile));
+        writeFileSync(join(profileDir!, `${++profiles}-${args.transport}-${args.concurrency}.cpuprofile`), JSON.stringify((r as { profile: unknown }).profile));
         profiler.disconnect();
         resolve(done);
       }, reject);
@@ -411,35 +454,48 @@ if (process.env.TAS_BENCH_LOAD) {
     const registry = new Registry();
     const service = await startInferenceService({ source: store, registry, grpc: { host: '127.0.0.1', port: 0 } });
     /** Batches run so far and their rows (tas_inference_batch_size). */
-    const batches = async () => {
-      const h = (await registry.getSingleMetric('tas_inference_batch_size')!.get()).values as Array<{ metricName?: string; value: number }>;
-      return { count: h.find((v) => v.metricName === 'tas_inference_batch_size_count')?.value ?? 0, rows: h.find((v) => v.metricName === 'tas_inference_batch_size_sum')?.value ?? 0 };
+    /** Batches run and their rows (tas_inference_batch_size), requests answered and failed, so far. */
+    const counters = async () => {
+      const values = async (name: string) => ((await registry.getSingleMetric(name)?.get())?.values ?? []) as Array<{ metricName?: string; value: number }>;
+      const h = await values('tas_inference_batch_size');
+      const total = async (name: string) => (await values(name)).reduce((n, v) => n + v.value, 0);
+      return {
+        count: h.find((v) => v.metricName === 'tas_inference_batch_size_count')?.value ?? 0,
+        rows: h.find((v) => v.metricName === 'tas_inference_batch_size_sum')?.value ?? 0,
+        ok: await total('tas_inference_request_success_total'),
+        failed: await total('tas_inference_request_failure_total'),
+      };
     };
     const app = createBaseApp({ bodyLimit: 1024 * 1024 });
     await service.registerRoutes(app);
     const restUrl = await app.listen({ port: 0, host: '127.0.0.1' });
     const results = new Map<string, ReturnType<typeof summary>>();
+    // Unary ModelInfer load from h2load where installed (Node's HTTP/2 client costs as much
+    // CPU per call as the server, on the same 2 cores), else from the lean Node client.
+    const unary: LoadArgs['transport'] = spawnSync('h2load', ['--version']).status === 0 ? 'grpc-h2load' : 'grpc';
     const outFloats = (await service.repository.metadata(spec.name, '')).served.output.shape.slice(1).reduce((a, b) => a * b, 1);
     // BENCH_CASES=grpc-stream/64,rest/16 runs only those (transport/concurrency), for profiling.
     const only = process.env.BENCH_CASES?.split(',');
     try {
       const cases: Array<{ batching: boolean; transport: LoadArgs['transport']; concurrency: number }> = [];
-      for (const transport of ['grpc', 'rest'] as const) for (const concurrency of [1, 16, 64]) cases.push({ batching: true, transport, concurrency });
-      // The same load from grpc-js's own client (what a Node user would call it with), and
-      // on Triton's streaming RPC (no HTTP/2 stream per request).
+      for (const transport of [unary, 'rest'] as const) for (const concurrency of [1, 16, 64]) cases.push({ batching: true, transport, concurrency });
+      // The same load from Node clients (the lean one where h2load drives the others, and
+      // grpc-js's own, what a Node user would call it with), and on Triton's streaming RPC
+      // (no HTTP/2 stream per request).
+      if (unary !== 'grpc') cases.push({ batching: true, transport: 'grpc', concurrency: 64 });
       cases.push({ batching: true, transport: 'grpc-js', concurrency: 64 });
       for (const concurrency of [1, 16, 64]) cases.push({ batching: true, transport: 'grpc-stream', concurrency });
       cases.push({ batching: true, transport: 'grpc-js-stream', concurrency: 64 });
-      for (const transport of ['grpc', 'grpc-stream', 'rest'] as const) cases.push({ batching: false, transport, concurrency: 64 });
+      for (const transport of [unary, 'grpc-stream', 'rest'] as const) cases.push({ batching: false, transport, concurrency: 64 });
       for (const c of cases) {
         if (only && !only.includes(`${c.transport}/${c.concurrency}`)) continue;
         await service.repository.configure(spec.name, c.batching ? { maxBatchSize: 64, maxQueueDelayMs: Number(process.env.BENCH_QUEUE_DELAY_MS ?? 0) } : { maxBatchSize: 1, maxQueueDelayMs: 0 });
         const target = c.transport === 'rest' ? restUrl : service.grpc!.address;
-        const b0 = await batches();
+        const b0 = await counters();
         const s = summary(await runLoad({ transport: c.transport, target, model: spec.name, concurrency: c.concurrency, seconds, features, outFloats }));
-        const b1 = await batches();
+        const b1 = await counters();
         results.set(`${c.transport}/${c.concurrency}/${c.batching}`, s);
-        console.log(JSON.stringify({ bench: 'infer', transport: c.transport === 'rest' ? 'rest' : 'grpc', client: CLIENT[c.transport], rpc: c.transport === 'rest' ? 'POST /v2/models/{m}/infer' : c.transport.endsWith('stream') ? 'ModelStreamInfer' : 'ModelInfer', dynamic_batching: c.batching, model: spec.name, backend: backend.name, inference_threads: service.engine.threadCount, concurrency: c.concurrency, ...s, avg_batch_rows: +((b1.rows - b0.rows) / Math.max(1, b1.count - b0.count)).toFixed(1) }));
+        console.log(JSON.stringify({ bench: 'infer', transport: c.transport === 'rest' ? 'rest' : 'grpc', client: CLIENT[c.transport], rpc: c.transport === 'rest' ? 'POST /v2/models/{m}/infer' : c.transport.endsWith('stream') ? 'ModelStreamInfer' : 'ModelInfer', dynamic_batching: c.batching, model: spec.name, backend: backend.name, inference_threads: service.engine.threadCount, concurrency: c.concurrency, ...s, avg_batch_rows: +((b1.rows - b0.rows) / Math.max(1, b1.count - b0.count)).toFixed(1), server_answered: b1.ok - b0.ok, server_failed: b1.failed - b0.failed }));
       }
     } finally {
       await app.close();
@@ -453,14 +509,14 @@ if (process.env.TAS_BENCH_LOAD) {
       const peer64 = Math.round((peer.get(64)!.rps + again.rps) / 2);
       for (const [transport, rpc] of [
         ['grpc-stream', 'ModelStreamInfer'],
-        ['grpc', 'ModelInfer'],
+        [unary, 'ModelInfer'],
       ] as const) {
         const rps = results.get(`${transport}/64/true`)!.rps;
         console.log(JSON.stringify({ bench: 'infer', check: 'grpc_rps_c64_vs_onnxruntime_in_process', rpc, grpc_rps: rps, peer_rps: peer64, ratio: +(rps / peer64).toFixed(3), target: 0.5, met: rps / peer64 >= 0.5 }));
       }
       for (const [transport, label] of [
         ['grpc-stream', 'grpc_ModelStreamInfer'],
-        ['grpc', 'grpc_ModelInfer'],
+        [unary, 'grpc_ModelInfer'],
         ['rest', 'rest'],
       ] as const) {
         const on = results.get(`${transport}/64/true`)!.rps;
