@@ -243,7 +243,7 @@ describe('GrpcCollective', () => {
   it('large allReduce: uneven sizes and frame splits, rank-order bits; a result is never touched by later calls', async () => {
     for (const [world, opts] of [
       [2, {}],
-      [2, { pairFrameBytes: 40_000 }],
+      [2, { frameBytes: 40_000 }],
       [3, { frameBytes: 40_000 }],
       [4, { frameBytes: 12_345 * 4 }],
     ] as const) {

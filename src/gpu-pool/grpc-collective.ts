@@ -18,17 +18,16 @@
  * - allReduce, buffers under `smallMessageBytes` (64 KiB): every rank's buffer to every
  *   other rank; each rank sums all W buffers in rank order, starting from zeros, exactly
  *   as the in-process group does, so the bits equal the in-process result on every rank.
- * - allReduce, larger buffers, also summed in rank order from zeros on their owner (the
- *   same bits as the in-process group, on every rank):
- *   - two ranks: the small path's exchange (REDUCE), the whole buffer as ONE frame each way
- *     (up to `pairFrameBytes`, 256 MiB); each rank sums into the peer's received message
- *     and returns it (a view), allocating no result buffer. Each rank sends and receives
- *     the buffer once: as many bytes as a ring for W = 2, in one phase instead of two.
- *   - three or more: reduce-scatter then all-gather over W segments, each a direct
- *     exchange: every rank sends its values of segment c to rank c (REDUCE_SCATTER), which
- *     sums the W parts in rank order frame by frame (`frameBytes`, 4 MiB) and sends each
- *     final frame to every other rank (ALL_GATHER_RING), where it is only copied. 2(W-1)/W
- *     of the buffer each way per rank, as a ring, in 2 dependent steps instead of 2(W-1).
+ * - allReduce, larger buffers, any W >= 2: reduce-scatter then all-gather over W
+ *   segments, each a direct exchange: every rank sends its values of segment c to rank c
+ *   (REDUCE_SCATTER), which sums the W parts in rank order from zeros (the same bits as
+ *   the in-process group; the arithmetic is collective-math.ts) frame by frame as they
+ *   arrive and sends each final frame to every other rank (ALL_GATHER_RING), where it is
+ *   only copied into the result. 2(W-1)/W of the buffer each way per rank, as a ring, in
+ *   2 dependent steps instead of 2(W-1), pipelined in frames of `frameBytes` (1 MiB for
+ *   two ranks, 4 MiB for more: `defaultReduceFrameBytes`). For two ranks this replaced sending
+ *   the whole buffer as one frame each way and summing all of it on both ranks: half the
+ *   additions per rank, and transfer, sums and copies overlap.
  * - broadcast: the root writes its buffer to every rank; barrier: an empty frame each way.
  *
  * Failure: a stream error or end without GOODBYE ("rank 2 unreachable: ..."), no frame
@@ -45,16 +44,34 @@
  * views over grpc's receive buffer when aligned (the `pad` field makes that the normal
  * case); compression, retries and channelz are off; message size limits are lifted; writes
  * honour back-pressure (frames written while a stream is back-pressured queue, in order,
- * until 'drain'). What large messages cost here is mostly not the algorithm: grpc-js
- * allocates a fresh buffer per message on each side (its framing copy and the reassembly
- * `Buffer.concat`) and Node's HTTP/2 one per socket read, and that external memory drives
- * V8 garbage collections; so this file allocates as little as it can besides (pooled
- * frame buffers, results written in place).
+ * until 'drain'). The result of an allReduce is a fresh array (the contract); nothing else
+ * is allocated per call besides what grpc-js and Node allocate per message.
+ *
+ * What a large allReduce costs is mostly not the algorithm but memory (measured on a 2-core
+ * VM, 16 MB, 2 ranks; bench/collective.ts): grpc-js allocates a fresh buffer per message on
+ * each side (its framing copy, the reassembly `Buffer.concat`), Node's HTTP/2 one per
+ * socket read, and the result is fresh too, 64 MB of ArrayBuffers per call per rank.
+ * (1) Fresh pages: a page fault costs ~13 us there, and glibc unmaps or trims freed
+ * buffers, so most of the call was page faults (~3400 per call per rank). (2) V8: a worker's
+ * heap is small (~10 MB, just above V8's 8 MB threshold for incremental marking) and with
+ * the default old-generation limit V8 kept marking the whole heap, a Mark-Compact every
+ * 20-30 ms. Both are fixed by how the worker process is started, not here: malloc and V8
+ * settings in worker-env.ts (the pool and the bench start ranks with them). Figures, W=2,
+ * 16 MB, bench p50: before (one frame each way, plain `node`): ~128 ms; now, plain `node`:
+ * ~114 ms; with the worker settings: 24-40 ms over 5 runs (gloo in the same runs: 15-18
+ * ms). The floor under it, the same bytes through bare grpc-js streams with the same
+ * settings and no arithmetic: ~16 ms, 15 ms CPU per rank; 4 ranks on 2 cores: ~62 ms
+ * (gloo 35-41 ms), so there grpc-js alone is slower than gloo. Of what is left above that
+ * floor at W=2, about 12 ms is the fresh result array (V8 promotes it during the call, and
+ * each 64 MB of promoted ArrayBuffers costs a full GC): reusing one result buffer, which
+ * the contract forbids, measured 42 -> 30 ms in an A/B; an all-reduce into a caller's
+ * buffer would get that. The rest is the encode and all-gather copies and the sums.
  */
 import { readFileSync } from 'node:fs';
 import { endianness } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import type { Collective } from '../trainer/collective/collective.js';
+import { sumInRankOrder } from './collective-math.js';
 import { TrainerError } from '../trainer/errors.js';
 
 // ---------------------------------------------------------------------------------------
@@ -343,13 +360,11 @@ export interface GrpcCollectiveOptions {
   connectTimeoutMs?: number;
   /** allReduce buffers below this many bytes use the rank-order all-to-all (default 64 KiB). */
   smallMessageBytes?: number;
-  /** Largest payload per frame; larger messages are split (default 4 MiB). */
-  frameBytes?: number;
   /**
-   * Two ranks: largest payload per allReduce frame (default 256 MiB). Up to this the whole
-   * buffer travels as one frame and the sum is written into the received message.
+   * Largest payload per frame; larger messages are split (default 4 MiB; a large allReduce
+   * of two ranks: 1 MiB).
    */
-  pairFrameBytes?: number;
+  frameBytes?: number;
   /** PEM file paths: mutual TLS. Plaintext when absent. */
   tls?: TlsFiles;
   /** Where rejected frames and failures are reported (default console.warn). */
@@ -757,48 +772,19 @@ function floatsOf(b: Buffer): Float32Array {
   return out;
 }
 
-/** dst[off + i] += src[i]. */
-function addInto(dst: Float32Array, off: number, src: Float32Array): void {
-  const n = src.length;
-  if (off === 0) {
-    for (let i = 0; i < n; i++) dst[i] += src[i];
-  } else {
-    const d = dst.subarray(off, off + n);
-    for (let i = 0; i < n; i++) d[i] += src[i];
-  }
-}
+const DEFAULT_FRAME_BYTES = 4 << 20;
 
 /**
- * out[i] = (0 + lo[i]) + hi[i]: two ranks' values summed in rank order from zeros, the
- * bits of the small path's `out += x_0; out += x_1` (`+ 0` turns -0 into +0 as that does;
- * float32 + float32 computed in double and rounded once is the float32 sum). `out` may be
- * `lo` or `hi` (element i is read before it is written).
+ * Frame payload size of a large allReduce when the options give none. Two ranks: 1 MiB,
+ * so that each half of the buffer is 8 frames and the reduce-scatter, the sums and the
+ * all-gather overlap (a 16 MB allReduce, 2 ranks on 2 cores: 1 MiB ~35 ms, 2 MiB ~39,
+ * 4 MiB ~41). More ranks: 4 MiB, fewer messages (grpc-js costs per message; 4 ranks on 2
+ * cores: 4 MiB ~108 ms, 2 MiB ~118, 1 MiB ~123). Other calls (broadcast, allGather) send
+ * 4 MiB frames: nothing to overlap there (broadcast of 16 MB, 2 ranks: 4 MiB 10-15 ms,
+ * 1 MiB 17-20 ms).
  */
-function sum2(out: Float32Array, lo: Float32Array, hi: Float32Array): void {
-  const n = out.length, m = n - (n & 3);
-  let i = 0;
-  for (; i < m; i += 4) {
-    const a0 = lo[i] + 0 + hi[i], a1 = lo[i + 1] + 0 + hi[i + 1], a2 = lo[i + 2] + 0 + hi[i + 2], a3 = lo[i + 3] + 0 + hi[i + 3];
-    out[i] = a0;
-    out[i + 1] = a1;
-    out[i + 2] = a2;
-    out[i + 3] = a3;
-  }
-  for (; i < n; i++) out[i] = lo[i] + 0 + hi[i];
-}
-
-/** out[i] = a[i] + b[i] (a rank-order partial sum plus the next rank's values; `out` may be `a` or `b`). */
-function add2(out: Float32Array, a: Float32Array, b: Float32Array): void {
-  const n = out.length, m = n - (n & 3);
-  let i = 0;
-  for (; i < m; i += 4) {
-    const s0 = a[i] + b[i], s1 = a[i + 1] + b[i + 1], s2 = a[i + 2] + b[i + 2], s3 = a[i + 3] + b[i + 3];
-    out[i] = s0;
-    out[i + 1] = s1;
-    out[i + 2] = s2;
-    out[i + 3] = s3;
-  }
-  for (; i < n; i++) out[i] = a[i] + b[i];
+function defaultReduceFrameBytes(worldSize: number): number {
+  return worldSize === 2 ? 1 << 20 : DEFAULT_FRAME_BYTES;
 }
 
 /** A Float32Array of n values, not zero-filled (every value is written before it is read). */
@@ -810,45 +796,32 @@ function uninitFloats(n: number): Float32Array {
 /**
  * Encode buffers for large frames, reused once grpc-js has copied them: every fresh large
  * buffer costs page faults and, in bulk, V8 garbage collections (external memory pressure).
- * Frames up to `size` share a free list; a few larger ones (a two-rank allReduce sends its
- * whole buffer as one frame) are kept too, for the next call of the same size.
+ * Every payload is at most `frameBytes`, so one size fits all large frames.
  */
 class FramePool {
   private readonly free: Buffer[] = [];
-  private readonly big: Buffer[] = [];
   constructor(
     private readonly size: number,
     private readonly keep: number,
-    private readonly keepBig = 2,
   ) {}
 
   /** A buffer of at least n bytes (pooled when large). */
   readonly take = (n: number): Buffer => {
     if (n < 64 * 1024) return Buffer.allocUnsafe(n);
     if (n <= this.size) return this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
-    for (let i = 0; i < this.big.length; i++) {
-      const b = this.big[i];
-      // A kept buffer fits when it is not more than twice what is needed.
-      if (b.length >= n && b.length <= 2 * n) {
-        this.big.splice(i, 1);
-        return b;
-      }
-    }
     return Buffer.allocUnsafeSlow(n);
   };
 
   /** `buf` (from `take`, maybe a prefix view) is free again. */
   give(buf: Buffer): void {
-    const whole = buf.buffer.byteLength;
     // Never a slice of Node's shared small-buffer pool: only what `take` allocated alone.
-    if (buf.byteOffset !== 0 || whole < 64 * 1024) return;
-    if (whole === this.size) {
-      if (this.free.length < this.keep) this.free.push(Buffer.from(buf.buffer, 0, this.size));
-    } else if (whole > this.size) {
-      if (this.big.length >= this.keepBig) this.big.shift();
-      this.big.push(Buffer.from(buf.buffer, 0, whole));
-    }
+    if (buf.byteOffset === 0 && buf.buffer.byteLength === this.size && this.free.length < this.keep) this.free.push(Buffer.from(buf.buffer, 0, this.size));
   }
+}
+
+/** A pool for frames of up to `frameFloats` values: room for the header, fields and pad; up to 32 MiB kept. */
+function framePool(frameFloats: number): FramePool {
+  return new FramePool(frameFloats * 4 + 256, Math.max(4, Math.floor((32 << 20) / (frameFloats * 4))));
 }
 
 export class GrpcCollective implements Collective {
@@ -869,9 +842,12 @@ export class GrpcCollective implements Collective {
   private readonly tls?: TlsFiles;
   private readonly connectTimeoutMs: number;
   private readonly smallBytes: number;
+  /** Largest payload per frame: broadcast, allGather, small allReduce. */
   private readonly frameFloats: number;
-  private readonly pairFrameFloats: number;
+  /** Largest payload per frame of a large allReduce. */
+  private readonly reduceFrameFloats: number;
   private readonly pool: FramePool;
+  private readonly reducePool: FramePool;
   private readonly header: Buffer;
   private readonly heartbeatFrame: Buffer;
   private readonly links: Array<Link | undefined>;
@@ -933,10 +909,10 @@ export class GrpcCollective implements Collective {
     if (!(this.heartbeatMs > 0) || this.heartbeatMs > this.timeoutMs / 2) throw new RangeError(`heartbeatMs (${this.heartbeatMs}) must be positive and at most timeoutMs / 2 (${this.timeoutMs / 2})`);
     this.connectTimeoutMs = opts.connectTimeoutMs ?? Math.max(30_000, this.timeoutMs);
     this.smallBytes = opts.smallMessageBytes ?? 64 * 1024;
-    this.frameFloats = Math.max(1, Math.floor((opts.frameBytes ?? 4 << 20) / 4));
-    this.pairFrameFloats = Math.max(1, Math.floor((opts.pairFrameBytes ?? 256 << 20) / 4));
-    // Room for a full frame's payload plus header, error-free fields and pad.
-    this.pool = new FramePool(this.frameFloats * 4 + 256, Math.max(4, Math.floor((32 << 20) / (this.frameFloats * 4))));
+    this.frameFloats = Math.max(1, Math.floor((opts.frameBytes ?? DEFAULT_FRAME_BYTES) / 4));
+    this.reduceFrameFloats = Math.max(1, Math.floor((opts.frameBytes ?? defaultReduceFrameBytes(this.worldSize)) / 4));
+    this.pool = framePool(this.frameFloats);
+    this.reducePool = framePool(this.reduceFrameFloats);
     this.log = opts.log ?? ((m) => console.warn(m));
     this.header = encodeFrameHeader(this.jobId, this.generation, this.rank);
     this.heartbeatFrame = encodeFrame(this.header, { op: Op.HEARTBEAT });
@@ -1280,16 +1256,8 @@ export class GrpcCollective implements Collective {
         others.forEach((l, i) => (byRank[l.peer] = parts[i + 1] as Float32Array));
         // Rank order from zeros, exactly as the in-process group: the same bits everywhere.
         const out = new Float32Array(data.length);
-        for (let r = 0; r < this.worldSize; r++) addInto(out, 0, byRank[r]);
+        sumInRankOrder(out, byRank);
         return out;
-      } finally {
-        this.finish(seq);
-      }
-    }
-    if (this.worldSize === 2) {
-      const seq = this.begin({ name: 'allReduce', ops: [Op.REDUCE], total });
-      try {
-        return await this.pairReduce(seq, data);
       } finally {
         this.finish(seq);
       }
@@ -1303,55 +1271,7 @@ export class GrpcCollective implements Collective {
   }
 
   /**
-   * Two ranks, a buffer of any size: the small path's exchange (REDUCE frames, the whole
-   * buffer each way; as many bytes as a ring moves for W = 2, in one phase instead of two
-   * dependent ones), summed in rank order from zeros like the small path, so that the bits
-   * equal the in-process group. The buffer travels as ONE frame (up to `pairFrameBytes`):
-   * the sum is then written in place into the peer's received message, which is returned,
-   * so that no result buffer is allocated (a 16 MB allocation per call costs page faults
-   * and, above all, the garbage collections its external memory triggers). Frames of any
-   * split are accepted (summed into a new buffer then).
-   */
-  private async pairReduce(seq: number, data: Float32Array): Promise<Float32Array> {
-    const peer = this.link(1 - this.rank), n = data.length, total = n * 4, ff = this.pairFrameFloats;
-    const sends: Promise<void>[] = [];
-    for (let a = 0; a < n; a += ff) {
-      const b = Math.min(n, a + ff);
-      const buf = encodeFrame(this.header, { seq, op: Op.REDUCE, offset: a * 4, total }, bytesOf(data, a, b), this.pool.take);
-      const p = peer.send(buf, () => this.pool.give(buf));
-      if (p) sends.push(p);
-    }
-    const sent = sends.length ? Promise.all(sends) : undefined;
-    sent?.catch(() => {});
-    const lo = this.rank === 0;
-    const first = await peer.recv(seq, Op.REDUCE, 0, 0);
-    let out: Float32Array;
-    if (first.payload.byteLength === total && first.payload.buffer.byteLength - total < 1024) {
-      // The whole buffer in one frame, alone in its message buffer: sum into it (a view
-      // when aligned, else a copy).
-      out = floatsOf(first.payload);
-      if (lo) sum2(out, data, out);
-      else sum2(out, out, data);
-    } else {
-      out = uninitFloats(n);
-      let off = 0, f = first;
-      for (;;) {
-        const len = f.payload.byteLength;
-        if (len === 0) throw this.protocolError(`protocol error at call ${seq}: rank ${peer.peer} sent an empty frame at offset ${off} of ${total}`, peer.peer);
-        const a = off / 4, b = a + len / 4, theirs = floatsOf(f.payload);
-        if (lo) sum2(out.subarray(a, b), data.subarray(a, b), theirs);
-        else sum2(out.subarray(a, b), theirs, data.subarray(a, b));
-        off += len;
-        if (off >= total) break;
-        f = await peer.recv(seq, Op.REDUCE, 0, off);
-      }
-    }
-    if (sent) await sent;
-    return out;
-  }
-
-  /**
-   * Three or more ranks: reduce-scatter then all-gather over W segments, each step one
+   * Two or more ranks: reduce-scatter then all-gather over W segments, each step one
    * direct exchange (not a ring): segment c is owned by rank c; every rank sends its values
    * of segment c to rank c (REDUCE_SCATTER, chunk c), which sums the W contributions in rank
    * order from zeros, like the small path and the in-process group (the same bits), frame
@@ -1360,15 +1280,15 @@ export class GrpcCollective implements Collective {
    * 2(W-1)/W of the buffer, as in a ring, in 2 dependent steps instead of 2(W-1).
    */
   private async scatterReduce(seq: number, data: Float32Array): Promise<Float32Array> {
-    const W = this.worldSize, r = this.rank, n = data.length, total = n * 4, ff = this.frameFloats;
+    const W = this.worldSize, r = this.rank, n = data.length, total = n * 4, ff = this.reduceFrameFloats, pool = this.reducePool;
     const out = uninitFloats(n);
     const lo = (c: number) => Math.floor((c * n) / W);
     const others = this.others();
     const sends: Promise<void>[] = [];
     const send = (to: Link[], src: Float32Array, op: Op, c: number, a: number, b: number) => {
-      const buf = encodeFrame(this.header, { seq, op, chunk: c, offset: a * 4, total }, bytesOf(src, a, b), this.pool.take);
+      const buf = encodeFrame(this.header, { seq, op, chunk: c, offset: a * 4, total }, bytesOf(src, a, b), pool.take);
       let refs = to.length;
-      const written = () => --refs === 0 && this.pool.give(buf);
+      const written = () => --refs === 0 && pool.give(buf);
       for (const l of to) {
         const p = l.send(buf, written);
         if (p) {
@@ -1402,9 +1322,7 @@ export class GrpcCollective implements Collective {
         const frames = await Promise.all(others.map((l) => l.recv(seq, Op.REDUCE_SCATTER, r, a * 4)));
         others.forEach((l, i) => (byRank[l.peer] = check(frames[i], l.peer, (b - a) * 4)));
         byRank[r] = data.subarray(a, b);
-        const o = out.subarray(a, b);
-        sum2(o, byRank[0], byRank[1]);
-        for (let q = 2; q < W; q++) add2(o, o, byRank[q]);
+        sumInRankOrder(out.subarray(a, b), byRank);
         send(others, out, Op.ALL_GATHER_RING, r, a, b);
       }
     })();
@@ -1421,12 +1339,6 @@ export class GrpcCollective implements Collective {
     await Promise.all([own, ...gather]);
     await Promise.all(sends);
     return out;
-  }
-
-  private protocolError(msg: string, p: number): CollectiveError {
-    const err = new CollectiveError(msg, p);
-    this.fail(err);
-    return err;
   }
 
   private badFrame(seq: number, p: number, f: Frame, want: number): CollectiveError {
