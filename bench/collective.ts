@@ -8,6 +8,9 @@
  *
  * BENCH_WORLDS=2,4 (default) picks the world sizes; BENCH_GLOO=0 skips gloo;
  * BENCH_FRAME_BYTES sets the collective's frameBytes (default: the collective's own).
+ * The rank processes start exactly as the pool starts its workers: the same Node flags
+ * and malloc environment (src/gpu-pool/worker-env.ts; the first JSON line says which);
+ * BENCH_WORKER_ENV=0 starts them as plain `node --import tsx` instead.
  * Internally re-runs this file as `rank` and `tcp-echo` child processes.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -17,6 +20,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { GrpcCollective, listenCollectiveServer } from '../src/gpu-pool/grpc-collective.js';
+import { WORKER_MALLOC_ENV, workerEnv, workerNodeFlags } from '../src/gpu-pool/worker-env.js';
 
 const SELF = fileURLToPath(import.meta.url);
 const GLOO = join(import.meta.dirname, '../../shared/bench/gloo_allreduce.py');
@@ -109,8 +113,14 @@ function tcpEcho(): void {
 
 // ---- parent -----------------------------------------------------------------------------
 
-function spawnChild(args: string[]): { child: ChildProcess; lines: AsyncIterator<string> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', SELF, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+/** Rank processes start as the pool starts its workers (worker-env.ts), unless BENCH_WORKER_ENV=0. */
+const AS_WORKER = process.env.BENCH_WORKER_ENV !== '0';
+
+/** `hostWorkers`: start it as the pool starts one of that many workers on this host; 0: plain node. */
+function spawnChild(args: string[], hostWorkers = 0): { child: ChildProcess; lines: AsyncIterator<string> } {
+  const asWorker = hostWorkers > 0;
+  const flags = asWorker ? workerNodeFlags(hostWorkers) : [];
+  const child = spawn(process.execPath, [...flags, '--import', 'tsx', SELF, ...args], { stdio: ['pipe', 'pipe', 'inherit'], env: asWorker ? workerEnv(process.env) : process.env });
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
   return { child, lines };
 }
@@ -153,7 +163,7 @@ async function tcpRoundTrip(): Promise<void> {
 }
 
 async function grpcWorld(world: number): Promise<Record<string, unknown>[]> {
-  const ranks = Array.from({ length: world }, (_, r) => spawnChild(['rank', String(world), String(r)]));
+  const ranks = Array.from({ length: world }, (_, r) => spawnChild(['rank', String(world), String(r)], AS_WORKER ? world : 0));
   const kill = () => ranks.forEach((x) => x.child.kill('SIGKILL'));
   const guard = setTimeout(() => {
     process.stderr.write(`bench: world ${world} timed out\n`);
@@ -206,6 +216,14 @@ async function main(): Promise<void> {
   if (role === 'tcp-echo') return tcpEcho();
 
   const worlds = (process.env.BENCH_WORLDS ?? '2,4').split(',').map(Number);
+  const env = workerEnv(process.env);
+  emit({
+    bench: 'collective',
+    impl: 'grpc',
+    rank_processes: AS_WORKER ? 'as pool workers (src/gpu-pool/worker-env.ts)' : 'plain node (BENCH_WORKER_ENV=0)',
+    node_flags: Object.fromEntries(worlds.map((w) => [`world ${w}`, AS_WORKER ? workerNodeFlags(w) : []])),
+    env: AS_WORKER ? Object.fromEntries([...Object.keys(WORKER_MALLOC_ENV), 'GLIBC_TUNABLES'].map((k) => [k, env[k]])) : {},
+  });
   await tcpRoundTrip();
   const ours = new Map<number, Record<string, unknown>[]>();
   for (const w of worlds) ours.set(w, await grpcWorld(w));

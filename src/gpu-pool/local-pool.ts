@@ -21,6 +21,8 @@ export interface LocalPoolOptions {
 export class LocalPool {
   private readonly workers = new Map<number, LocalWorker>();
   private stopping = false;
+  /** How many workers this host runs (picks their GC flags). */
+  private hostWorkers = 1;
 
   private constructor(
     private readonly registry: WorkerRegistry,
@@ -31,6 +33,7 @@ export class LocalPool {
   static async start(count: number | undefined, registry: WorkerRegistry, o: LocalPoolOptions = {}): Promise<LocalPool> {
     const pool = new LocalPool(registry, o);
     const devices = assignDevices(count);
+    pool.hostWorkers = devices.length;
     try {
       await Promise.all(devices.map((d, slot) => pool.spawn(slot, d)));
     } catch (e) {
@@ -53,7 +56,7 @@ export class LocalPool {
   }
 
   private async spawn(slot: number, device: DeviceAssignment): Promise<void> {
-    const w = await startLocalWorker(device, { ...(this.o.host ? { host: this.o.host } : {}), ...(this.o.tls ? { tls: this.o.tls } : {}) });
+    const w = await startLocalWorker(device, { ...(this.o.host ? { host: this.o.host } : {}), ...(this.o.tls ? { tls: this.o.tls } : {}), hostWorkers: this.hostWorkers });
     this.workers.set(slot, w);
     w.process.once('exit', (code, signal) => void this.onExit(slot, w, code, signal));
     await this.registry.add(w.address);

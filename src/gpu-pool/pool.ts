@@ -16,6 +16,7 @@ import { assignDevices, type DeviceAssignment } from './device.js';
 import type { DoneMsg, StepMsg, WorkerInfoMsg } from './messages.js';
 import type { TlsFiles } from './grpc-collective.js';
 import { WorkerClient } from './worker-client.js';
+import { workerEnv, workerNodeFlags } from './worker-env.js';
 
 const WORKER_MAIN = fileURLToPath(new URL('./worker-main.ts', import.meta.url));
 
@@ -28,7 +29,7 @@ export interface LocalWorker {
 /** Spawn one worker process per device; resolves when every one serves its address. */
 export async function startLocalWorkers(count?: number, opts: { host?: string; startTimeoutMs?: number; tls?: TlsFiles } = {}): Promise<LocalWorker[]> {
   const devices = assignDevices(count);
-  const started = await Promise.allSettled(devices.map((device) => startLocalWorker(device, opts)));
+  const started = await Promise.allSettled(devices.map((device) => startLocalWorker(device, { ...opts, hostWorkers: devices.length })));
   const ok = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   const bad = started.find((s) => s.status === 'rejected');
   if (bad) {
@@ -38,14 +39,18 @@ export async function startLocalWorkers(count?: number, opts: { host?: string; s
   return ok;
 }
 
-/** Spawn one worker process for `device`; resolves when it serves its address. */
-export function startLocalWorker(device: DeviceAssignment, opts: { host?: string; startTimeoutMs?: number; tls?: TlsFiles } = {}): Promise<LocalWorker> {
+/**
+ * Spawn one worker process for `device`; resolves when it serves its address.
+ * `hostWorkers`: how many workers this host runs in all (it picks the GC flags; default 1).
+ */
+export function startLocalWorker(device: DeviceAssignment, opts: { host?: string; startTimeoutMs?: number; tls?: TlsFiles; hostWorkers?: number } = {}): Promise<LocalWorker> {
   const host = opts.host ?? '127.0.0.1';
   const timeoutMs = opts.startTimeoutMs ?? 60_000;
   const tls = opts.tls;
   const tlsArgs = tls ? ['--tls-cert', tls.cert, '--tls-key', tls.key, '--tls-ca', tls.ca] : [];
-  const child = spawn(process.execPath, ['--import', 'tsx', WORKER_MAIN, '--host', host, '--port', '0', '--device-kind', device.kind, '--device-index', String(device.index), '--exit-with-parent', ...tlsArgs], {
-    env: { ...process.env, ...device.env },
+  // Node flags and malloc settings for the collective's data path: see worker-env.ts.
+  const child = spawn(process.execPath, [...workerNodeFlags(opts.hostWorkers ?? 1), '--import', 'tsx', WORKER_MAIN, '--host', host, '--port', '0', '--device-kind', device.kind, '--device-index', String(device.index), '--exit-with-parent', ...tlsArgs], {
+    env: { ...workerEnv(process.env), ...device.env },
     // stdin stays open as the worker's lifeline (--exit-with-parent).
     stdio: ['pipe', 'pipe', 'inherit'],
   });
