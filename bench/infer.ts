@@ -12,9 +12,9 @@
  *     onnxruntime-node in this process, one row per `run`, C runs in flight; at c=64 once
  *     before and once after the server cases (this machine's speed drifts within a run;
  *     the checks use the mean).
- * Unary ModelInfer load comes from nghttp2's h2load where it is installed (Debian
- * nghttp2-client; Node's HTTP/2 client costs as much CPU per call as the server on the
- * same 2 cores), else from a lean Node HTTP/2 client; both Node clients also run at c=64.
+ * Unary ModelInfer and REST load comes from nghttp2's h2load where it is installed
+ * (Debian nghttp2-client; Node's HTTP clients cost as much CPU per call as the server on
+ * the same 2 cores), else from lean Node clients; the Node clients also run at c=64.
  * Each case also reports the CPU time per request of the server (this process, every
  * thread) and of the load generator, the average rows per batch the server ran, and the
  * requests the server answered and failed (its own counters, warm-up included: h2load
@@ -63,9 +63,10 @@ interface LoadArgs {
    * installed, Debian nghttp2-client), which costs a fraction of Node's HTTP/2 client; grpc-js: ModelInfer from @grpc/grpc-js's client; grpc-stream:
    * Triton's ModelStreamInfer, C requests in flight on one stream, from a lean HTTP/2
    * client (as perf_analyzer --streaming, a C++ client, drives Triton); grpc-js-stream: the
-   * same from grpc-js's client; rest: HTTP/1.1 keep-alive.
+   * same from grpc-js's client; rest: HTTP/1.1 keep-alive (node:http); rest-h2load: the
+   * same from h2load.
    */
-  transport: 'grpc' | 'grpc-h2load' | 'grpc-js' | 'grpc-stream' | 'grpc-js-stream' | 'rest';
+  transport: 'grpc' | 'grpc-h2load' | 'grpc-js' | 'grpc-stream' | 'grpc-js-stream' | 'rest' | 'rest-h2load';
   target: string;
   model: string;
   concurrency: number;
@@ -158,17 +159,25 @@ function grpcFrame(message: Uint8Array): Buffer {
 }
 
 async function load(a: LoadArgs): Promise<LoadResult> {
-  if (a.transport === 'grpc-h2load') {
-    // h2load sends one pre-encoded request C at a time on one connection for `seconds`
-    // after a second of warm-up, and logs each response (HTTP status, microseconds).
-    // It cannot read gRPC trailers: the server's own success and failure counters, which
-    // the bench prints beside every case, show that every request succeeded.
+  if (a.transport === 'grpc-h2load' || a.transport === 'rest-h2load') {
+    // h2load sends one pre-encoded request, C at a time, for `seconds` after a second of
+    // warm-up, and logs each response (HTTP status, microseconds): gRPC on one HTTP/2
+    // connection, REST on C HTTP/1.1 keep-alive connections. It cannot read gRPC
+    // trailers: the server's own success and failure counters, which the bench prints
+    // beside every case, show that every request succeeded.
     const dir = await mkdtemp(join(tmpdir(), 'tas-h2load-'));
     try {
-      const root = await protobuf.load(INFERENCE_PROTO);
-      const Req = root.lookupType('inference.ModelInferRequest');
-      writeFileSync(join(dir, 'req.bin'), grpcFrame(Req.encode(Req.fromObject({ modelName: a.model, inputs: [{ name: 'input', datatype: 'FP32', shape: [1, a.features] }], rawInputContents: [Buffer.from(row(0, a.features).buffer)] })).finish()));
-      const args = ['-c', '1', '-m', String(a.concurrency), '-D', String(a.seconds), '--warm-up-time=1', '-d', join(dir, 'req.bin'), '-H', 'content-type: application/grpc', '-H', 'te: trailers', `--log-file=${join(dir, 'log')}`, `http://${a.target}/inference.GRPCInferenceService/ModelInfer`];
+      let args: string[];
+      if (a.transport === 'grpc-h2load') {
+        const root = await protobuf.load(INFERENCE_PROTO);
+        const Req = root.lookupType('inference.ModelInferRequest');
+        writeFileSync(join(dir, 'req.bin'), grpcFrame(Req.encode(Req.fromObject({ modelName: a.model, inputs: [{ name: 'input', datatype: 'FP32', shape: [1, a.features] }], rawInputContents: [Buffer.from(row(0, a.features).buffer)] })).finish()));
+        args = ['-c', '1', '-m', String(a.concurrency), '-H', 'content-type: application/grpc', '-H', 'te: trailers', `http://${a.target}/inference.GRPCInferenceService/ModelInfer`];
+      } else {
+        writeFileSync(join(dir, 'req.bin'), JSON.stringify({ inputs: [{ name: 'input', shape: [1, a.features], datatype: 'FP32', data: Array.from(row(0, a.features)) }] }));
+        args = ['--h1', '-c', String(a.concurrency), '-m', '1', '-H', 'content-type: application/json', `${a.target}/v2/models/${a.model}/infer`];
+      }
+      args.unshift('-D', String(a.seconds), '--warm-up-time=1', '-d', join(dir, 'req.bin'), `--log-file=${join(dir, 'log')}`);
       // bash's `times` prints the CPU time of its children (h2load) on its second line.
       const child = spawn('bash', ['-c', 'h2load "$@" > /dev/null && times', 'h2load', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
       let out = '';
@@ -356,7 +365,7 @@ async function load(a: LoadArgs): Promise<LoadResult> {
   return r;
 }
 
-const CLIENT: Readonly<Record<LoadArgs['transport'], string>> = { 'grpc-h2load': 'h2load', grpc: 'raw-http2', 'grpc-js': 'grpc-js', 'grpc-stream': 'raw-http2', 'grpc-js-stream': 'grpc-js', rest: 'http1-keepalive' };
+const CLIENT: Readonly<Record<LoadArgs['transport'], string>> = { 'grpc-h2load': 'h2load', 'rest-h2load': 'h2load', grpc: 'raw-http2', 'grpc-js': 'grpc-js', 'grpc-stream': 'raw-http2', 'grpc-js-stream': 'grpc-js', rest: 'http1-keepalive' };
 
 function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
@@ -472,30 +481,34 @@ if (process.env.TAS_BENCH_LOAD) {
     const results = new Map<string, ReturnType<typeof summary>>();
     // Unary ModelInfer load from h2load where installed (Node's HTTP/2 client costs as much
     // CPU per call as the server, on the same 2 cores), else from the lean Node client.
-    const unary: LoadArgs['transport'] = spawnSync('h2load', ['--version']).status === 0 ? 'grpc-h2load' : 'grpc';
+    const h2load = spawnSync('h2load', ['--version']).status === 0;
+    const unary: LoadArgs['transport'] = h2load ? 'grpc-h2load' : 'grpc';
+    const rest: LoadArgs['transport'] = h2load ? 'rest-h2load' : 'rest';
     const outFloats = (await service.repository.metadata(spec.name, '')).served.output.shape.slice(1).reduce((a, b) => a * b, 1);
     // BENCH_CASES=grpc-stream/64,rest/16 runs only those (transport/concurrency), for profiling.
     const only = process.env.BENCH_CASES?.split(',');
     try {
       const cases: Array<{ batching: boolean; transport: LoadArgs['transport']; concurrency: number }> = [];
-      for (const transport of [unary, 'rest'] as const) for (const concurrency of [1, 16, 64]) cases.push({ batching: true, transport, concurrency });
+      for (const transport of [unary, rest] as const) for (const concurrency of [1, 16, 64]) cases.push({ batching: true, transport, concurrency });
       // The same load from Node clients (the lean one where h2load drives the others, and
       // grpc-js's own, what a Node user would call it with), and on Triton's streaming RPC
       // (no HTTP/2 stream per request).
       if (unary !== 'grpc') cases.push({ batching: true, transport: 'grpc', concurrency: 64 });
+      if (rest !== 'rest') cases.push({ batching: true, transport: 'rest', concurrency: 64 });
       cases.push({ batching: true, transport: 'grpc-js', concurrency: 64 });
       for (const concurrency of [1, 16, 64]) cases.push({ batching: true, transport: 'grpc-stream', concurrency });
       cases.push({ batching: true, transport: 'grpc-js-stream', concurrency: 64 });
-      for (const transport of [unary, 'grpc-stream', 'rest'] as const) cases.push({ batching: false, transport, concurrency: 64 });
+      for (const transport of [unary, 'grpc-stream', rest] as const) cases.push({ batching: false, transport, concurrency: 64 });
       for (const c of cases) {
         if (only && !only.includes(`${c.transport}/${c.concurrency}`)) continue;
         await service.repository.configure(spec.name, c.batching ? { maxBatchSize: 64, maxQueueDelayMs: Number(process.env.BENCH_QUEUE_DELAY_MS ?? 0) } : { maxBatchSize: 1, maxQueueDelayMs: 0 });
-        const target = c.transport === 'rest' ? restUrl : service.grpc!.address;
+        const isRest = c.transport.startsWith('rest');
+        const target = isRest ? restUrl : service.grpc!.address;
         const b0 = await counters();
         const s = summary(await runLoad({ transport: c.transport, target, model: spec.name, concurrency: c.concurrency, seconds, features, outFloats }));
         const b1 = await counters();
         results.set(`${c.transport}/${c.concurrency}/${c.batching}`, s);
-        console.log(JSON.stringify({ bench: 'infer', transport: c.transport === 'rest' ? 'rest' : 'grpc', client: CLIENT[c.transport], rpc: c.transport === 'rest' ? 'POST /v2/models/{m}/infer' : c.transport.endsWith('stream') ? 'ModelStreamInfer' : 'ModelInfer', dynamic_batching: c.batching, model: spec.name, backend: backend.name, inference_threads: service.engine.threadCount, concurrency: c.concurrency, ...s, avg_batch_rows: +((b1.rows - b0.rows) / Math.max(1, b1.count - b0.count)).toFixed(1), server_answered: b1.ok - b0.ok, server_failed: b1.failed - b0.failed }));
+        console.log(JSON.stringify({ bench: 'infer', transport: isRest ? 'rest' : 'grpc', client: CLIENT[c.transport], rpc: isRest ? 'POST /v2/models/{m}/infer' : c.transport.endsWith('stream') ? 'ModelStreamInfer' : 'ModelInfer', dynamic_batching: c.batching, model: spec.name, backend: backend.name, inference_threads: service.engine.threadCount, concurrency: c.concurrency, ...s, avg_batch_rows: +((b1.rows - b0.rows) / Math.max(1, b1.count - b0.count)).toFixed(1), server_answered: b1.ok - b0.ok, server_failed: b1.failed - b0.failed }));
       }
     } finally {
       await app.close();
@@ -517,7 +530,7 @@ if (process.env.TAS_BENCH_LOAD) {
       for (const [transport, label] of [
         ['grpc-stream', 'grpc_ModelStreamInfer'],
         [unary, 'grpc_ModelInfer'],
-        ['rest', 'rest'],
+        [rest, 'rest'],
       ] as const) {
         const on = results.get(`${transport}/64/true`)!.rps;
         const off = results.get(`${transport}/64/false`)!.rps;
