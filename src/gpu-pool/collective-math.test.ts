@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { sumInRankOrder } from './collective-math.js';
+import { Rng } from '../trainer/math/rng.js';
 
 /** The in-process group's reduction: zeros, then `out[i] += x_r[i]` rank by rank. */
 function reference(parts: Float32Array[], n: number): Float32Array {
@@ -9,14 +10,10 @@ function reference(parts: Float32Array[], n: number): Float32Array {
   return out;
 }
 
-/** mulberry32 */
+/** A seeded stream of uniforms in [0, 1) (the trainer's mulberry32). */
 function rng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 /** Values over many magnitudes, signed zeros, exact ties and cancellations: rounding order shows. */

@@ -8,6 +8,7 @@ import { loadSync } from '@grpc/proto-loader';
 import type { Collective } from '../trainer/collective/collective.js';
 import { InProcessGroup } from '../trainer/collective/in-process.js';
 import { TrainerError } from '../trainer/errors.js';
+import { Rng } from '../trainer/math/rng.js';
 import {
   COLLECTIVE_SERVICE,
   CollectiveError,
@@ -65,14 +66,10 @@ function assertSameBits(a: Float32Array, b: Float32Array, what: string): void {
   }
 }
 
-/** mulberry32 */
+/** A seeded stream of uniforms in [0, 1) (the trainer's mulberry32). */
 function rng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 function randomArray(n: number, seed: number): Float32Array {
