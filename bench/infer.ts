@@ -192,13 +192,17 @@ async function load(a: LoadArgs): Promise<LoadResult> {
       });
       const latenciesMs: number[] = [];
       let errors = 0;
+      let firstError: string | null = null;
       for (const line of readFileSync(join(dir, 'log'), 'utf8').split('\n')) {
         const [, status, us] = line.split('\t');
         if (status === undefined) continue;
         if (status === '200') latenciesMs.push(Number(us) / 1000);
-        else errors++;
+        else {
+          errors++;
+          firstError ??= `HTTP status ${status} after ${us} us`;
+        }
       }
-      return { requests: latenciesMs.length, errors, firstError: errors ? 'HTTP status other than 200' : null, latenciesMs, seconds: a.seconds, cpuMs: user! + sys! };
+      return { requests: latenciesMs.length, errors, firstError, latenciesMs, seconds: a.seconds, cpuMs: user! + sys! };
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -380,6 +384,7 @@ function summary(r: LoadResult & { serverCpuMs?: number }) {
     p99_ms: +quantile(sorted, 0.99).toFixed(3),
     requests: r.requests,
     errors: r.errors,
+    ...(r.firstError ? { first_error: r.firstError } : {}),
     // CPU per request (µs, user + system, every thread): where the 2 cores go.
     ...(r.serverCpuMs === undefined ? {} : { server_cpu_us_per_req: perRequest(r.serverCpuMs), client_cpu_us_per_req: perRequest(r.cpuMs) }),
   };
