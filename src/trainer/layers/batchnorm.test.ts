@@ -133,6 +133,35 @@ describe('BatchNorm: which statistics normalise', () => {
     }
   });
 
+  it('frozen eval passes keep the scale and shift, and drop them when statistics or state change', async () => {
+    const { model, bn } = bnModel([3], { eps: 1e-3 });
+    bn.setRunningStats([0.5, -1, 2], [4, 0.25, 1.5]);
+    setAffine(bn, [1.5, -0.5, 2], [0.1, 0.2, -0.3]);
+    const xd = normals(12, new Rng(2), 3);
+    const run = async (frozen: boolean) => {
+      const x = tf.tensor(xd, [4, 3]);
+      const y = await model.forward(x, ctx(false, { frozen }));
+      const out = Array.from(y.dataSync());
+      [x, y].forEach((t) => t.dispose());
+      return out;
+    };
+    const want = (rm: number[], rv: number[], g: number[], b: number[]) => Array.from(xd, (v, i) => ((v - rm[i % 3]) / Math.sqrt(rv[i % 3] + 1e-3)) * g[i % 3] + b[i % 3]);
+    // The same bits frozen or not, twice over (the second frozen pass uses the kept constants).
+    const plain = await run(false);
+    assert.deepEqual(await run(true), plain);
+    assert.deepEqual(await run(true), plain);
+    // New statistics: a frozen pass sees them.
+    bn.setRunningStats([0, 0, 0], [1, 1, 1]);
+    assertClose(await run(true), want([0, 0, 0], [1, 1, 1], [1.5, -0.5, 2], [0.1, 0.2, -0.3]), 1e-5, 'after setRunningStats');
+    // A loaded state: a frozen pass sees it.
+    const st = bn.exportState();
+    st.set('running_mean', { shape: [3], data: Float32Array.of(1, 2, 3) });
+    st.set('weight', { shape: [3], data: Float32Array.of(2, 2, 2) });
+    bn.importState(st);
+    assertClose(await run(true), want([1, 2, 3], [1, 1, 1], [2, 2, 2], [0.1, 0.2, -0.3]), 1e-5, 'after importState');
+    model.dispose();
+  });
+
   it('track_running_stats false: eval mode uses the batch statistics, as training does', async () => {
     const { model, bn } = bnModel([3], { track_running_stats: false });
     assert.equal(bn.runningMean, null);
