@@ -17,17 +17,20 @@ import {
   Op,
   decodeFrame,
   encodeFrame,
+  encodeFrameParts,
+  recvAlloc,
   encodeFrameHeader,
   listenCollectiveServer,
   type Frame,
   type GrpcCollectiveOptions,
 } from './grpc-collective.js';
 import { hasOpenssl, makeTestCerts } from './testing/tls.js';
+import { MessageReader } from './grpc-h2.js';
 
 const PROTO = join(import.meta.dirname, '../../proto/collective.proto');
 
 let jobCounter = 0;
-const openServers: grpc.Server[] = [];
+const openServers: Array<{ forceShutdown(): void }> = [];
 after(() => openServers.forEach((s) => s.forceShutdown()));
 
 /** W ranks in this process, each with its own server on 127.0.0.1:0. */
@@ -115,13 +118,22 @@ describe('collective.proto wire format', () => {
     assert.deepEqual({ ...f, payload: Array.from(new Float32Array(new Uint8Array(f.payload).buffer)) }, { jobId: 'j', generation: 7, srcRank: 1, seq: 9, op: Op.BROADCAST, chunk: 0, offset: 0, total: 8, root: 1, error: '', worldSize: 0, payload: [4, 5] });
   });
 
-  it('pads so that the payload is 4-byte aligned behind grpc-js 5-byte prefix', () => {
+  it('pads so that the payload is 4-byte aligned in the receiver\'s message buffer; the parts encode as the copied frame', () => {
     for (const job of ['a', 'ab', 'abc', 'abcd']) {
       for (const seq of [0, 1, 200, 70000]) {
-        const framed = Buffer.alloc(4096);
-        const enc = encodeFrame(encodeFrameHeader(job, 1, 2), { seq, op: Op.REDUCE, total: 12 }, bytes(Float32Array.from([1, 2, 3])));
-        enc.copy(framed, 5);
-        const f = decodeFrame(framed.subarray(5, 5 + enc.length));
+        const payload = bytes(Float32Array.from([1, 2, 3]));
+        const enc = encodeFrame(encodeFrameHeader(job, 1, 2), { seq, op: Op.REDUCE, total: 12 }, payload);
+        const parts = encodeFrameParts(encodeFrameHeader(job, 1, 2), { seq, op: Op.REDUCE, total: 12 }, payload);
+        assert.equal(parts.length, 2);
+        assert.equal(parts[1], payload, 'the payload part is the caller\'s bytes, not a copy');
+        assert.deepEqual(Buffer.concat(parts), enc);
+        // As received: a gRPC length prefix, then the message, split at every byte.
+        const wire = Buffer.concat([Buffer.from([0, 0, 0, 0, enc.length]), enc]);
+        const got: Buffer[] = [];
+        const reader = new MessageReader(recvAlloc, (m) => got.push(m));
+        for (let i = 0; i < wire.length; i++) reader.push(wire.subarray(i, i + 1));
+        assert.equal(got.length, 1);
+        const f = decodeFrame(got[0]);
         assert.equal(f.payload.byteOffset % 4, 0, `job ${job} seq ${seq}`);
         assert.deepEqual(Array.from(new Float32Array(f.payload.buffer, f.payload.byteOffset, 3)), [1, 2, 3]);
       }

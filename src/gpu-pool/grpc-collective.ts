@@ -70,6 +70,7 @@
 import { readFileSync } from 'node:fs';
 import { endianness } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
+import { dial as dialH2, GrpcH2Server, Status, statusName, type CallStatus, type GrpcCall, type TlsFiles } from './grpc-h2.js';
 import type { Collective } from '../trainer/collective/collective.js';
 import { sumInRankOrder } from './collective-math.js';
 import { TrainerError } from '../trainer/errors.js';
@@ -102,6 +103,8 @@ export interface Frame {
   chunk: number;
   /** View into the received message (no copy). */
   payload: Buffer;
+  /** Returns the received message's buffer to the receive pool (once its payload is consumed). */
+  release?: () => void;
   error: string;
   offset: number;
   total: number;
@@ -117,8 +120,8 @@ const EMPTY = Buffer.alloc(0);
 const T_JOB = 0x0a, T_GEN = 0x10, T_SRC = 0x18, T_SEQ = 0x20, T_OP = 0x28, T_CHUNK = 0x30;
 const T_PAYLOAD = 0x3a, T_ERROR = 0x42, T_OFFSET = 0x48, T_TOTAL = 0x50, T_ROOT = 0x58;
 const T_FAILED = 0x60, T_WORLD = 0x68, T_PAD = 0x7a;
-/** grpc-js hands the deserializer a view 5 bytes (the length prefix) into an 8-aligned buffer. */
-const GRPC_PREFIX = 5;
+/** Receivers get each message at the start of its own 8-aligned buffer (grpc-h2.ts). */
+const MSG_START = 0;
 
 function varintLen(v: number): number {
   let n = 1;
@@ -175,6 +178,15 @@ export interface FrameFields {
  * One copy of the payload, into a buffer from `alloc` (at least `size` bytes).
  */
 export function encodeFrame(header: Buffer, f: FrameFields, payload?: Uint8Array, alloc: (size: number) => Buffer = Buffer.allocUnsafe): Buffer {
+  return encodeFrameParts(header, f, payload, alloc, true)[0] as Buffer;
+}
+
+/**
+ * The frame as [fields, payload]: the encoded fields up to and including the payload's
+ * tag and length, then `payload` itself, uncopied (written as a second part of the same
+ * gRPC message). Without a payload, one part.
+ */
+export function encodeFrameParts(header: Buffer, f: FrameFields, payload?: Uint8Array, alloc: (size: number) => Buffer = Buffer.allocUnsafe, copy = false): Uint8Array[] {
   const seq = f.seq ?? 0, chunk = f.chunk ?? 0, offset = f.offset ?? 0, total = f.total ?? 0, root = f.root ?? 0;
   const world = f.worldSize ?? 0;
   const err = f.error ? Buffer.from(f.error, 'utf8') : undefined;
@@ -191,12 +203,13 @@ export function encodeFrame(header: Buffer, f: FrameFields, payload?: Uint8Array
   const plen = payload ? payload.byteLength : 0;
   if (plen > 0) {
     const start = size + 1 + varintLen(plen); // where the payload would start without pad
-    const need = (4 - ((GRPC_PREFIX + start) % 4)) % 4; // 0..3 bytes to skip
+    const need = (4 - ((MSG_START + start) % 4)) % 4; // 0..3 bytes to skip
     pad = need === 0 ? 0 : need === 1 ? 5 : need === 2 ? 2 : 3; // pad field: tag + len + (len bytes)
     size = start + pad + plen;
   }
-  const whole = alloc(size);
-  const buf = whole.length === size ? whole : whole.subarray(0, size);
+  const headSize = copy ? size : size - plen;
+  const whole = alloc(headSize);
+  const buf = whole.length === headSize ? whole : whole.subarray(0, headSize);
   let p = header.copy(buf, 0);
   if (seq) {
     buf[p++] = T_SEQ;
@@ -241,9 +254,10 @@ export function encodeFrame(header: Buffer, f: FrameFields, payload?: Uint8Array
     }
     buf[p++] = T_PAYLOAD;
     p = putVarint(buf, p, plen);
+    if (!copy) return [buf, payload!];
     buf.set(payload!, p);
   }
-  return buf;
+  return [buf];
 }
 
 /** Decodes a Frame; unknown fields are skipped. The payload is a view into `buf`. */
@@ -329,14 +343,7 @@ export class CollectiveError extends TrainerError {
 // ---------------------------------------------------------------------------------------
 // Options, servers.
 
-export interface TlsFiles {
-  /** PEM certificate chain of this rank (used as server and as client certificate). */
-  cert: string;
-  /** PEM private key. */
-  key: string;
-  /** PEM CA bundle that signed every rank's certificate (mutual TLS). */
-  ca: string;
-}
+export type { TlsFiles } from './grpc-h2.js';
 
 export interface GrpcCollectiveOptions {
   jobId: string;
@@ -351,7 +358,7 @@ export interface GrpcCollectiveOptions {
   /** Host to bind when no `server` is given (default 0.0.0.0). */
   listenHost?: string;
   /** An already-bound server (e.g. from `listenCollectiveServer`, or the worker's). */
-  server?: grpc.Server;
+  server?: CollectiveServer;
   /** A dead, hung or partitioned peer fails every call within this (default 5000 ms). */
   timeoutMs?: number;
   /** Heartbeat interval on idle streams (default 500 ms; at most timeoutMs / 2). */
@@ -371,24 +378,6 @@ export interface GrpcCollectiveOptions {
   log?: (message: string) => void;
 }
 
-const SERVER_OPTIONS: grpc.ServerOptions = {
-  'grpc.max_send_message_length': -1,
-  'grpc.max_receive_message_length': -1,
-  'grpc.enable_channelz': 0,
-};
-
-const CHANNEL_OPTIONS: grpc.ChannelOptions = {
-  'grpc.max_send_message_length': -1,
-  'grpc.max_receive_message_length': -1,
-  'grpc.default_compression_algorithm': 0, // identity: no compression
-  'grpc.enable_channelz': 0,
-  'grpc.enable_retries': 0, // no retry buffer holding copies of sent messages
-  'grpc.use_local_subchannel_pool': 1, // one connection per peer pair, never shared with other groups
-  'grpc.initial_reconnect_backoff_ms': 50,
-  'grpc.max_reconnect_backoff_ms': 500,
-  'grpc-node.flow_control_window': 16 << 20,
-};
-
 /** Mutual TLS from PEM files, or plaintext. Shared by the worker's server and clients. */
 export function serverCredentials(tls?: TlsFiles): grpc.ServerCredentials {
   if (!tls) return grpc.ServerCredentials.createInsecure();
@@ -400,18 +389,31 @@ export function channelCredentials(tls?: TlsFiles): grpc.ChannelCredentials {
   return grpc.credentials.createSsl(readFileSync(tls.ca), readFileSync(tls.key), readFileSync(tls.cert));
 }
 
+/** The gRPC server of the Collective service (grpc-h2.ts: node:http2, not grpc-js). */
+export type CollectiveServer = GrpcH2Server;
+
+export interface CollectiveListenOptions {
+  /** TCP host (default 0.0.0.0). */
+  host?: string;
+  /** TCP port (0 or absent: any free port). */
+  port?: number;
+  /**
+   * Also listen on this Unix socket path: peers on the same host dial `unix:<path>`, the
+   * same gRPC stream over a cheaper transport than loopback TCP.
+   */
+  unixPath?: string;
+  tls?: TlsFiles;
+}
+
 /**
  * A gRPC server for collectives, bound to host:port (port 0: any free port; the bound port
- * is returned so that the ranks' addresses can be collected before `connect`).
+ * is returned so that the ranks' addresses can be collected before `connect`) and, with
+ * `unixPath`, to a Unix socket too.
  */
-export async function listenCollectiveServer(opts: { host?: string; port?: number; tls?: TlsFiles } = {}): Promise<{ server: grpc.Server; port: number }> {
-  const server = new grpc.Server(SERVER_OPTIONS);
-  addCollectiveService(server);
-  const host = opts.host ?? '0.0.0.0';
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${opts.port ?? 0}`, serverCredentials(opts.tls), (err, p) => (err ? reject(err) : resolve(p))),
-  );
-  return { server, port };
+export async function listenCollectiveServer(opts: CollectiveListenOptions = {}): Promise<{ server: CollectiveServer; port: number; unixPath?: string }> {
+  const server = await GrpcH2Server.listen(EXCHANGE_PATH, recvAlloc, { host: opts.host, port: opts.port ?? 0, unixPath: opts.unixPath, tls: opts.tls });
+  routerFor(server);
+  return { server, port: server.port, ...(server.unixPath ? { unixPath: server.unixPath } : {}) };
 }
 
 function portOf(address: string): number {
@@ -423,18 +425,9 @@ function portOf(address: string): number {
 // ---------------------------------------------------------------------------------------
 // Router: one per server; routes each incoming stream to the collective of its job.
 
-const routers = new WeakMap<grpc.Server, Router>();
+const routers = new WeakMap<CollectiveServer, Router>();
 
-/**
- * Adds the Collective service to `server` (once; later calls are no-ops). `connect` does
- * it too; a worker that shares its server calls it before announcing its address so that
- * early peers get UNAVAILABLE (retry) rather than UNIMPLEMENTED.
- */
-export function addCollectiveService(server: grpc.Server): void {
-  routerFor(server);
-}
-
-function routerFor(server: grpc.Server): Router {
+function routerFor(server: CollectiveServer): Router {
   let r = routers.get(server);
   if (!r) {
     r = new Router(server);
@@ -450,8 +443,8 @@ class Router {
   private readonly logged = new Set<string>();
   private log: (m: string) => void = (m) => console.warn(m);
 
-  constructor(server: grpc.Server) {
-    server.addService(COLLECTIVE_SERVICE, { Exchange: (call: grpc.ServerDuplexStream<Frame, Buffer>) => this.incoming(call) });
+  constructor(server: CollectiveServer) {
+    server.on('call', (call: GrpcCall) => this.incoming(call));
   }
 
   register(c: GrpcCollective): void {
@@ -468,9 +461,9 @@ class Router {
     if (this.groups.get(c.jobId) === c) this.groups.delete(c.jobId);
   }
 
-  private incoming(call: grpc.ServerDuplexStream<Frame, Buffer>): void {
+  private incoming(call: GrpcCall): void {
     let settled = false;
-    const reject = (code: grpc.status, details: string, logIt: boolean) => {
+    const reject = (code: number, details: string, logIt: boolean) => {
       settled = true;
       clearTimeout(timer);
       call.off('data', onHello);
@@ -481,22 +474,28 @@ class Router {
           this.log(`collective: rejected a stream from ${call.getPeer()}: ${details}`);
         }
       }
-      call.emit('error', { code, details } as grpc.ServiceError);
+      call.finishWith(code, details);
     };
-    const timer = setTimeout(() => reject(grpc.status.DEADLINE_EXCEEDED, `no HELLO within ${HELLO_TIMEOUT_MS} ms`, true), HELLO_TIMEOUT_MS);
+    const timer = setTimeout(() => reject(Status.DEADLINE_EXCEEDED, `no HELLO within ${HELLO_TIMEOUT_MS} ms`, true), HELLO_TIMEOUT_MS);
     timer.unref();
-    const onHello = (f: Frame) => {
+    const onHello = (m: Buffer) => {
       if (settled) return;
-      if (f.op !== Op.HELLO) return reject(grpc.status.FAILED_PRECONDITION, `first frame is ${Op[f.op] ?? f.op}, not HELLO`, true);
+      let f: Frame;
+      try {
+        f = decodeFrame(m);
+      } catch (e) {
+        return reject(Status.FAILED_PRECONDITION, `undecodable first frame: ${(e as Error).message}`, true);
+      }
+      if (f.op !== Op.HELLO) return reject(Status.FAILED_PRECONDITION, `first frame is ${Op[f.op] ?? f.op}, not HELLO`, true);
       const g = this.groups.get(f.jobId);
       if (!g) {
         // Not registered (yet): the dialer retries. Logged when another job is here.
-        return reject(grpc.status.UNAVAILABLE, `no collective of job ${f.jobId} generation ${f.generation} here`, this.groups.size > 0);
+        return reject(Status.UNAVAILABLE, `no collective of job ${f.jobId} generation ${f.generation} here`, this.groups.size > 0);
       }
-      if (f.generation < g.generation) return reject(grpc.status.FAILED_PRECONDITION, `stale generation: job ${f.jobId} generation ${f.generation} from rank ${f.srcRank}, this server runs generation ${g.generation}`, true);
-      if (f.generation > g.generation) return reject(grpc.status.UNAVAILABLE, `job ${f.jobId} generation ${f.generation} not started here (still generation ${g.generation})`, false);
+      if (f.generation < g.generation) return reject(Status.FAILED_PRECONDITION, `stale generation: job ${f.jobId} generation ${f.generation} from rank ${f.srcRank}, this server runs generation ${g.generation}`, true);
+      if (f.generation > g.generation) return reject(Status.UNAVAILABLE, `job ${f.jobId} generation ${f.generation} not started here (still generation ${g.generation})`, false);
       const why = g.accept(call, f);
-      if (why) return reject(grpc.status.FAILED_PRECONDITION, why, true);
+      if (why) return reject(Status.FAILED_PRECONDITION, why, true);
       settled = true;
       clearTimeout(timer);
       call.off('data', onHello);
@@ -514,26 +513,29 @@ interface Waiter {
   reject: (e: Error) => void;
 }
 
-type Stream = grpc.ClientDuplexStream<Buffer, Frame> | grpc.ServerDuplexStream<Frame, Buffer>;
+/** A pending write: settled when its bytes reached the socket, or when the group fails. */
+interface PendingWrite {
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
 
 class Link {
   lastRecv = performance.now();
   lastSend = performance.now();
   /**
    * The stream this rank dialed to the peer's server: the peer's frames arrive on it
-   * (server → client, where the large client receive window applies). We write only HELLO.
+   * (server → client). We write only HELLO.
    */
-  rx: grpc.ClientDuplexStream<Buffer, Frame> | undefined;
+  rx: GrpcCall | undefined;
   /** The stream the peer dialed to this rank's server: this rank's frames to the peer go on it. */
-  tx: grpc.ServerDuplexStream<Frame, Buffer> | undefined;
+  tx: GrpcCall | undefined;
   /** Frames of calls that have started, waiting to be consumed. Key: seq:op:chunk:offset. */
   private readonly inbox = new Map<string, Frame>();
   private readonly waiters = new Map<string, Waiter>();
   /** Frames of calls this rank has not started yet. */
   early: Frame[] = [];
-  private needDrain = false;
-  /** Frames written after back-pressure, in order, when the stream drains. */
-  private queued: Array<{ buf: Buffer; written?: () => void; resolve: () => void; reject: (e: Error) => void }> = [];
+  /** Data frames written whose bytes have not reached the socket yet. */
+  private readonly writes = new Set<PendingWrite>();
   /** The peer sent GOODBYE. */
   peerLeft = false;
   /** A stream of this link is over (ended, errored, cancelled). */
@@ -556,10 +558,10 @@ class Link {
     return Promise.all(this.finished);
   }
 
-  attach(stream: Stream, dialed: boolean): void {
+  attach(call: GrpcCall, dialed: boolean): void {
     const name = dialed ? 'receive stream' : 'send stream';
-    if (dialed) this.rx = stream as grpc.ClientDuplexStream<Buffer, Frame>;
-    else this.tx = stream as grpc.ServerDuplexStream<Frame, Buffer>;
+    if (dialed) this.rx = call;
+    else this.tx = call;
     let markDone!: () => void;
     this.finished.push(new Promise<void>((r) => (markDone = r)));
     let over = false;
@@ -575,9 +577,8 @@ class Link {
       if (clean || this.peerLeft) return;
       this.onGone(`${name} ${how}`);
     };
-    if (!dialed) stream.on('drain', () => this.flush());
-    stream.on('error', (e: Error & Partial<grpc.StatusObject>) => gone(e.details ? `failed: ${grpc.status[e.code!] ?? e.code}: ${e.details}` : `failed: ${e.message}`));
-    stream.on('end', () => {
+    call.on('error', (e: Error & Partial<CallStatus>) => gone(e.details !== undefined ? `failed: ${statusName(e.code!)}: ${e.details}` : `failed: ${e.message}`));
+    call.on('end', () => {
       // The peer ended its side: finish ours so that the stream completes.
       if (dialed) {
         this.endRx();
@@ -587,64 +588,53 @@ class Link {
         this.endTx();
       }
     });
-    stream.on('close', () => gone('closed'));
-    if (dialed) stream.on('status', (s: grpc.StatusObject) => gone(`ended with status ${grpc.status[s.code] ?? s.code}: ${s.details}`));
-    else stream.on('cancelled', () => gone('cancelled'));
-    if (!dialed) stream.on('finish', () => clean && markDone());
+    call.on('close', () => gone('closed'));
+    if (dialed) call.on('status', (s: CallStatus) => gone(`ended with status ${statusName(s.code)}: ${s.details}`));
+    else call.on('cancelled', () => gone('cancelled'));
+    if (!dialed) call.on('finish', () => clean && markDone());
   }
 
   private onGone(how: string): void {
     const first = !this.gone;
     this.gone = true;
-    this.needDrain = false;
     if (first) this.owner.linkGone(this, how);
   }
 
   /**
-   * Writes one encoded frame, or queues it (in order) while the stream is back-pressured;
-   * returns a promise only then, resolved when it is written. `written` runs once grpc-js
-   * has taken its copy of `buf` (it serializes inside `_write`, before the write callback),
-   * so that `buf` can be reused. A caller need not wait before sending more: frames stay in
-   * order either way.
+   * Writes one frame (its parts, uncopied). The promise settles when its bytes reached the
+   * socket: until then the parts' memory must not change. Frames stay in order. Nothing is
+   * queued here: the payloads are views of the caller's arrays, so HTTP/2's own queue holds
+   * no copies.
    */
-  send(buf: Buffer, written?: () => void): Promise<void> | undefined {
+  send(parts: readonly Uint8Array[]): Promise<void> {
     const failure = this.owner.failureFor(this);
     if (failure) return Promise.reject(failure);
-    if (this.needDrain || this.queued.length > 0) return new Promise((resolve, reject) => this.queued.push({ buf, written, resolve, reject }));
     this.lastSend = performance.now();
-    if (!this.tx!.write(buf, written)) this.needDrain = true;
-    return undefined;
+    return new Promise<void>((resolve, reject) => {
+      const w: PendingWrite = { resolve, reject };
+      this.writes.add(w);
+      this.tx!.writeMessage(parts, (err) => {
+        if (!this.writes.delete(w)) return;
+        if (err) reject(this.owner.failureFor(this) ?? new CollectiveError(`rank ${this.peer} unreachable: write failed: ${err.message}`, this.peer));
+        else resolve();
+      });
+    });
   }
 
-  /** 'drain': write what was queued until back-pressure again. */
-  private flush(): void {
-    this.needDrain = false;
-    while (this.queued.length > 0 && !this.needDrain) {
-      const q = this.queued.shift()!;
-      const failure = this.owner.failureFor(this);
-      if (failure) {
-        q.reject(failure);
-        continue;
-      }
-      this.lastSend = performance.now();
-      if (!this.tx!.write(q.buf, q.written)) this.needDrain = true;
-      q.resolve();
-    }
-  }
-
-  /** Control frames (ABORT, GOODBYE, HEARTBEAT): written regardless of back-pressure. */
+  /** Control frames (ABORT, GOODBYE, HEARTBEAT): written regardless of the group's state. */
   sendControl(buf: Buffer): void {
     if (!this.tx || this.txEnded || this.gone) return;
     this.lastSend = performance.now();
     try {
-      this.tx.write(buf);
+      this.tx.writeMessage([buf]);
     } catch {
       /* the stream is going away */
     }
   }
 
+  /** Data frames are on their way to the socket (heartbeats would only queue behind them). */
   get blocked(): boolean {
-    return this.needDrain || this.queued.length > 0;
+    return this.writes.size > 0;
   }
 
   private endTx(): void {
@@ -673,7 +663,7 @@ class Link {
     this.endRx();
   }
 
-  /** Abrupt: cancel the dialed stream, fail the accepted one with a status. */
+  /** Abrupt: cancel the dialed stream, end the accepted one with a status. */
   kill(reason: string): void {
     this.txEnded = this.rxEnded = true;
     try {
@@ -682,7 +672,7 @@ class Link {
       /* already gone */
     }
     try {
-      this.tx?.emit('error', { code: grpc.status.ABORTED, details: reason } as grpc.ServiceError);
+      this.tx?.finishWith(Status.ABORTED, reason);
     } catch {
       /* already gone */
     }
@@ -726,9 +716,9 @@ class Link {
     this.inbox.clear();
     this.early = [];
     for (const w of ws) w.reject(err);
-    const qs = this.queued;
-    this.queued = [];
-    for (const q of qs) q.reject(err);
+    const pending = [...this.writes];
+    this.writes.clear();
+    for (const w of pending) w.reject(err);
   }
 }
 
@@ -794,34 +784,52 @@ function uninitFloats(n: number): Float32Array {
 }
 
 /**
- * Encode buffers for large frames, reused once grpc-js has copied them: every fresh large
- * buffer costs page faults and, in bulk, V8 garbage collections (external memory pressure).
- * Every payload is at most `frameBytes`, so one size fits all large frames.
+ * Receive buffers of large messages, reused once their frame is consumed (`Frame.release`):
+ * every fresh large buffer costs page faults and, in bulk, V8 garbage collections. One free
+ * list per power-of-two size from 64 KiB; up to 64 MiB kept per process. A buffer never
+ * released is simply collected.
  */
-class FramePool {
-  private readonly free: Buffer[] = [];
-  constructor(
-    private readonly size: number,
-    private readonly keep: number,
-  ) {}
+const RECV_POOL_MIN = 64 * 1024;
+const RECV_POOL_KEEP = 64 << 20;
+const recvFree = new Map<number, Buffer[]>();
+let recvKept = 0;
 
-  /** A buffer of at least n bytes (pooled when large). */
-  readonly take = (n: number): Buffer => {
-    if (n < 64 * 1024) return Buffer.allocUnsafe(n);
-    if (n <= this.size) return this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
-    return Buffer.allocUnsafeSlow(n);
-  };
-
-  /** `buf` (from `take`, maybe a prefix view) is free again. */
-  give(buf: Buffer): void {
-    // Never a slice of Node's shared small-buffer pool: only what `take` allocated alone.
-    if (buf.byteOffset === 0 && buf.buffer.byteLength === this.size && this.free.length < this.keep) this.free.push(Buffer.from(buf.buffer, 0, this.size));
-  }
+function sizeClass(n: number): number {
+  return 2 ** Math.ceil(Math.log2(n));
 }
 
-/** A pool for frames of up to `frameFloats` values: room for the header, fields and pad; up to 32 MiB kept. */
-function framePool(frameFloats: number): FramePool {
-  return new FramePool(frameFloats * 4 + 256, Math.max(4, Math.floor((32 << 20) / (frameFloats * 4))));
+/** A message buffer of exactly n bytes, starting 8-aligned (grpc-h2.ts's allocator). */
+export function recvAlloc(n: number): Buffer {
+  if (n < RECV_POOL_MIN) return Buffer.allocUnsafe(n);
+  const c = sizeClass(n);
+  const free = recvFree.get(c);
+  const whole = free?.pop();
+  if (whole) recvKept -= c;
+  return (whole ?? Buffer.allocUnsafeSlow(c)).subarray(0, n);
+}
+
+function recvRelease(buf: Buffer): void {
+  if (buf.length < RECV_POOL_MIN || buf.byteOffset !== 0) return;
+  const c = buf.buffer.byteLength;
+  if (c !== sizeClass(buf.length) || recvKept + c > RECV_POOL_KEEP) return;
+  let free = recvFree.get(c);
+  if (!free) recvFree.set(c, (free = []));
+  free.push(Buffer.from(buf.buffer, 0, c));
+  recvKept += c;
+}
+
+/** Decodes a received message; a pooled buffer comes with its `release`. */
+function frameOf(m: Buffer): Frame {
+  const f = decodeFrame(m);
+  if (m.length >= RECV_POOL_MIN) {
+    let once = false;
+    f.release = () => {
+      if (once) return;
+      once = true;
+      recvRelease(m);
+    };
+  }
+  return f;
 }
 
 export class GrpcCollective implements Collective {
@@ -836,7 +844,7 @@ export class GrpcCollective implements Collective {
   readonly log: (message: string) => void;
 
   private readonly peers: string[];
-  private readonly server: grpc.Server;
+  private readonly server: CollectiveServer;
   private readonly ownServer: boolean;
   private readonly router: Router;
   private readonly tls?: TlsFiles;
@@ -846,13 +854,11 @@ export class GrpcCollective implements Collective {
   private readonly frameFloats: number;
   /** Largest payload per frame of a large allReduce. */
   private readonly reduceFrameFloats: number;
-  private readonly pool: FramePool;
-  private readonly reducePool: FramePool;
   private readonly header: Buffer;
   private readonly heartbeatFrame: Buffer;
   private readonly links: Array<Link | undefined>;
-  private readonly clients: grpc.Client[] = [];
-  private readonly dialCalls = new Set<grpc.ClientDuplexStream<Buffer, Frame>>();
+  private readonly connections: Array<() => void> = [];
+  private readonly dialCalls = new Set<GrpcCall>();
   private readyCount = 0;
   private nextSeq = 0;
   private readonly active = new Map<number, CallInfo>();
@@ -866,7 +872,7 @@ export class GrpcCollective implements Collective {
   private readonly connectedPromise: Promise<void>;
 
   /** Binds a server for collectives (see `listenCollectiveServer`). */
-  static listen(opts: { host?: string; port?: number; tls?: TlsFiles } = {}): Promise<{ server: grpc.Server; port: number }> {
+  static listen(opts: CollectiveListenOptions = {}): Promise<{ server: CollectiveServer; port: number; unixPath?: string }> {
     return listenCollectiveServer(opts);
   }
 
@@ -893,7 +899,7 @@ export class GrpcCollective implements Collective {
     return c;
   }
 
-  private constructor(opts: GrpcCollectiveOptions, server: grpc.Server, ownServer: boolean, port: number | undefined) {
+  private constructor(opts: GrpcCollectiveOptions, server: CollectiveServer, ownServer: boolean, port: number | undefined) {
     this.rank = opts.rank;
     this.worldSize = opts.worldSize;
     this.jobId = opts.jobId;
@@ -911,8 +917,6 @@ export class GrpcCollective implements Collective {
     this.smallBytes = opts.smallMessageBytes ?? 64 * 1024;
     this.frameFloats = Math.max(1, Math.floor((opts.frameBytes ?? DEFAULT_FRAME_BYTES) / 4));
     this.reduceFrameFloats = Math.max(1, Math.floor((opts.frameBytes ?? defaultReduceFrameBytes(this.worldSize)) / 4));
-    this.pool = framePool(this.frameFloats);
-    this.reducePool = framePool(this.reduceFrameFloats);
     this.log = opts.log ?? ((m) => console.warn(m));
     this.header = encodeFrameHeader(this.jobId, this.generation, this.rank);
     this.heartbeatFrame = encodeFrame(this.header, { op: Op.HEARTBEAT });
@@ -944,21 +948,32 @@ export class GrpcCollective implements Collective {
   }
 
   private dial(p: number, deadline: number): void {
-    const client = new grpc.Client(this.peers[p], channelCredentials(this.tls), CHANNEL_OPTIONS);
-    this.clients.push(client);
     const hello = encodeFrame(this.header, { op: Op.HELLO, worldSize: this.worldSize });
     let backoff = 20;
     const attempt = () => {
       if (this.failure || this.closing) return;
-      const call = client.makeBidiStreamRequest<Buffer, Frame>(EXCHANGE_PATH, identity, decodeFrame, new grpc.Metadata({ waitForReady: true }), {});
+      const { call, close } = dialH2(this.peers[p], EXCHANGE_PATH, recvAlloc, this.tls);
+      this.connections.push(close);
       this.dialCalls.add(call);
       let link: Link | undefined;
       let over = false;
       const abandon = () => {
         over = true;
         this.dialCalls.delete(call);
+        close();
       };
-      call.on('data', (f: Frame) => {
+      call.on('data', (m: Buffer) => {
+        let f: Frame;
+        try {
+          f = frameOf(m);
+        } catch (e) {
+          if (link) this.fail(new CollectiveError(`protocol error: rank ${p} sent an undecodable frame: ${(e as Error).message}`, p));
+          else if (!over) {
+            abandon();
+            this.fail(new CollectiveError(`rank ${p} unreachable: undecodable HELLO from ${this.peers[p]}: ${(e as Error).message}`, p));
+          }
+          return;
+        }
         if (link) {
           this.onFrame(link, f);
           return;
@@ -973,11 +988,11 @@ export class GrpcCollective implements Collective {
         this.dialCalls.delete(call);
         link = this.attach(p, call, true);
       });
-      const failed = (why: string, code?: grpc.status) => {
+      const failed = (why: string, code?: number) => {
         if (link || over) return;
         abandon();
         if (this.failure || this.closing) return;
-        const retry = code === grpc.status.UNAVAILABLE || code === grpc.status.UNIMPLEMENTED;
+        const retry = code === Status.UNAVAILABLE || code === Status.UNIMPLEMENTED;
         if (retry && performance.now() + backoff < deadline) {
           const t = setTimeout(attempt, backoff);
           t.unref();
@@ -986,29 +1001,38 @@ export class GrpcCollective implements Collective {
         }
         this.fail(new CollectiveError(`rank ${p} unreachable: could not open the collective stream to ${this.peers[p]}: ${why}`, p));
       };
-      call.on('error', (e: grpc.ServiceError) => failed(`${grpc.status[e.code] ?? e.code}: ${e.details}`, e.code));
-      call.on('status', (s: grpc.StatusObject) => failed(`stream ended with ${grpc.status[s.code] ?? s.code}: ${s.details}`, s.code));
-      call.write(hello);
+      call.on('error', (e: Error & Partial<CallStatus>) => failed(`${statusName(e.code ?? Status.UNKNOWN)}: ${e.details ?? e.message}`, e.code));
+      call.on('status', (s: CallStatus) => failed(`stream ended with ${statusName(s.code)}: ${s.details}`, s.code));
+      call.writeMessage([hello]);
     };
     attempt();
   }
 
   /** Router → a HELLO for this job and generation. Returns why it is refused, or null. */
-  accept(call: grpc.ServerDuplexStream<Frame, Buffer>, hello: Frame): string | null {
+  accept(call: GrpcCall, hello: Frame): string | null {
     const p = hello.srcRank;
     if (this.failure || this.closing) return `the collective of job ${this.jobId} generation ${this.generation} on rank ${this.rank} is ${this.closing ? 'closed' : 'failed'}`;
     if (hello.worldSize !== this.worldSize) return `rank ${p} has world size ${hello.worldSize}, rank ${this.rank} has ${this.worldSize}`;
     if (!Number.isInteger(p) || p === this.rank || p < 0 || p >= this.worldSize) return `rank ${p} is not a peer of rank ${this.rank} (world size ${this.worldSize})`;
     if (this.links[p]?.tx) return `rank ${p} is already connected to rank ${this.rank}`;
     const link = this.attach(p, call, false);
-    call.on('data', (f: Frame) => this.onFrame(link, f));
+    call.on('data', (m: Buffer) => {
+      let f: Frame;
+      try {
+        f = frameOf(m);
+      } catch (e) {
+        this.fail(new CollectiveError(`protocol error: rank ${p} sent an undecodable frame: ${(e as Error).message}`, p));
+        return;
+      }
+      this.onFrame(link, f);
+    });
     link.sendControl(encodeFrame(this.header, { op: Op.HELLO, worldSize: this.worldSize }));
     return null;
   }
 
-  private attach(p: number, stream: Stream, dialed: boolean): Link {
+  private attach(p: number, call: GrpcCall, dialed: boolean): Link {
     const link = (this.links[p] ??= new Link(p, this));
-    link.attach(stream, dialed);
+    link.attach(call, dialed);
     if (link.ready && ++this.readyCount === this.worldSize - 1) this.connected.resolve();
     return link;
   }
@@ -1191,38 +1215,43 @@ export class GrpcCollective implements Collective {
     return out;
   }
 
-  /** Sends `data` as one logical message (split into frames) to every link in `to`. */
+  /**
+   * Sends `data` as one logical message (split into frames) to every link in `to`; resolves
+   * when every frame's bytes reached the sockets (`data` may change after that, not before).
+   */
   private async sendMessage(to: Link[], seq: number, op: Op, root: number, data: Float32Array): Promise<void> {
     const total = data.byteLength, ff = this.frameFloats, n = data.length;
+    const writes: Promise<void>[] = [];
     let a = 0;
     do {
       const b = Math.min(n, a + ff);
-      const buf = encodeFrame(this.header, { seq, op, offset: a * 4, total, root }, bytesOf(data, a, b), this.pool.take);
-      let refs = to.length;
-      const written = () => --refs === 0 && this.pool.give(buf);
-      let pending: Promise<void>[] | undefined;
-      for (const l of to) {
-        const p = l.send(buf, written);
-        if (p) (pending ??= []).push(p);
-      }
-      if (pending) await Promise.all(pending);
+      const parts = encodeFrameParts(this.header, { seq, op, offset: a * 4, total, root }, bytesOf(data, a, b));
+      for (const l of to) writes.push(l.send(parts));
       a = b;
     } while (a < n);
+    await Promise.all(writes);
   }
 
   /** Receives one logical message from `from` (a fresh array, or a view into the received frame when `view`). */
   private async recvMessage(from: Link, seq: number, op: Op, view: boolean): Promise<Float32Array> {
     const first = await from.recv(seq, op, 0, 0);
     const total = first.total;
-    if (first.payload.byteLength === total) return view ? floatsOf(first.payload) : new Float32Array(floatsOf(first.payload));
+    if (first.payload.byteLength === total) {
+      if (view) return floatsOf(first.payload); // never released: the view stays valid
+      const copy = new Float32Array(floatsOf(first.payload));
+      first.release?.();
+      return copy;
+    }
     const out = new Float32Array(total / 4);
     const bytes = new Uint8Array(out.buffer);
     bytes.set(first.payload, 0);
+    first.release?.();
     let off = first.payload.byteLength;
     while (off < total) {
       const f = await from.recv(seq, op, 0, off);
       if (f.payload.byteLength === 0) throw new CollectiveError(`protocol error at call ${seq}: rank ${from.peer} sent an empty frame at offset ${off} of ${total}`, from.peer);
       bytes.set(f.payload, off);
+      f.release?.();
       off += f.payload.byteLength;
     }
     return out;
@@ -1280,21 +1309,19 @@ export class GrpcCollective implements Collective {
    * 2(W-1)/W of the buffer, as in a ring, in 2 dependent steps instead of 2(W-1).
    */
   private async scatterReduce(seq: number, data: Float32Array): Promise<Float32Array> {
-    const W = this.worldSize, r = this.rank, n = data.length, total = n * 4, ff = this.reduceFrameFloats, pool = this.reducePool;
+    const W = this.worldSize, r = this.rank, n = data.length, total = n * 4, ff = this.reduceFrameFloats;
     const out = uninitFloats(n);
     const lo = (c: number) => Math.floor((c * n) / W);
     const others = this.others();
     const sends: Promise<void>[] = [];
+    // Frames are written uncopied (views of `data` and `out`): every write must reach the
+    // socket before this call returns and the caller may change them.
     const send = (to: Link[], src: Float32Array, op: Op, c: number, a: number, b: number) => {
-      const buf = encodeFrame(this.header, { seq, op, chunk: c, offset: a * 4, total }, bytesOf(src, a, b), pool.take);
-      let refs = to.length;
-      const written = () => --refs === 0 && pool.give(buf);
+      const parts = encodeFrameParts(this.header, { seq, op, chunk: c, offset: a * 4, total }, bytesOf(src, a, b));
       for (const l of to) {
-        const p = l.send(buf, written);
-        if (p) {
-          p.catch(() => {});
-          sends.push(p);
-        }
+        const p = l.send(parts);
+        p.catch(() => {});
+        sends.push(p);
       }
     };
     // Our values of every other segment to its owner, frame by frame, owners interleaved
@@ -1323,6 +1350,7 @@ export class GrpcCollective implements Collective {
         others.forEach((l, i) => (byRank[l.peer] = check(frames[i], l.peer, (b - a) * 4)));
         byRank[r] = data.subarray(a, b);
         sumInRankOrder(out.subarray(a, b), byRank);
+        for (const f of frames) f.release?.();
         send(others, out, Op.ALL_GATHER_RING, r, a, b);
       }
     })();
@@ -1334,6 +1362,7 @@ export class GrpcCollective implements Collective {
         const f = await l.recv(seq, Op.ALL_GATHER_RING, c, a * 4);
         if (f.payload.byteLength !== (b - a) * 4) throw this.badFrame(seq, c, f, (b - a) * 4);
         bytesOf(out, a, b).set(f.payload);
+        f.release?.();
       }
     });
     await Promise.all([own, ...gather]);
@@ -1367,12 +1396,9 @@ export class GrpcCollective implements Collective {
     const seq = this.begin({ name: 'barrier', ops: [Op.BARRIER] });
     try {
       const others = this.others();
-      const buf = encodeFrame(this.header, { seq, op: Op.BARRIER });
+      const parts = encodeFrameParts(this.header, { seq, op: Op.BARRIER });
       const waits: Promise<unknown>[] = others.map((l) => l.recv(seq, Op.BARRIER, 0, 0));
-      for (const l of others) {
-        const p = l.send(buf);
-        if (p) waits.push(p);
-      }
+      for (const l of others) waits.push(l.send(parts));
       await Promise.all(waits);
     } finally {
       this.finish(seq);
@@ -1408,7 +1434,7 @@ export class GrpcCollective implements Collective {
     await waitBounded(Promise.all(this.others().map((l) => l.done)), grace);
     for (const l of this.links) if (l && !l.gone) l.kill('closed');
     for (const call of this.dialCalls) call.cancel();
-    for (const c of this.clients) c.close();
+    for (const close of this.connections) close();
     if (this.ownServer) {
       const shut = new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
       if (!(await waitBounded(shut, grace))) this.server.forceShutdown();
@@ -1428,7 +1454,7 @@ export class GrpcCollective implements Collective {
     this.connected.reject(this.failure);
     for (const l of this.links) if (l && !l.gone) l.kill('destroyed');
     for (const call of this.dialCalls) call.cancel();
-    for (const c of this.clients) c.close();
+    for (const close of this.connections) close();
     if (this.ownServer) this.server.forceShutdown();
     this.closed ??= Promise.resolve();
   }

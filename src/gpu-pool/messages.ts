@@ -9,6 +9,8 @@ export interface WorkerInfoMsg {
   backend_package: string;
   rss_bytes: number;
   busy_job_id: string;
+  /** host:port of the worker's Collective server ('' from a worker that serves it on its own address). */
+  collective_address: string;
 }
 
 export interface RunRequestMsg {

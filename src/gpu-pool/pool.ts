@@ -115,6 +115,17 @@ export interface PoolJobResult {
 }
 
 /**
+ * Every rank's collective address, index = rank: its worker's Collective server (Info's
+ * `collective_address`), or the worker's own address when it reports none.
+ *
+ * TCP also between ranks on one host: the Unix sockets the collective can use
+ * (`unix:/path`) measured slower with node:http2 on them (bench/collective.ts prints both).
+ */
+export function collectivePeers(infos: readonly WorkerInfoMsg[], addresses: readonly string[]): string[] {
+  return infos.map((w, p) => w.collective_address || addresses[p]);
+}
+
+/**
  * Run a job with one rank per worker address (rank = index). Every rank gets every
  * peer's address; the first failure cancels the other ranks and is reported with the rank
  * it came from.
@@ -126,6 +137,7 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: 
     const infos = await Promise.all(clients.map((c) => c.info()));
     o.onStart?.(infos);
     const specJson = JSON.stringify(rawSpec);
+    const peers = collectivePeers(infos, addresses);
     // The first failure in time is the cause (a dead worker's dropped stream, say); the
     // other ranks then fail because of it, so it is the one reported.
     let first: { rank: number; error: Error & { details?: string; code?: number } } | null = null;
@@ -138,7 +150,7 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: 
             generation: o.generation ?? 1,
             rank,
             world_size: clients.length,
-            peers: addresses,
+            peers,
             spec_json: specJson,
             out_dir: o.outDir,
             data_dir: o.dataDir ?? process.cwd(),

@@ -1,18 +1,22 @@
 /**
- * One worker's gRPC server: the Worker (control) and Collective (data) services on one
- * address, bound to one device. `worker-main.ts` (a spawned pool worker) and `tas worker`
- * (a worker on another machine) both start it.
+ * One worker's gRPC servers, bound to one device: the Worker (control) service on the
+ * worker's address (grpc-js), and the Collective (data) service on its own server
+ * (grpc-h2.ts: node:http2, payloads sent uncopied) on another port of the same host; Info
+ * reports its address. `worker-main.ts` (a spawned pool worker) and `tas worker` (a worker
+ * on another machine) both start it.
  */
 import * as grpc from '@grpc/grpc-js';
 import { initBackend, type BackendInfo } from '../trainer/backend.js';
 import { assignDevices, listGpus, type DeviceAssignment } from './device.js';
-import { GrpcCollective, addCollectiveService, serverCredentials, type TlsFiles } from './grpc-collective.js';
+import { GrpcCollective, listenCollectiveServer, serverCredentials, type TlsFiles } from './grpc-collective.js';
 import { addWorkerService } from './worker-service.js';
 
 export interface WorkerServerOptions {
   host?: string;
   /** 0: any free port. */
   port?: number;
+  /** Port of the Collective server (default 0: any free port). */
+  collectivePort?: number;
   deviceKind?: 'gpu' | 'cpu';
   deviceIndex?: number;
   /** Mutual TLS for both services (and for the collective streams it opens). */
@@ -26,6 +30,8 @@ export interface WorkerServer {
   device: DeviceAssignment;
   backend: BackendInfo;
   server: grpc.Server;
+  /** host:port of the Collective server. */
+  collectiveAddress: string;
   /** Stop accepting work and close the server (running calls are cancelled). */
   close(): Promise<void>;
 }
@@ -44,31 +50,42 @@ export async function startWorkerServer(o: WorkerServerOptions = {}): Promise<Wo
   const log = o.log ?? ((m: string) => process.stderr.write(`[tas worker] ${m}\n`));
   const backend = await initBackend(undefined, log);
   const device = deviceFor(o);
+  const host = o.host ?? '127.0.0.1';
+  const shown = host === '0.0.0.0' ? '127.0.0.1' : host;
+  const coll = await listenCollectiveServer({ host, port: o.collectivePort ?? 0, tls: o.tls });
+  const collectiveAddress = `${host.includes(':') ? `[${shown}]` : shown}:${coll.port}`;
   const server = new grpc.Server({ 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': -1 });
-  addCollectiveService(server);
   addWorkerService(server, {
     device,
-    connectCollective: (req) => GrpcCollective.connect({ ...req, server, log, ...(o.tls ? { tls: o.tls } : {}) }),
+    collectiveAddress,
+    connectCollective: (req) => GrpcCollective.connect({ ...req, server: coll.server, log, ...(o.tls ? { tls: o.tls } : {}) }),
   });
-  const host = o.host ?? '127.0.0.1';
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${o.port ?? 0}`, serverCredentials(o.tls), (err, p) => (err ? reject(err) : resolve(p))),
   );
-  const address = `${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
+  const address = `${shown}:${port}`;
   return {
     address,
     port,
     device,
     backend,
     server,
+    collectiveAddress,
     close: () =>
       new Promise<void>((resolve) => {
         // Give running calls a moment to send their status, then force.
-        const t = setTimeout(() => server.forceShutdown(), 2000);
-        server.tryShutdown(() => {
+        const t = setTimeout(() => {
+          server.forceShutdown();
+          coll.server.forceShutdown();
+        }, 2000);
+        let left = 2;
+        const one = () => {
+          if (--left > 0) return;
           clearTimeout(t);
           resolve();
-        });
+        };
+        server.tryShutdown(one);
+        coll.server.tryShutdown(one);
       }),
   };
 }

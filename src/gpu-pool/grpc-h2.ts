@@ -1,0 +1,440 @@
+/**
+ * gRPC on node:http2 for the collective's one method (a bidirectional stream of raw
+ * messages), server and client: the wire protocol of gRPC over HTTP/2 (length-prefixed
+ * messages, `application/grpc`, status in trailers), spoken to and from grpc-js and every
+ * other gRPC implementation (grpc-collective.test.ts checks both directions against
+ * grpc-js).
+ *
+ * Why not grpc-js here: grpc-js allocates a fresh buffer per message on both sides (its
+ * framing copy on send, the reassembly on receive) and keeps a server's HTTP/2 receive
+ * window at 64 KiB. For the collective's megabyte messages that was most of a large
+ * allReduce's CPU (bench/collective.ts; docs/ARCHITECTURE.md, "What it costs"). Here:
+ * - send: a message is written as its parts (the encoded fields, then a view of the
+ *   caller's float32 values), no copy in user space; the write callback fires when the
+ *   bytes reached the socket, so callers know when the memory may change again;
+ * - receive: each message is reassembled into a buffer from the caller's allocator (the
+ *   collective pools them), the only user-space copy;
+ * - flow control: both ends advertise large windows (`WINDOW_BYTES`). A connection carries
+ *   bulk data one way only (the collective's topology): Node's HTTP/2 stops reading a
+ *   socket while its own write to it is pending, so two ends that both write megabytes
+ *   on one connection can deadlock once the socket buffers are full.
+ *
+ * Addresses: `host:port` (TCP) or `unix:/path` (a Unix domain socket: ranks on one host;
+ * the same gRPC over a cheaper transport than loopback TCP).
+ */
+import { EventEmitter } from 'node:events';
+import { readFileSync, unlinkSync } from 'node:fs';
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+
+/** gRPC status codes used here (the numbers of grpc's `status`). */
+export const Status = {
+  OK: 0,
+  CANCELLED: 1,
+  UNKNOWN: 2,
+  DEADLINE_EXCEEDED: 4,
+  FAILED_PRECONDITION: 9,
+  ABORTED: 10,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+} as const;
+
+const STATUS_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Status).map(([k, v]) => [v, k]));
+
+/** `UNAVAILABLE` for 14, the number otherwise. */
+export function statusName(code: number): string {
+  return STATUS_NAMES[code] ?? String(code);
+}
+
+/** A call's end as gRPC reports it. */
+export interface CallStatus {
+  code: number;
+  details: string;
+}
+
+export interface TlsFiles {
+  /** PEM certificate chain of this rank (used as server and as client certificate). */
+  cert: string;
+  /** PEM private key. */
+  key: string;
+  /** PEM CA bundle that signed every rank's certificate (mutual TLS). */
+  ca: string;
+}
+
+/** Stream and connection receive window advertised by both ends. */
+const WINDOW_BYTES = 64 << 20;
+/** Largest HTTP/2 DATA frame we accept (fewer frames per megabyte message). */
+const MAX_FRAME_BYTES = 1 << 20;
+const SETTINGS: http2.Settings = { initialWindowSize: WINDOW_BYTES, maxFrameSize: MAX_FRAME_BYTES };
+/** MB of unacknowledged HTTP/2 data a session may hold before Node answers ENHANCE_YOUR_CALM. */
+const MAX_SESSION_MEMORY_MB = 512;
+
+/** Allocates a message buffer of exactly n bytes (the collective passes a pooled allocator). */
+export type Alloc = (n: number) => Buffer;
+
+/**
+ * Splits a stream of HTTP/2 DATA chunks into gRPC messages (1-byte compressed flag, 4-byte
+ * big-endian length, bytes). Each message is copied once, into a buffer from `alloc`.
+ */
+export class MessageReader {
+  private head = Buffer.alloc(5);
+  private headFill = 0;
+  private msg: Buffer | null = null;
+  private msgFill = 0;
+
+  constructor(
+    private readonly alloc: Alloc,
+    private readonly onMessage: (m: Buffer) => void,
+  ) {}
+
+  /** Feeds one chunk; throws on a compressed message (we never negotiate compression). */
+  push(chunk: Buffer): void {
+    let i = 0;
+    const n = chunk.length;
+    while (i < n) {
+      if (this.msg === null) {
+        const k = Math.min(5 - this.headFill, n - i);
+        chunk.copy(this.head, this.headFill, i, i + k);
+        this.headFill += k;
+        i += k;
+        if (this.headFill < 5) return;
+        this.headFill = 0;
+        if (this.head[0] !== 0) throw new Error('compressed gRPC message (no compression was negotiated)');
+        const len = this.head.readUInt32BE(1);
+        this.msg = this.alloc(len);
+        this.msgFill = 0;
+        if (len === 0) this.complete();
+        continue;
+      }
+      const k = Math.min(this.msg.length - this.msgFill, n - i);
+      chunk.copy(this.msg, this.msgFill, i, i + k);
+      this.msgFill += k;
+      i += k;
+      if (this.msgFill === this.msg.length) this.complete();
+    }
+  }
+
+  /** Bytes of a message begun but not finished (a truncated stream leaves some). */
+  get partial(): boolean {
+    return this.msg !== null || this.headFill > 0;
+  }
+
+  private complete(): void {
+    const m = this.msg!;
+    this.msg = null;
+    this.onMessage(m);
+  }
+}
+
+function prefix(len: number): Buffer {
+  const p = Buffer.allocUnsafe(5);
+  p[0] = 0;
+  p.writeUInt32BE(len, 1);
+  return p;
+}
+
+function decodeGrpcMessage(s: string | string[] | undefined): string {
+  if (typeof s !== 'string') return '';
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
+function encodeGrpcMessage(s: string): string {
+  // Percent-encode what HTTP/2 header values cannot carry (gRPC's rule: outside 0x20-0x7e, and '%').
+  return s.replace(/[^\x20-\x24\x26-\x7e]/gu, (c) => encodeURIComponent(c));
+}
+
+/**
+ * One gRPC bidirectional call on an HTTP/2 stream, either end. Events, as grpc-js's call
+ * objects name them:
+ * - 'data' (message: Buffer): a whole message, in a buffer from the allocator;
+ * - 'end': the peer half-closed its side;
+ * - 'status' (CallStatus), client only: the server's status (trailers);
+ * - 'error' ({ code, details }): the call failed (a non-OK status, a reset, a dead
+ *   connection); after 'status' when the status is not OK;
+ * - 'cancelled', server only: the client reset the stream;
+ * - 'close': the HTTP/2 stream is closed.
+ */
+export class GrpcCall extends EventEmitter {
+  private status: CallStatus | null = null;
+  private headersSent: boolean;
+  private failed = false;
+
+  constructor(
+    readonly stream: http2.Http2Stream,
+    readonly isClient: boolean,
+    readonly peer: string,
+    alloc: Alloc,
+  ) {
+    super();
+    this.headersSent = isClient;
+    const reader = new MessageReader(alloc, (m) => this.emit('data', m));
+    stream.on('data', (chunk: Buffer) => {
+      if (this.failed) return;
+      try {
+        reader.push(chunk);
+      } catch (e) {
+        this.fail({ code: Status.INTERNAL, details: (e as Error).message });
+      }
+    });
+    stream.on('end', () => this.emit('end'));
+    stream.on('drain', () => this.emit('drain'));
+    stream.on('finish', () => this.emit('finish'));
+    stream.on('error', (e: Error) => this.fail({ code: Status.UNAVAILABLE, details: e.message }));
+    stream.on('close', () => {
+      if (!this.failed && this.isClient && this.status === null) {
+        const rst = stream.rstCode;
+        this.fail({ code: rst === http2.constants.NGHTTP2_CANCEL ? Status.CANCELLED : Status.UNAVAILABLE, details: `stream closed without a status (HTTP/2 code ${rst})` });
+      } else if (!this.failed && !this.isClient && !stream.writableFinished && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+        this.failed = true;
+        this.emit('cancelled');
+      }
+      this.emit('close');
+    });
+    if (isClient) {
+      const onStatus = (h: http2.IncomingHttpHeaders) => {
+        if (h['grpc-status'] === undefined || this.status) return;
+        this.status = { code: Number(h['grpc-status']), details: decodeGrpcMessage(h['grpc-message']) };
+        this.emit('status', this.status);
+        if (this.status.code !== Status.OK) this.fail(this.status);
+      };
+      stream.on('response', (h: http2.IncomingHttpHeaders) => {
+        const st = Number(h[':status']);
+        if (st !== 200) return this.fail({ code: st === 404 ? Status.UNIMPLEMENTED : Status.UNAVAILABLE, details: `HTTP status ${st} from ${peer}` });
+        onStatus(h); // trailers-only answer
+      });
+      stream.on('trailers', onStatus);
+    } else {
+      stream.on('wantTrailers', () => {
+        const s = this.status ?? { code: Status.OK, details: '' };
+        stream.sendTrailers({ 'grpc-status': String(s.code), ...(s.details ? { 'grpc-message': encodeGrpcMessage(s.details) } : {}) });
+      });
+    }
+  }
+
+  private fail(s: CallStatus): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.emit('error', Object.assign(new Error(`${statusName(s.code)}: ${s.details}`), s));
+    if (!this.stream.closed) this.stream.close(http2.constants.NGHTTP2_CANCEL);
+  }
+
+  getPeer(): string {
+    return this.peer;
+  }
+
+  private ensureHeaders(): void {
+    if (this.headersSent) return;
+    this.headersSent = true;
+    (this.stream as http2.ServerHttp2Stream).respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+  }
+
+  /**
+   * Writes one message made of `parts` (no copy: the parts must not change until `done`
+   * runs, which is when the bytes reached the socket, or the call failed). Returns false
+   * when the stream's buffer is over its high-water mark ('drain' follows).
+   */
+  writeMessage(parts: readonly Uint8Array[], done?: (err?: Error | null) => void): boolean {
+    if (this.stream.destroyed || this.stream.writableEnded) {
+      if (done) queueMicrotask(() => done(new Error('stream closed')));
+      return false;
+    }
+    this.ensureHeaders();
+    let len = 0;
+    for (const p of parts) len += p.byteLength;
+    const s = this.stream;
+    s.cork();
+    s.write(prefix(len));
+    let ok = true;
+    for (let i = 0; i < parts.length; i++) ok = s.write(parts[i], i === parts.length - 1 ? done : undefined);
+    if (parts.length === 0 && done) ok = s.write(Buffer.alloc(0), done);
+    s.uncork();
+    return ok;
+  }
+
+  /** Half-closes our side: the client's end of stream, or the server's OK status. */
+  end(): void {
+    if (this.stream.destroyed || this.stream.writableEnded) return;
+    this.ensureHeaders();
+    this.stream.end();
+  }
+
+  /** Server: ends the call with a status (a trailers-only answer when nothing was sent). */
+  finishWith(code: number, details: string): void {
+    if (this.stream.destroyed || this.stream.writableEnded) return;
+    this.status = { code, details };
+    if (!this.headersSent) {
+      this.headersSent = true;
+      (this.stream as http2.ServerHttp2Stream).respond(
+        { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeGrpcMessage(details) },
+        { endStream: true },
+      );
+    } else this.stream.end();
+    // The client may still be writing: reset our receiving side once the status is out.
+    this.stream.once('finish', () => setImmediate(() => !this.stream.closed && this.stream.close(http2.constants.NGHTTP2_NO_ERROR)));
+  }
+
+  /** Client: cancels the call (RST_STREAM CANCEL). */
+  cancel(): void {
+    this.failed = true;
+    if (!this.stream.closed) this.stream.close(http2.constants.NGHTTP2_CANCEL);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server.
+
+export interface ListenOptions {
+  /** TCP host to bind (default 0.0.0.0); with `port`. */
+  host?: string;
+  /** TCP port (0: any free one). Omitted with `unixPath` alone: no TCP listener. */
+  port?: number;
+  /** Also (or only) listen on this Unix socket path (replaced if it exists). */
+  unixPath?: string;
+  tls?: TlsFiles;
+}
+
+/**
+ * A gRPC server for one bidirectional method, on TCP and/or a Unix socket. 'call' is
+ * emitted with (call, path) for every stream whose path is `path`; other paths are
+ * answered UNIMPLEMENTED.
+ */
+export class GrpcH2Server extends EventEmitter {
+  private readonly servers: Array<http2.Http2Server | http2.Http2SecureServer> = [];
+  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  port = 0;
+  unixPath: string | undefined;
+  private shut = false;
+
+  constructor(
+    private readonly path: string,
+    private readonly alloc: Alloc,
+  ) {
+    super();
+  }
+
+  static async listen(path: string, alloc: Alloc, o: ListenOptions): Promise<GrpcH2Server> {
+    const s = new GrpcH2Server(path, alloc);
+    try {
+      if (o.port !== undefined || !o.unixPath) s.port = await s.bind(o.tls, (srv, cb) => srv.listen(o.port ?? 0, o.host ?? '0.0.0.0', cb));
+      if (o.unixPath) {
+        try {
+          unlinkSync(o.unixPath);
+        } catch {
+          /* not there */
+        }
+        await s.bind(o.tls, (srv, cb) => srv.listen(o.unixPath, cb));
+        s.unixPath = o.unixPath;
+      }
+    } catch (e) {
+      s.forceShutdown();
+      throw e;
+    }
+    return s;
+  }
+
+  private bind(tls: TlsFiles | undefined, listen: (srv: net.Server, cb: () => void) => void): Promise<number> {
+    const opts = { settings: SETTINGS, maxSessionMemory: MAX_SESSION_MEMORY_MB };
+    const srv = tls
+      ? http2.createSecureServer({ ...opts, cert: readFileSync(tls.cert), key: readFileSync(tls.key), ca: readFileSync(tls.ca), requestCert: true, rejectUnauthorized: true })
+      : http2.createServer(opts);
+    this.servers.push(srv);
+    srv.on('session', (sess: http2.ServerHttp2Session) => {
+      this.sessions.add(sess);
+      sess.on('close', () => this.sessions.delete(sess));
+      sess.on('error', () => {});
+      sess.once('localSettings', () => sess.setLocalWindowSize(WINDOW_BYTES));
+    });
+    srv.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => this.onStream(stream, headers));
+    return new Promise((resolve, reject) => {
+      srv.once('error', reject);
+      listen(srv as unknown as net.Server, () => {
+        srv.off('error', reject);
+        const a = srv.address();
+        resolve(typeof a === 'object' && a ? a.port : 0);
+      });
+    });
+  }
+
+  private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    stream.on('error', () => {});
+    const sock = stream.session?.socket;
+    const peer = sock?.remoteAddress ? `${sock.remoteAddress}:${sock.remotePort}` : this.unixPath ? `unix:${this.unixPath}` : 'unknown';
+    const call = new GrpcCall(stream, false, peer, this.alloc);
+    const ct = String(headers['content-type'] ?? '');
+    if (headers[':path'] !== this.path || !ct.startsWith('application/grpc')) {
+      call.finishWith(Status.UNIMPLEMENTED, `no method ${String(headers[':path'])} here`);
+      return;
+    }
+    if (this.shut) {
+      call.finishWith(Status.UNAVAILABLE, 'server shutting down');
+      return;
+    }
+    this.emit('call', call);
+  }
+
+  private unlink(): void {
+    if (!this.unixPath) return;
+    try {
+      unlinkSync(this.unixPath);
+    } catch {
+      /* already gone */
+    }
+  }
+
+  /** Stops accepting connections; `cb` when the open sessions have closed. */
+  tryShutdown(cb: () => void): void {
+    this.shut = true;
+    this.unlink();
+    let left = this.servers.length + this.sessions.size;
+    const one = () => --left === 0 && cb();
+    if (left === 0) return void queueMicrotask(cb);
+    for (const s of this.servers) s.close(one);
+    for (const sess of this.sessions) {
+      if (sess.closed) one();
+      else {
+        sess.once('close', one);
+        sess.close();
+      }
+    }
+  }
+
+  /** Closes every listener and session now. */
+  forceShutdown(): void {
+    this.shut = true;
+    this.unlink();
+    for (const s of this.servers) s.close();
+    for (const sess of this.sessions) sess.destroy();
+    this.sessions.clear();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client.
+
+/**
+ * One HTTP/2 connection to `address` (`host:port` or `unix:/path`) and a call of `path` on
+ * it. A connection that cannot be made fails the call with UNAVAILABLE (callers retry).
+ * `close()` (of the returned session holder) ends the connection.
+ */
+export function dial(address: string, path: string, alloc: Alloc, files?: TlsFiles): { call: GrpcCall; close: () => void } {
+  const unix = address.startsWith('unix:') ? address.slice(5).replace(/^\/\/(?=\/)/u, '') : undefined;
+  const authority = unix ? 'localhost' : address;
+  const opts: http2.SecureClientSessionOptions = { settings: SETTINGS, maxSessionMemory: MAX_SESSION_MEMORY_MB };
+  const creds = files ? { ca: readFileSync(files.ca), cert: readFileSync(files.cert), key: readFileSync(files.key) } : undefined;
+  if (creds) Object.assign(opts, creds);
+  if (unix) opts.createConnection = () => (creds ? tls.connect({ path: unix, ...creds, servername: 'localhost', ALPNProtocols: ['h2'] }) : net.connect(unix));
+  const session = http2.connect(`${files ? 'https' : 'http'}://${authority}`, opts);
+  session.on('error', () => {});
+  session.once('localSettings', () => session.setLocalWindowSize(WINDOW_BYTES));
+  const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+  const call = new GrpcCall(stream, true, address, alloc);
+  // A connection that fails before the stream opens closes the stream with an error.
+  session.once('error', (e: Error) => !stream.destroyed && stream.destroy(e));
+  return { call, close: () => (session.closed ? undefined : session.close()) };
+}
