@@ -6,6 +6,10 @@
  * /usr/bin/python3 has torch, torch.distributed over gloo on the same machine
  * (shared/bench/gloo_allreduce.py) with our/gloo ratios. Every result is one JSON line.
  *
+ * Transports (BENCH_TRANSPORTS=tcp,unix, default both): `tcp`, loopback TCP, as pool
+ * workers dial each other (pool.ts `collectivePeers`); `unix`, the same gRPC over Unix
+ * sockets, which the collective supports (`unix:/path` peers) but measured slower here.
+ * gloo runs over loopback TCP; ratios are printed for each of ours.
  * BENCH_WORLDS=2,4 (default) picks the world sizes; BENCH_GLOO=0 skips gloo;
  * BENCH_FRAME_BYTES sets the collective's frameBytes (default: the collective's own).
  * The rank processes start exactly as the pool starts its workers: the same Node flags
@@ -16,6 +20,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -42,9 +47,10 @@ function round(x: number, digits = 3): number {
 // ---- child roles ------------------------------------------------------------------------
 
 /** One rank: bind, report the port, read the peers, connect, measure; rank 0 prints results. */
-async function rankMain(world: number, rank: number): Promise<void> {
-  const { server, port } = await listenCollectiveServer({ host: '127.0.0.1', port: 0 });
-  process.stdout.write(JSON.stringify({ port }) + '\n');
+async function rankMain(world: number, rank: number, transport: string): Promise<void> {
+  const unixPath = join(tmpdir(), `tas-bench-${process.pid}.sock`);
+  const { server, port } = await listenCollectiveServer({ host: '127.0.0.1', port: 0, unixPath });
+  process.stdout.write(JSON.stringify({ port, unixPath }) + '\n');
   const rl = createInterface({ input: process.stdin });
   const line = await new Promise<string>((r) => rl.once('line', r));
   rl.close();
@@ -52,7 +58,7 @@ async function rankMain(world: number, rank: number): Promise<void> {
   // Generous timeout: W=4 processes share 2 cores.
   const frameBytes = process.env.BENCH_FRAME_BYTES ? { frameBytes: Number(process.env.BENCH_FRAME_BYTES) } : {};
   const c = await GrpcCollective.connect({ jobId: 'bench', generation: 1, rank, worldSize: world, peers, server, timeoutMs: 30_000, heartbeatMs: 500, ...frameBytes });
-  const report = (o: Record<string, unknown>) => rank === 0 && emit({ bench: 'collective', impl: 'grpc', world, ...o });
+  const report = (o: Record<string, unknown>) => rank === 0 && emit({ bench: 'collective', impl: 'grpc', transport, world, ...o });
 
   const time = async (f: () => Promise<unknown>, warm: number, iters: number): Promise<number[]> => {
     for (let i = 0; i < warm; i++) await f();
@@ -162,16 +168,16 @@ async function tcpRoundTrip(): Promise<void> {
   emit({ bench: 'tcp_rtt', impl: 'node:net', bytes: 2048, iters: ts.length, p50_us: round(quantile(ts, 0.5) * 1000, 1), p99_us: round(quantile(ts, 0.99) * 1000, 1) });
 }
 
-async function grpcWorld(world: number): Promise<Record<string, unknown>[]> {
-  const ranks = Array.from({ length: world }, (_, r) => spawnChild(['rank', String(world), String(r)], AS_WORKER ? world : 0));
+async function grpcWorld(world: number, transport: string): Promise<Record<string, unknown>[]> {
+  const ranks = Array.from({ length: world }, (_, r) => spawnChild(['rank', String(world), String(r), transport], AS_WORKER ? world : 0));
   const kill = () => ranks.forEach((x) => x.child.kill('SIGKILL'));
   const guard = setTimeout(() => {
     process.stderr.write(`bench: world ${world} timed out\n`);
     kill();
   }, 300_000);
   try {
-    const ports = await Promise.all(ranks.map(async (x) => ((await nextJson(x.lines)) as { port: number }).port));
-    const peers = ports.map((p) => `127.0.0.1:${p}`);
+    const addrs = await Promise.all(ranks.map(async (x) => (await nextJson(x.lines)) as { port: number; unixPath: string }));
+    const peers = addrs.map((a) => (transport === 'unix' ? `unix:${a.unixPath}` : `127.0.0.1:${a.port}`));
     for (const x of ranks) x.child.stdin!.write(JSON.stringify({ peers }) + '\n');
     const results: Record<string, unknown>[] = [];
     for (let o = await nextJson(ranks[0].lines); o; o = await nextJson(ranks[0].lines)) {
@@ -211,11 +217,12 @@ function hasTorch(): boolean {
 }
 
 async function main(): Promise<void> {
-  const [role, a, b] = process.argv.slice(2);
-  if (role === 'rank') return rankMain(Number(a), Number(b));
+  const [role, a, b, c] = process.argv.slice(2);
+  if (role === 'rank') return rankMain(Number(a), Number(b), c);
   if (role === 'tcp-echo') return tcpEcho();
 
   const worlds = (process.env.BENCH_WORLDS ?? '2,4').split(',').map(Number);
+  const transports = (process.env.BENCH_TRANSPORTS ?? 'tcp,unix').split(',');
   const env = workerEnv(process.env);
   emit({
     bench: 'collective',
@@ -225,8 +232,8 @@ async function main(): Promise<void> {
     env: AS_WORKER ? Object.fromEntries([...Object.keys(WORKER_MALLOC_ENV), 'GLIBC_TUNABLES'].map((k) => [k, env[k]])) : {},
   });
   await tcpRoundTrip();
-  const ours = new Map<number, Record<string, unknown>[]>();
-  for (const w of worlds) ours.set(w, await grpcWorld(w));
+  const ours = new Map<string, Record<string, unknown>[]>();
+  for (const w of worlds) for (const t of transports) ours.set(`${t}/${w}`, await grpcWorld(w, t));
   if (!hasTorch()) {
     emit({ bench: 'collective', impl: 'gloo', skipped: 'no torch in /usr/bin/python3 (or BENCH_GLOO=0)' });
     return;
@@ -236,15 +243,17 @@ async function main(): Promise<void> {
     const gloo = glooWorld(w, base + w);
     const g512 = gloo.find((r) => r.floats === 512);
     const g4m = gloo.find((r) => r.floats === 4_194_304);
-    const o512 = ours.get(w)!.find((r) => r.op === 'allReduce' && r.floats === 512);
-    const o4m = ours.get(w)!.find((r) => r.op === 'allReduce' && r.floats === 4_194_304);
-    if (g512 && o512) {
-      const ratio = Number(o512.p50_us) / Number(g512.p50_us);
-      emit({ bench: 'ratio', world: w, metric: 'allReduce_512_p50_ours_over_gloo', value: round(ratio), target: '<= 0.5', met: ratio <= 0.5 });
-    }
-    if (g4m && o4m) {
-      const ratio = Number(o4m.algbw_GBps) / Number(g4m.algbw_GBps);
-      emit({ bench: 'ratio', world: w, metric: 'allReduce_4M_algbw_ours_over_gloo', value: round(ratio), target: '>= 1.0', met: ratio >= 1.0 });
+    for (const t of transports) {
+      const o512 = ours.get(`${t}/${w}`)!.find((r) => r.op === 'allReduce' && r.floats === 512);
+      const o4m = ours.get(`${t}/${w}`)!.find((r) => r.op === 'allReduce' && r.floats === 4_194_304);
+      if (g512 && o512) {
+        const ratio = Number(o512.p50_us) / Number(g512.p50_us);
+        emit({ bench: 'ratio', world: w, transport: t, metric: 'allReduce_512_p50_ours_over_gloo', value: round(ratio), target: '<= 0.5', met: ratio <= 0.5 });
+      }
+      if (g4m && o4m) {
+        const ratio = Number(o4m.algbw_GBps) / Number(g4m.algbw_GBps);
+        emit({ bench: 'ratio', world: w, transport: t, metric: 'allReduce_4M_algbw_ours_over_gloo', value: round(ratio), target: '>= 1.0', met: ratio >= 1.0 });
+      }
     }
   }
 }
