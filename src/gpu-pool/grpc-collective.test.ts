@@ -33,12 +33,13 @@ let jobCounter = 0;
 const openServers: Array<{ forceShutdown(): void }> = [];
 after(() => openServers.forEach((s) => s.forceShutdown()));
 
-/** W ranks in this process, each with its own server on 127.0.0.1:0. */
-async function makeGroup(world: number, opts: Partial<GrpcCollectiveOptions> = {}, perRank: (rank: number) => Partial<GrpcCollectiveOptions> = () => ({})) {
+/** W ranks in this process, each with its own server on 127.0.0.1:0 (and a Unix socket they dial, with `unix`). */
+async function makeGroup(world: number, opts: Partial<GrpcCollectiveOptions> = {}, perRank: (rank: number) => Partial<GrpcCollectiveOptions> = () => ({}), unix = false) {
   const jobId = `test-${process.pid}-${++jobCounter}`;
-  const servers = await Promise.all(Array.from({ length: world }, () => listenCollectiveServer({ host: '127.0.0.1', port: 0 })));
+  const dir = unix ? mkdtempSync(join(tmpdir(), 'tas-uds-')) : '';
+  const servers = await Promise.all(Array.from({ length: world }, (_, r) => listenCollectiveServer({ host: '127.0.0.1', port: 0, ...(unix ? { unixPath: join(dir, `r${r}.sock`) } : {}) })));
   servers.forEach((s) => openServers.push(s.server));
-  const peers = servers.map((s) => `127.0.0.1:${s.port}`);
+  const peers = servers.map((s) => (unix ? `unix:${s.unixPath}` : `127.0.0.1:${s.port}`));
   const cs = await Promise.all(servers.map((s, rank) => GrpcCollective.connect({ jobId, generation: 1, rank, worldSize: world, peers, server: s.server, log: () => {}, ...opts, ...perRank(rank) })));
   return {
     jobId,
@@ -48,6 +49,7 @@ async function makeGroup(world: number, opts: Partial<GrpcCollectiveOptions> = {
     async close() {
       await Promise.all(cs.map((c) => c.close()));
       servers.forEach((s) => s.server.forceShutdown());
+      if (dir) rmSync(dir, { recursive: true, force: true });
     },
   };
 }
@@ -271,6 +273,31 @@ describe('GrpcCollective', () => {
             assertSameBits(got[r], kept[r], `W=${world} n=${n} rank ${r} result after the next call`);
             assertSameBits(inputs[r], copies[r], `W=${world} n=${n} rank ${r} input untouched`);
           }
+        }
+      } finally {
+        await g.close();
+      }
+    }
+  });
+
+  it('allReduceInPlace writes allReduce\'s bits into the caller\'s buffer on every rank (W=2..5, small and large, uneven frames; TCP and Unix sockets)', async () => {
+    for (const [world, opts, unix] of [
+      [2, {}, false],
+      [2, { frameBytes: 40_000 }, true],
+      [3, { frameBytes: 40_000 }, false],
+      [5, { frameBytes: 12_345 * 4 }, false],
+    ] as const) {
+      const g = await makeGroup(world, { smallMessageBytes: 1024, ...opts }, () => ({}), unix);
+      try {
+        for (const n of [3, 256, 100_003]) {
+          const inputs = Array.from({ length: world }, (_, r) => randomArray(n, 3 * n + r));
+          const bufs = inputs.map((x) => x.slice());
+          await Promise.all(g.cs.map((c) => c.allReduceInPlace(bufs[c.rank])));
+          const [want] = await inProcess(world, (c, r) => c.allReduce(inputs[r]));
+          for (let r = 0; r < world; r++) assertSameBits(bufs[r], want, `W=${world} ${JSON.stringify(opts)} unix=${unix} n=${n} rank ${r}`);
+          // Ordinary calls after it still agree.
+          const again = await Promise.all(g.cs.map((c) => c.allReduce(inputs[c.rank])));
+          for (let r = 0; r < world; r++) assertSameBits(again[r], want, `W=${world} n=${n} rank ${r} allReduce after`);
         }
       } finally {
         await g.close();

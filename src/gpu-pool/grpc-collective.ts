@@ -1293,7 +1293,27 @@ export class GrpcCollective implements Collective {
     }
     const seq = this.begin({ name: 'allReduce', ops: [Op.REDUCE_SCATTER, Op.ALL_GATHER_RING], total });
     try {
-      return await this.scatterReduce(seq, data);
+      return await this.scatterReduce(seq, data, uninitFloats(data.length));
+    } finally {
+      this.finish(seq);
+    }
+  }
+
+  /**
+   * allReduce into `data` (the same frames and bits as `allReduce`): a large call writes
+   * each final segment over the values it sent, after their write reached the socket, and
+   * allocates no result (a fresh 16 MB result per call costs V8 a collection every few
+   * calls: W=2, 16 MB, 5.2-5.6 ms user CPU per call in place against 7.9-8.3 ms).
+   */
+  async allReduceInPlace(data: Float32Array): Promise<void> {
+    if (this.worldSize === 1) return;
+    if (data.byteLength < this.smallBytes) {
+      data.set(await this.allReduce(data));
+      return;
+    }
+    const seq = this.begin({ name: 'allReduce', ops: [Op.REDUCE_SCATTER, Op.ALL_GATHER_RING], total: data.byteLength });
+    try {
+      await this.scatterReduce(seq, data, data);
     } finally {
       this.finish(seq);
     }
@@ -1308,9 +1328,11 @@ export class GrpcCollective implements Collective {
    * (ALL_GATHER_RING, chunk c), where it is only copied. Each rank sends and receives
    * 2(W-1)/W of the buffer, as in a ring, in 2 dependent steps instead of 2(W-1).
    */
-  private async scatterReduce(seq: number, data: Float32Array): Promise<Float32Array> {
+  private async scatterReduce(seq: number, data: Float32Array, out: Float32Array): Promise<Float32Array> {
     const W = this.worldSize, r = this.rank, n = data.length, total = n * 4, ff = this.reduceFrameFloats;
-    const out = uninitFloats(n);
+    const inPlace = out === data;
+    /** In place: the write of our values of each frame of another segment, by start index. */
+    const sentAt = new Map<number, Promise<void>>();
     const lo = (c: number) => Math.floor((c * n) / W);
     const others = this.others();
     const sends: Promise<void>[] = [];
@@ -1322,6 +1344,7 @@ export class GrpcCollective implements Collective {
         const p = l.send(parts);
         p.catch(() => {});
         sends.push(p);
+        if (inPlace && op === Op.REDUCE_SCATTER) sentAt.set(a, p);
       }
     };
     // Our values of every other segment to its owner, frame by frame, owners interleaved
@@ -1348,7 +1371,8 @@ export class GrpcCollective implements Collective {
         const b = Math.min(hi, a + ff);
         const frames = await Promise.all(others.map((l) => l.recv(seq, Op.REDUCE_SCATTER, r, a * 4)));
         others.forEach((l, i) => (byRank[l.peer] = check(frames[i], l.peer, (b - a) * 4)));
-        byRank[r] = data.subarray(a, b);
+        // sumInRankOrder may write over one of the first four parts, not a later one.
+        byRank[r] = inPlace && r >= 4 ? data.slice(a, b) : data.subarray(a, b);
         sumInRankOrder(out.subarray(a, b), byRank);
         for (const f of frames) f.release?.();
         send(others, out, Op.ALL_GATHER_RING, r, a, b);
@@ -1361,6 +1385,9 @@ export class GrpcCollective implements Collective {
         const b = Math.min(hi, a + ff);
         const f = await l.recv(seq, Op.ALL_GATHER_RING, c, a * 4);
         if (f.payload.byteLength !== (b - a) * 4) throw this.badFrame(seq, c, f, (b - a) * 4);
+        // In place, these values were sent from here: only once they are in the socket.
+        const sent = sentAt.get(a);
+        if (sent) await sent;
         bytesOf(out, a, b).set(f.payload);
         f.release?.();
       }

@@ -14,8 +14,14 @@ export interface Collective {
   readonly worldSize: number;
   /** Every rank's buffer, in rank order. Buffers may differ in length between ranks. */
   allGather(data: Float32Array): Promise<Float32Array[]>;
-  /** Element-wise sum over ranks (rank order), the same length on every rank. */
+  /** Element-wise sum over ranks (rank order), the same length on every rank; a new array. */
   allReduce(data: Float32Array): Promise<Float32Array>;
+  /**
+   * The same sum, written into `data` (torch.distributed.all_reduce's in-place form): no
+   * result array to allocate. The caller must neither read nor write `data` until the
+   * promise settles; on failure its contents are unspecified.
+   */
+  allReduceInPlace(data: Float32Array): Promise<void>;
   /** `data` of the root, on every rank (others pass a buffer of the same length). */
   broadcast(data: Float32Array, root: number): Promise<Float32Array>;
   barrier(): Promise<void>;
@@ -32,6 +38,7 @@ export class SoloCollective implements Collective {
   async allReduce(data: Float32Array): Promise<Float32Array> {
     return data;
   }
+  async allReduceInPlace(): Promise<void> {}
   async broadcast(data: Float32Array): Promise<Float32Array> {
     return data;
   }

@@ -112,6 +112,10 @@ class InProcessMember implements Collective {
     const [sum] = await this.group.join(this.rank, 'allReduce', data, -1);
     return sum.slice();
   }
+  async allReduceInPlace(data: Float32Array): Promise<void> {
+    const [sum] = await this.group.join(this.rank, 'allReduce', data, -1);
+    data.set(sum);
+  }
   async broadcast(data: Float32Array, root: number): Promise<Float32Array> {
     const [out] = await this.group.join(this.rank, 'broadcast', data, root);
     return out.slice();

@@ -106,7 +106,9 @@ export class RankTrainer {
     }
     bucket[off] = lossSum;
     bucket[off + 1] = correct;
-    const sum = await this.collective.allReduce(bucket);
+    // In place: the bucket is ours, so no second 4-bytes-per-parameter array per step.
+    await this.collective.allReduceInPlace(bucket);
+    const sum = bucket;
     off = 0;
     for (const p of params) {
       p.grad?.dispose();
