@@ -83,8 +83,10 @@ describe('gpu pool over gRPC', () => {
     // Replace the dead worker for the next test.
     const [fresh] = await startLocalWorkers(1);
     workers[1] = fresh;
-    // The survivor is free again.
-    assert.equal((await new WorkerClient(workers[0].address).info()).busy_job_id, '');
+    // The survivor is free again, and reports its Collective server's own port.
+    const survivor = await new WorkerClient(workers[0].address).info();
+    assert.equal(survivor.busy_job_id, '');
+    assert.ok(survivor.collective_port > 0 && `127.0.0.1:${survivor.collective_port}` !== workers[0].address, `collective_port ${survivor.collective_port}`);
   });
 
   it('cancel stops all ranks and frees the workers', async () => {

@@ -8,8 +8,9 @@
  *       --workers-at: run rank i on the i-th worker address (workers from `tas pool` / `tas worker`).
  *   tas pool [--workers N] [--host H] [--tls-*]
  *       Start N local workers (default: one per GPU, else 2 CPU workers); print their addresses.
- *   tas worker [--host H] [--port P] [--device-kind gpu|cpu] [--device-index I] [--tls-*]
- *       Run one worker here (to join a pool from another machine: --host 0.0.0.0).
+ *   tas worker [--host H] [--port P] [--collective-port P] [--device-kind gpu|cpu] [--device-index I] [--tls-*]
+ *       Run one worker here (to join a pool from another machine: --host 0.0.0.0). The
+ *       rank-to-rank collective listens on --collective-port (default: any free port).
  *   tas validate <spec.json>
  *   tas serve [--no-workers]
  *       The service in one command: REST API (TAS_HTTP_PORT, default 8000), scheduler, and
@@ -39,7 +40,7 @@ const USAGE = `usage:
   tas train <spec.json> [--out DIR] [--data-dir DIR] [--no-resume] [--quiet]
                         [--processes | --workers-at HOST:PORT,...] [--timeout-ms MS] [--tls-cert F --tls-key F --tls-ca F]
   tas pool [--workers N] [--host H] [--tls-cert F --tls-key F --tls-ca F]
-  tas worker [--host H] [--port P] [--device-kind gpu|cpu] [--device-index I] [--tls-cert F --tls-key F --tls-ca F]
+  tas worker [--host H] [--port P] [--collective-port P] [--device-kind gpu|cpu] [--device-index I] [--tls-cert F --tls-key F --tls-ca F]
   tas validate <spec.json>
   tas serve [--no-workers]          API + scheduler + local workers (env: TAS_HTTP_PORT, TAS_DATA_DIR, DATABASE_URL, REDIS_URL, TAS_WORKERS, TAS_WORKERS_AT)
   tas api                           the REST API alone
@@ -56,6 +57,7 @@ const OPTIONS = {
   workers: { type: 'string' },
   host: { type: 'string' },
   port: { type: 'string' },
+  'collective-port': { type: 'string' },
   'device-kind': { type: 'string' },
   'device-index': { type: 'string' },
   'tls-cert': { type: 'string' },
@@ -77,7 +79,7 @@ async function readSpec(path: string): Promise<unknown> {
   }
 }
 
-function intOption(v: Values, name: 'workers' | 'port' | 'device-index' | 'timeout-ms', min: number): number | undefined {
+function intOption(v: Values, name: 'workers' | 'port' | 'collective-port' | 'device-index' | 'timeout-ms', min: number): number | undefined {
   const s = v[name];
   if (s === undefined) return undefined;
   const n = Number(s);
@@ -228,15 +230,17 @@ async function worker(v: Values): Promise<number> {
   const kind = v['device-kind'];
   if (kind !== undefined && kind !== 'gpu' && kind !== 'cpu') throw new UsageError(`--device-kind: must be gpu or cpu, got ${JSON.stringify(kind)}`);
   const port = intOption(v, 'port', 0);
+  const collectivePort = intOption(v, 'collective-port', 0);
   const index = intOption(v, 'device-index', 0);
   const w = await startWorkerServer({
     host: v.host ?? '127.0.0.1',
     ...(port !== undefined ? { port } : {}),
+    ...(collectivePort !== undefined ? { collectivePort } : {}),
     ...(kind ? { deviceKind: kind } : {}),
     ...(index !== undefined ? { deviceIndex: index } : {}),
     ...(tls ? { tls } : {}),
   });
-  console.log(JSON.stringify({ ready: { address: w.address, pid: process.pid, device: w.device.kind, index: w.device.index, backend: w.backend.name, tls: Boolean(tls) } }));
+  console.log(JSON.stringify({ ready: { address: w.address, collective_port: w.collectivePort, pid: process.pid, device: w.device.kind, index: w.device.index, backend: w.backend.name, tls: Boolean(tls) } }));
   await untilSignal();
   await w.close();
   return 0;

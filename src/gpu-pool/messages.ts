@@ -9,8 +9,8 @@ export interface WorkerInfoMsg {
   backend_package: string;
   rss_bytes: number;
   busy_job_id: string;
-  /** host:port of the worker's Collective server ('' from a worker that serves it on its own address). */
-  collective_address: string;
+  /** Port of the worker's Collective server, on the worker's host (0: none reported). */
+  collective_port: number;
 }
 
 export interface RunRequestMsg {

@@ -115,14 +115,19 @@ export interface PoolJobResult {
 }
 
 /**
- * Every rank's collective address, index = rank: its worker's Collective server (Info's
- * `collective_address`), or the worker's own address when it reports none.
+ * Every rank's collective address, index = rank: the host the pool reached its worker at
+ * (so a worker bound to 0.0.0.0 on another machine is dialed where it was found), with
+ * the port of its Collective server (Info's `collective_port`); the worker's own address
+ * when it reports none.
  *
  * TCP also between ranks on one host: the Unix sockets the collective can use
  * (`unix:/path`) measured slower with node:http2 on them (bench/collective.ts prints both).
  */
 export function collectivePeers(infos: readonly WorkerInfoMsg[], addresses: readonly string[]): string[] {
-  return infos.map((w, p) => w.collective_address || addresses[p]);
+  return infos.map((w, p) => {
+    const m = /^(.*):(\d+)$/u.exec(addresses[p]);
+    return w.collective_port && m ? `${m[1]}:${w.collective_port}` : addresses[p];
+  });
 }
 
 /**

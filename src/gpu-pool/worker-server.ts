@@ -15,7 +15,7 @@ export interface WorkerServerOptions {
   host?: string;
   /** 0: any free port. */
   port?: number;
-  /** Port of the Collective server (default 0: any free port). */
+  /** Port of the Collective server, on the same host (default 0: any free port). */
   collectivePort?: number;
   deviceKind?: 'gpu' | 'cpu';
   deviceIndex?: number;
@@ -30,8 +30,8 @@ export interface WorkerServer {
   device: DeviceAssignment;
   backend: BackendInfo;
   server: grpc.Server;
-  /** host:port of the Collective server. */
-  collectiveAddress: string;
+  /** Port of the Collective server (on `address`'s host). */
+  collectivePort: number;
   /** Stop accepting work and close the server (running calls are cancelled). */
   close(): Promise<void>;
 }
@@ -53,11 +53,10 @@ export async function startWorkerServer(o: WorkerServerOptions = {}): Promise<Wo
   const host = o.host ?? '127.0.0.1';
   const shown = host === '0.0.0.0' ? '127.0.0.1' : host;
   const coll = await listenCollectiveServer({ host, port: o.collectivePort ?? 0, tls: o.tls });
-  const collectiveAddress = `${host.includes(':') ? `[${shown}]` : shown}:${coll.port}`;
   const server = new grpc.Server({ 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': -1 });
   addWorkerService(server, {
     device,
-    collectiveAddress,
+    collectivePort: coll.port,
     connectCollective: (req) => GrpcCollective.connect({ ...req, server: coll.server, log, ...(o.tls ? { tls: o.tls } : {}) }),
   });
   const port = await new Promise<number>((resolve, reject) =>
@@ -70,7 +69,7 @@ export async function startWorkerServer(o: WorkerServerOptions = {}): Promise<Wo
     device,
     backend,
     server,
-    collectiveAddress,
+    collectivePort: coll.port,
     close: () =>
       new Promise<void>((resolve) => {
         // Give running calls a moment to send their status, then force.

@@ -32,8 +32,8 @@ export interface CollectiveRequest {
 
 export interface WorkerDeps {
   device: DeviceAssignment;
-  /** Where this worker's Collective server listens (Info reports it); absent: on the worker's own address. */
-  collectiveAddress?: string;
+  /** Port of this worker's Collective server (Info reports it); absent: 0, none. */
+  collectivePort?: number;
   /** A Collective to the job's peers (the gRPC transport in workers; in-process in tests). */
   connectCollective(req: CollectiveRequest): Promise<Collective>;
 }
@@ -88,7 +88,7 @@ export function addWorkerService(server: grpc.Server, deps: WorkerDeps): void {
       backend_package: b.package,
       rss_bytes: process.memoryUsage().rss,
       busy_job_id: [...running.keys()][0] ?? '',
-      collective_address: deps.collectiveAddress ?? '',
+      collective_port: deps.collectivePort ?? 0,
     };
   };
 
