@@ -6,10 +6,10 @@
  * /usr/bin/python3 has torch, torch.distributed over gloo on the same machine
  * (shared/bench/gloo_allreduce.py) with our/gloo ratios. Every result is one JSON line.
  *
- * Transports (BENCH_TRANSPORTS=tcp,unix, default both): `tcp`, loopback TCP, as pool
- * workers dial each other (pool.ts `collectivePeers`); `unix`, the same gRPC over Unix
- * sockets, which the collective supports (`unix:/path` peers) but measured slower here.
- * gloo runs over loopback TCP; ratios are printed for each of ours.
+ * Transports (BENCH_TRANSPORTS=tcp,unix, default both): `tcp`, loopback TCP, as ranks on
+ * different hosts dial each other; `unix`, the same gRPC over Unix sockets, as pool
+ * workers on one host do (pool.ts `collectivePeers`). gloo runs over loopback TCP (its
+ * transport here); ratios are printed for each of ours.
  * BENCH_WORLDS=2,4 (default) picks the world sizes; BENCH_GLOO=0 skips gloo;
  * BENCH_FRAME_BYTES sets the collective's frameBytes (default: the collective's own).
  * The rank processes start exactly as the pool starts its workers: the same Node flags

@@ -3,15 +3,22 @@ import { describe, it } from 'node:test';
 import type { WorkerInfoMsg } from './messages.js';
 import { collectivePeers } from './pool.js';
 
-function info(collective_port: number): WorkerInfoMsg {
-  return { worker_id: 'h:1', device_kind: 'cpu', device_index: 0, device_name: 'cpu', device_memory_mib: 0, backend: 'wasm', backend_package: '', rss_bytes: 0, busy_job_id: '', collective_port };
+function info(collective_port: number, host_id = '', collective_unix_path = ''): WorkerInfoMsg {
+  return { worker_id: 'h:1', device_kind: 'cpu', device_index: 0, device_name: 'cpu', device_memory_mib: 0, backend: 'wasm', backend_package: '', rss_bytes: 0, busy_job_id: '', collective_port, collective_unix_path, host_id };
 }
 
 describe('collectivePeers', () => {
-  it('dials each worker at the host the pool reached it at, on its Collective port', () => {
-    assert.deepEqual(collectivePeers([info(7071), info(40001), info(9)], ['gpu-a.example:7070', '127.0.0.1:50000', '[::1]:7070']), ['gpu-a.example:7071', '127.0.0.1:40001', '[::1]:9']);
+  it('dials a worker of another host at the host the pool reached it at, on its Collective port', () => {
+    const infos = [info(7071, 'a', '/tmp/a.sock'), info(40001, 'b', '/tmp/b.sock'), info(9, 'c')];
+    assert.deepEqual(collectivePeers(0, infos, ['gpu-a.example:7070', '10.0.0.2:50000', '[::1]:7070']), ['unix:/tmp/a.sock', '10.0.0.2:40001', '[::1]:9']);
   });
-  it('falls back to the worker address when it reports no Collective port', () => {
-    assert.deepEqual(collectivePeers([info(0), info(7071)], ['a:7070', 'b:7070']), ['a:7070', 'b:7071']);
+  it('dials a worker of the same host through its Unix socket, per rank', () => {
+    const infos = [info(7071, 'h1', '/tmp/w0.sock'), info(7072, 'h1', '/tmp/w1.sock'), info(7073, 'h2', '/tmp/w2.sock')];
+    const addrs = ['h1:7070', 'h1:7080', 'h2:7070'];
+    assert.deepEqual(collectivePeers(1, infos, addrs), ['unix:/tmp/w0.sock', 'unix:/tmp/w1.sock', 'h2:7073']);
+    assert.deepEqual(collectivePeers(2, infos, addrs), ['h1:7071', 'h1:7072', 'unix:/tmp/w2.sock']);
+  });
+  it('uses TCP when host ids are unknown, and the worker address when it reports no Collective port', () => {
+    assert.deepEqual(collectivePeers(0, [info(0), info(7071, '', '/tmp/x.sock')], ['a:7070', 'b:7070']), ['a:7070', 'b:7071']);
   });
 });

@@ -1,16 +1,21 @@
 /**
  * The trainer's `Collective` over gRPC: one process per rank, one persistent bidirectional
- * `Exchange` stream (proto/collective.proto) per pair of ranks.
+ * `Exchange` stream (proto/collective.proto) per pair of ranks and direction.
  *
- * Forming a group: every rank runs a gRPC server (its own, bound by `connect` or
- * `listenCollectiveServer`, or the worker's server that also hosts the control plane) and
- * opens one persistent stream to every other rank's server; the first frame each way is
- * HELLO. Rank a's frames to rank b travel on the stream b opened to a, server → client:
- * grpc-js lets a client enlarge its HTTP/2 receive window (`grpc-node.flow_control_window`)
- * but leaves a server's at 64 KiB, which halves to quarters the bandwidth of data sent
- * client → server. `connect` resolves when every pair has both streams. A server with no
- * collective of the job registered yet answers UNAVAILABLE and the dialer retries until
- * `connectTimeoutMs`.
+ * Transport: grpc-h2.ts, gRPC's wire protocol on node:http2 (grpc-js clients and servers
+ * interoperate with it; the tests check both ways). grpc-js copied every megabyte frame
+ * twice into fresh buffers; here a frame is written as its encoded fields plus a view of
+ * the caller's floats, and received once into a pooled buffer.
+ *
+ * Forming a group: every rank runs a collective server (its own, bound by `connect`, or
+ * one from `listenCollectiveServer`: a pool worker's, on its own port) and opens one
+ * persistent stream to every other rank's server; the first frame each way is HELLO. Rank
+ * a's frames to rank b travel on the stream b opened to a, server → client, so each
+ * connection carries bulk data one way only (Node's HTTP/2 stops reading a socket while
+ * its own write to it is pending: two ends writing megabytes on one connection deadlock).
+ * `connect` resolves when every pair has both streams. A server with no collective of the
+ * job registered yet answers UNAVAILABLE and the dialer retries until `connectTimeoutMs`.
+ * Peers are `host:port` or `unix:/path` (the same gRPC over a Unix socket).
  *
  * Algorithms (every rank calls the same collectives in the same order; call `seq` numbers
  * them; every frame carries seq, job id and generation):
@@ -25,9 +30,10 @@
  *   arrive and sends each final frame to every other rank (ALL_GATHER_RING), where it is
  *   only copied into the result. 2(W-1)/W of the buffer each way per rank, as a ring, in
  *   2 dependent steps instead of 2(W-1), pipelined in frames of `frameBytes` (1 MiB for
- *   two ranks, 4 MiB for more: `defaultReduceFrameBytes`). For two ranks this replaced sending
- *   the whole buffer as one frame each way and summing all of it on both ranks: half the
- *   additions per rank, and transfer, sums and copies overlap.
+ *   two ranks, 4 MiB for more: `defaultReduceFrameBytes`).
+ * - allReduceInPlace: the same frames and bits, the result written into the caller's
+ *   buffer (torch's all_reduce): each final segment overwrites the values sent from there
+ *   once their write reached the socket.
  * - broadcast: the root writes its buffer to every rank; barrier: an empty frame each way.
  *
  * Failure: a stream error or end without GOODBYE ("rank 2 unreachable: ..."), no frame
@@ -39,33 +45,18 @@
  * blocked for longer than `timeoutMs` (its heartbeats stop): keep `timeoutMs` above the
  * longest synchronous stretch of the training step.
  *
- * Data path: payloads are raw little-endian float32, encoded by hand (one copy of the
- * payload into a pooled frame buffer; grpc-js adds one more), decoded as Float32Array
- * views over grpc's receive buffer when aligned (the `pad` field makes that the normal
- * case); compression, retries and channelz are off; message size limits are lifted; writes
- * honour back-pressure (frames written while a stream is back-pressured queue, in order,
- * until 'drain'). The result of an allReduce is a fresh array (the contract); nothing else
- * is allocated per call besides what grpc-js and Node allocate per message.
+ * Data path: payloads are raw little-endian float32, encoded by hand and never copied on
+ * send (the frame's fields, then a view of `data` or of the result; every call waits for
+ * its writes to reach the socket before it returns, so the caller may then change them);
+ * received into pooled buffers (`recvAlloc`; `Frame.release` after the sum or copy) and
+ * read as Float32Array views (the `pad` field aligns the payload); compression is off.
  *
- * What a large allReduce costs is mostly not the algorithm but memory (measured on a 2-core
- * VM, 16 MB, 2 ranks; bench/collective.ts): grpc-js allocates a fresh buffer per message on
- * each side (its framing copy, the reassembly `Buffer.concat`), Node's HTTP/2 one per
- * socket read, and the result is fresh too, 64 MB of ArrayBuffers per call per rank.
- * (1) Fresh pages: a page fault costs ~13 us there, and glibc unmaps or trims freed
- * buffers, so most of the call was page faults (~3400 per call per rank). (2) V8: a worker's
- * heap is small (~10 MB, just above V8's 8 MB threshold for incremental marking) and with
- * the default old-generation limit V8 kept marking the whole heap, a Mark-Compact every
- * 20-30 ms. Both are fixed by how the worker process is started, not here: malloc and V8
- * settings in worker-env.ts (the pool and the bench start ranks with them). Figures, W=2,
- * 16 MB, bench p50: before (one frame each way, plain `node`): ~128 ms; now, plain `node`:
- * ~114 ms; with the worker settings: 24-40 ms over 5 runs (gloo in the same runs: 15-18
- * ms). The floor under it, the same bytes through bare grpc-js streams with the same
- * settings and no arithmetic: ~16 ms, 15 ms CPU per rank; 4 ranks on 2 cores: ~62 ms
- * (gloo 35-41 ms), so there grpc-js alone is slower than gloo. Of what is left above that
- * floor at W=2, about 12 ms is the fresh result array (V8 promotes it during the call, and
- * each 64 MB of promoted ArrayBuffers costs a full GC): reusing one result buffer, which
- * the contract forbids, measured 42 -> 30 ms in an A/B; an all-reduce into a caller's
- * buffer would get that. The rest is the encode and all-gather copies and the sums.
+ * What a large allReduce costs (2-core VM, 16 MB, 2 ranks, loopback TCP; bench/collective.ts
+ * and docs/ARCHITECTURE.md): in place 10-14 ms p50, ~5.5 ms user and ~5 ms kernel CPU per
+ * rank; the sums (2M float32 additions per rank) are about half of the user time. With
+ * grpc-js the same call took 24-40 ms (14 ms user CPU per rank). A fresh result (`allReduce`)
+ * adds a V8 collection every few calls: 13-18 ms. The worker process settings in
+ * worker-env.ts still matter (Node's HTTP/2 allocates its socket reads fresh).
  */
 import { readFileSync } from 'node:fs';
 import { endianness } from 'node:os';
@@ -765,13 +756,12 @@ function floatsOf(b: Buffer): Float32Array {
 const DEFAULT_FRAME_BYTES = 4 << 20;
 
 /**
- * Frame payload size of a large allReduce when the options give none. Two ranks: 1 MiB,
- * so that each half of the buffer is 8 frames and the reduce-scatter, the sums and the
- * all-gather overlap (a 16 MB allReduce, 2 ranks on 2 cores: 1 MiB ~35 ms, 2 MiB ~39,
- * 4 MiB ~41). More ranks: 4 MiB, fewer messages (grpc-js costs per message; 4 ranks on 2
- * cores: 4 MiB ~108 ms, 2 MiB ~118, 1 MiB ~123). Other calls (broadcast, allGather) send
- * 4 MiB frames: nothing to overlap there (broadcast of 16 MB, 2 ranks: 4 MiB 10-15 ms,
- * 1 MiB 17-20 ms).
+ * Frame payload size of a large allReduce when the options give none: 1 MiB for two ranks
+ * (each half of the buffer is 8 frames, so the reduce-scatter, the sums and the all-gather
+ * overlap), 4 MiB for more. Chosen with grpc-js, which cost per message; on grpc-h2.ts the
+ * size barely matters (16 MB in place, loopback, p50: W=2 256 KiB-2 MiB 10.3-11.6 ms,
+ * W=4 1-4 MiB 33.6-34.5 ms, within this VM's noise). Other calls (broadcast, allGather)
+ * send 4 MiB frames: nothing to overlap there.
  */
 function defaultReduceFrameBytes(worldSize: number): number {
   return worldSize === 2 ? 1 << 20 : DEFAULT_FRAME_BYTES;

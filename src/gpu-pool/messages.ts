@@ -11,6 +11,10 @@ export interface WorkerInfoMsg {
   busy_job_id: string;
   /** Port of the worker's Collective server, on the worker's host (0: none reported). */
   collective_port: number;
+  /** The same server's Unix socket ('' when none). */
+  collective_unix_path: string;
+  /** Identifies the worker's host ('' when unknown): equal ids can reach each other's socket. */
+  host_id: string;
 }
 
 export interface RunRequestMsg {

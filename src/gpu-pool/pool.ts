@@ -115,16 +115,17 @@ export interface PoolJobResult {
 }
 
 /**
- * Every rank's collective address, index = rank: the host the pool reached its worker at
- * (so a worker bound to 0.0.0.0 on another machine is dialed where it was found), with
- * the port of its Collective server (Info's `collective_port`); the worker's own address
- * when it reports none.
- *
- * TCP also between ranks on one host: the Unix sockets the collective can use
- * (`unix:/path`) measured slower with node:http2 on them (bench/collective.ts prints both).
+ * The collective addresses rank `rank` dials, index = rank. A peer on the same host (the
+ * same `host_id`) through its Collective server's Unix socket: 4 ranks on 2 cores, 16 MB
+ * all-reduce in place, 26.6-28.3 ms p50 against 33.4-35.9 over loopback TCP, 30-40% less
+ * kernel time; 2 ranks within 5% (bench/collective.ts prints both). Any other peer at the
+ * host the pool reached its worker at (so a worker bound to 0.0.0.0 on another machine is
+ * dialed where it was found), on its Collective port; its own address when it reports none.
  */
-export function collectivePeers(infos: readonly WorkerInfoMsg[], addresses: readonly string[]): string[] {
+export function collectivePeers(rank: number, infos: readonly WorkerInfoMsg[], addresses: readonly string[]): string[] {
+  const me = infos[rank];
   return infos.map((w, p) => {
+    if (me.host_id && w.host_id === me.host_id && w.collective_unix_path) return `unix:${w.collective_unix_path}`;
     const m = /^(.*):(\d+)$/u.exec(addresses[p]);
     return w.collective_port && m ? `${m[1]}:${w.collective_port}` : addresses[p];
   });
@@ -142,7 +143,6 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: 
     const infos = await Promise.all(clients.map((c) => c.info()));
     o.onStart?.(infos);
     const specJson = JSON.stringify(rawSpec);
-    const peers = collectivePeers(infos, addresses);
     // The first failure in time is the cause (a dead worker's dropped stream, say); the
     // other ranks then fail because of it, so it is the one reported.
     let first: { rank: number; error: Error & { details?: string; code?: number } } | null = null;
@@ -155,7 +155,7 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: 
             generation: o.generation ?? 1,
             rank,
             world_size: clients.length,
-            peers,
+            peers: collectivePeers(rank, infos, addresses),
             spec_json: specJson,
             out_dir: o.outDir,
             data_dir: o.dataDir ?? process.cwd(),

@@ -1,14 +1,19 @@
 /**
  * One worker's gRPC servers, bound to one device: the Worker (control) service on the
  * worker's address (grpc-js), and the Collective (data) service on its own server
- * (grpc-h2.ts: node:http2, payloads sent uncopied) on another port of the same host; Info
- * reports its address. `worker-main.ts` (a spawned pool worker) and `tas worker` (a worker
- * on another machine) both start it.
+ * (grpc-h2.ts: node:http2, payloads sent uncopied) on another port of the same host and
+ * on a Unix socket in the temp directory, for ranks on the same host; Info reports both.
+ * `worker-main.ts` (a spawned pool worker) and `tas worker` (a worker on another machine)
+ * both start it.
  */
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { initBackend, type BackendInfo } from '../trainer/backend.js';
 import { assignDevices, listGpus, type DeviceAssignment } from './device.js';
 import { GrpcCollective, listenCollectiveServer, serverCredentials, type TlsFiles } from './grpc-collective.js';
+import { hostId } from './host-id.js';
 import { addWorkerService } from './worker-service.js';
 
 export interface WorkerServerOptions {
@@ -52,11 +57,12 @@ export async function startWorkerServer(o: WorkerServerOptions = {}): Promise<Wo
   const device = deviceFor(o);
   const host = o.host ?? '127.0.0.1';
   const shown = host === '0.0.0.0' ? '127.0.0.1' : host;
-  const coll = await listenCollectiveServer({ host, port: o.collectivePort ?? 0, tls: o.tls });
+  const unixPath = join(tmpdir(), `tas-collective-${process.pid}-${randomBytes(4).toString('hex')}.sock`);
+  const coll = await listenCollectiveServer({ host, port: o.collectivePort ?? 0, unixPath, tls: o.tls });
   const server = new grpc.Server({ 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': -1 });
   addWorkerService(server, {
     device,
-    collectivePort: coll.port,
+    collective: { port: coll.port, unixPath: coll.unixPath, hostId: hostId() },
     connectCollective: (req) => GrpcCollective.connect({ ...req, server: coll.server, log, ...(o.tls ? { tls: o.tls } : {}) }),
   });
   const port = await new Promise<number>((resolve, reject) =>

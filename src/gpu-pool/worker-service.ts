@@ -32,8 +32,8 @@ export interface CollectiveRequest {
 
 export interface WorkerDeps {
   device: DeviceAssignment;
-  /** Port of this worker's Collective server (Info reports it); absent: 0, none. */
-  collectivePort?: number;
+  /** This worker's Collective server (Info reports it); absent: none. */
+  collective?: { port: number; unixPath?: string; hostId: string };
   /** A Collective to the job's peers (the gRPC transport in workers; in-process in tests). */
   connectCollective(req: CollectiveRequest): Promise<Collective>;
 }
@@ -88,7 +88,9 @@ export function addWorkerService(server: grpc.Server, deps: WorkerDeps): void {
       backend_package: b.package,
       rss_bytes: process.memoryUsage().rss,
       busy_job_id: [...running.keys()][0] ?? '',
-      collective_port: deps.collectivePort ?? 0,
+      collective_port: deps.collective?.port ?? 0,
+      collective_unix_path: deps.collective?.unixPath ?? '',
+      host_id: deps.collective?.hostId ?? '',
     };
   };
 
