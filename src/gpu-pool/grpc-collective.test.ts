@@ -25,7 +25,7 @@ import {
   type GrpcCollectiveOptions,
 } from './grpc-collective.js';
 import { hasOpenssl, makeTestCerts } from './testing/tls.js';
-import { MessageReader } from './grpc-h2.js';
+import { MessageReader, PLACE_MIN, PLACE_PEEK } from './grpc-h2.js';
 
 const PROTO = join(import.meta.dirname, '../../proto/collective.proto');
 
@@ -139,6 +139,47 @@ describe('collective.proto wire format', () => {
         assert.equal(f.payload.byteOffset % 4, 0, `job ${job} seq ${seq}`);
         assert.deepEqual(Array.from(new Float32Array(f.payload.buffer, f.payload.byteOffset, 3)), [1, 2, 3]);
       }
+    }
+  });
+});
+
+describe('MessageReader (grpc-h2.ts)', () => {
+  it('splits messages at any chunking; a placed message\'s tail goes to its destination, the rest to the allocator', () => {
+    const rng = new Rng(5);
+    const big = Buffer.alloc(PLACE_MIN + 1000);
+    for (let i = 0; i < big.length; i++) big[i] = i % 251;
+    const msgs = [Buffer.from('small'), big, Buffer.alloc(0), big.subarray(0, PLACE_MIN + 10), Buffer.from('end')];
+    const wire = Buffer.concat(msgs.flatMap((m) => [Buffer.from([0, m.length >>> 24, (m.length >>> 16) & 255, (m.length >>> 8) & 255, m.length & 255]), m]));
+    for (let trial = 0; trial < 20; trial++) {
+      const got: Array<{ m: Buffer; tail?: Uint8Array }> = [];
+      const dests: Uint8Array[] = [];
+      const reader = new MessageReader(recvAlloc, (m, tail) => got.push({ m: Buffer.from(m), tail }));
+      // Place the first big message's tail from byte 100; leave the second to the allocator.
+      let offered = 0;
+      reader.placer = (head, len) => {
+        assert.equal(head.length, PLACE_PEEK);
+        assert.deepEqual(head, big.subarray(0, PLACE_PEEK));
+        if (offered++ > 0) return undefined;
+        const dest = new Uint8Array(len - 100);
+        dests.push(dest);
+        return { at: 100, dest };
+      };
+      for (let i = 0; i < wire.length; ) {
+        const k = 1 + Math.floor(rng.next() * (trial < 10 ? 7 : 70_000));
+        reader.push(wire.subarray(i, i + k));
+        i += k;
+      }
+      assert.equal(reader.partial, false);
+      assert.equal(got.length, msgs.length);
+      assert.equal(offered, 2);
+      assert.deepEqual(got[0].m, msgs[0]);
+      assert.deepEqual(got[1].m, big.subarray(0, 100));
+      assert.equal(got[1].tail, dests[0]);
+      assert.deepEqual(Buffer.from(dests[0]), big.subarray(100));
+      assert.deepEqual(got[2].m, msgs[2]);
+      assert.equal(got[3].tail, undefined);
+      assert.deepEqual(got[3].m, msgs[3]);
+      assert.deepEqual(got[4].m, msgs[4]);
     }
   });
 });
@@ -263,7 +304,11 @@ describe('GrpcCollective', () => {
         for (const n of [256, 257, 100_003]) {
           const inputs = Array.from({ length: world }, (_, r) => randomArray(n, n + 7 * r));
           const copies = inputs.map((x) => x.slice());
+          const placedBefore = g.cs.map((c) => c.placedBytes);
           const got = await Promise.all(g.cs.map((c) => c.allReduce(inputs[c.rank])));
+          // Above the placement threshold (64 KiB frames), every all-gather frame lands straight in the result.
+          const frameBytes = 4 * Math.min(opts.frameBytes !== undefined ? opts.frameBytes / 4 : Infinity, Math.floor(n / world));
+          if (frameBytes >= 64 * 1024 + 64) for (const c of g.cs) assert.ok(c.placedBytes > placedBefore[c.rank], `W=${world} n=${n} rank ${c.rank}: no frame placed`);
           const [want] = await inProcess(world, (c, r) => c.allReduce(inputs[r]));
           const kept = got.map((x) => x.slice());
           // The next call (the same length, other values) must not write into the first results.

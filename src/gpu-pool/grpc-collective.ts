@@ -251,8 +251,25 @@ export function encodeFrameParts(header: Buffer, f: FrameFields, payload?: Uint8
   return [buf];
 }
 
-/** Decodes a Frame; unknown fields are skipped. The payload is a view into `buf`. */
-export function decodeFrame(buf: Buffer): Frame {
+/**
+ * Decodes a Frame; unknown fields are skipped. The payload is a view into `buf`, or, for a
+ * message whose payload was placed apart (grpc-h2.ts `Placer`), `tail`: then `buf` ends with
+ * the payload's tag and length, which must match `tail`.
+ */
+export function decodeFrame(buf: Buffer, tail?: Uint8Array): Frame {
+  return parseFrame(buf, false, tail).f;
+}
+
+/**
+ * A large message's first bytes: its fields up to the payload, and where the payload
+ * starts in the message and how long it is (-1 when the fields end before a payload).
+ * Throws when a field runs past `head`.
+ */
+export function peekFrame(head: Buffer): { f: Frame; payloadAt: number; payloadLen: number } {
+  return parseFrame(head, true);
+}
+
+function parseFrame(buf: Buffer, head: boolean, tail?: Uint8Array): { f: Frame; payloadAt: number; payloadLen: number } {
   const f: Frame = { jobId: '', generation: 0, srcRank: 0, seq: 0, op: Op.OP_UNSPECIFIED, chunk: 0, payload: EMPTY, error: '', offset: 0, total: 0, root: 0, worldSize: 0 };
   const end = buf.length;
   let p = 0;
@@ -285,6 +302,11 @@ export function decodeFrame(buf: Buffer): Frame {
       }
     } else if (wire === 2) {
       const len = varint();
+      if (field === 7 && head) return { f, payloadAt: p, payloadLen: len };
+      if (field === 7 && tail && p === end && len === tail.byteLength) {
+        f.payload = Buffer.from(tail.buffer, tail.byteOffset, tail.byteLength);
+        continue;
+      }
       if (p + len > end) throw new Error('truncated frame');
       if (field === 1) f.jobId = buf.toString('utf8', p, p + len);
       else if (field === 7) f.payload = buf.subarray(p, p + len);
@@ -295,7 +317,8 @@ export function decodeFrame(buf: Buffer): Frame {
     else throw new Error(`unsupported wire type ${wire}`);
   }
   if (p > end) throw new Error('truncated frame');
-  return f;
+  if (tail && f.payload.buffer !== tail.buffer) throw new Error('placed payload not at the end of the frame');
+  return { f, payloadAt: -1, payloadLen: 0 };
 }
 
 const identity = (b: Buffer): Buffer => b;
@@ -808,9 +831,9 @@ function recvRelease(buf: Buffer): void {
   recvKept += c;
 }
 
-/** Decodes a received message; a pooled buffer comes with its `release`. */
-function frameOf(m: Buffer): Frame {
-  const f = decodeFrame(m);
+/** Decodes a received message (its payload in `tail` when placed); a pooled buffer comes with its `release`. */
+function frameOf(m: Buffer, tail?: Uint8Array): Frame {
+  const f = decodeFrame(m, tail);
   if (m.length >= RECV_POOL_MIN) {
     let once = false;
     f.release = () => {
@@ -852,6 +875,10 @@ export class GrpcCollective implements Collective {
   private readyCount = 0;
   private nextSeq = 0;
   private readonly active = new Map<number, CallInfo>();
+  /** Payload bytes received straight into allReduce results (diagnostics; grpc-h2.ts Placer). */
+  placedBytes = 0;
+  /** Large allReduce calls in progress: where their all-gather frames may be received directly. */
+  private readonly sinks = new Map<number, (from: number, offset: number, length: number, total: number) => Uint8Array | undefined>();
   private failure: CollectiveError | null = null;
   private closing = false;
   private closed: Promise<void> | null = null;
@@ -952,10 +979,11 @@ export class GrpcCollective implements Collective {
         this.dialCalls.delete(call);
         close();
       };
-      call.on('data', (m: Buffer) => {
+      call.setPlacer((head, len) => this.place(p, head, len));
+      call.on('data', (m: Buffer, tail?: Uint8Array) => {
         let f: Frame;
         try {
-          f = frameOf(m);
+          f = frameOf(m, tail);
         } catch (e) {
           if (link) this.fail(new CollectiveError(`protocol error: rank ${p} sent an undecodable frame: ${(e as Error).message}`, p));
           else if (!over) {
@@ -1033,6 +1061,26 @@ export class GrpcCollective implements Collective {
   }
 
   // ---- receiving -------------------------------------------------------------------------
+
+  /**
+   * grpc-h2.ts `Placer` of the stream from rank p: an all-gather frame of a large
+   * allReduce in progress is received straight into the result (one copy less), when its
+   * fields say exactly which frame of that call it is; anything else is buffered whole and
+   * checked as usual. The fields are checked again when the frame is complete.
+   */
+  private place(p: number, head: Buffer, len: number): { at: number; dest: Uint8Array } | undefined {
+    let h: ReturnType<typeof peekFrame>;
+    try {
+      h = peekFrame(head);
+    } catch {
+      return undefined;
+    }
+    const { f, payloadAt, payloadLen } = h;
+    if (payloadAt < 0 || payloadAt + payloadLen !== len) return undefined;
+    if (f.op !== Op.ALL_GATHER_RING || f.jobId !== this.jobId || f.generation !== this.generation || f.srcRank !== p || f.chunk !== p) return undefined;
+    const dest = this.sinks.get(f.seq)?.(p, f.offset, payloadLen, f.total);
+    return dest ? { at: payloadAt, dest } : undefined;
+  }
 
   private onFrame(link: Link, f: Frame): void {
     if (this.failure && !this.closing) return; // failed: nothing more is read
@@ -1319,6 +1367,31 @@ export class GrpcCollective implements Collective {
    * 2(W-1)/W of the buffer, as in a ring, in 2 dependent steps instead of 2(W-1).
    */
   private async scatterReduce(seq: number, data: Float32Array, out: Float32Array): Promise<Float32Array> {
+    const n = data.length, ff = this.reduceFrameFloats, W = this.worldSize;
+    const lo = (c: number) => Math.floor((c * n) / W);
+    /** In place: frames (by start index) of other segments whose values we sent have reached the socket. */
+    const sentDone = new Set<number>();
+    const placed = new Set<number>();
+    // All-gather frames received straight into `out`: only a frame of another segment, at a
+    // frame boundary, of the exact length, once; in place, only over values already sent.
+    this.sinks.set(seq, (c, offset, length, totalBytes) => {
+      if (totalBytes !== n * 4 || offset % 4 !== 0 || c === this.rank) return undefined;
+      const a = offset / 4, hi = lo(c + 1);
+      if (a < lo(c) || a >= hi || (a - lo(c)) % ff !== 0) return undefined;
+      const b = Math.min(hi, a + ff);
+      if (length !== (b - a) * 4 || placed.has(a) || (out === data && !sentDone.has(a))) return undefined;
+      placed.add(a);
+      this.placedBytes += length;
+      return bytesOf(out, a, b);
+    });
+    try {
+      return await this.scatterReduceFrames(seq, data, out, sentDone);
+    } finally {
+      this.sinks.delete(seq);
+    }
+  }
+
+  private async scatterReduceFrames(seq: number, data: Float32Array, out: Float32Array, sentDone: Set<number>): Promise<Float32Array> {
     const W = this.worldSize, r = this.rank, n = data.length, total = n * 4, ff = this.reduceFrameFloats;
     const inPlace = out === data;
     /** In place: the write of our values of each frame of another segment, by start index. */
@@ -1334,7 +1407,10 @@ export class GrpcCollective implements Collective {
         const p = l.send(parts);
         p.catch(() => {});
         sends.push(p);
-        if (inPlace && op === Op.REDUCE_SCATTER) sentAt.set(a, p);
+        if (inPlace && op === Op.REDUCE_SCATTER) {
+          sentAt.set(a, p);
+          p.then(() => sentDone.add(a), () => {});
+        }
       }
     };
     // Our values of every other segment to its owner, frame by frame, owners interleaved
@@ -1375,10 +1451,13 @@ export class GrpcCollective implements Collective {
         const b = Math.min(hi, a + ff);
         const f = await l.recv(seq, Op.ALL_GATHER_RING, c, a * 4);
         if (f.payload.byteLength !== (b - a) * 4) throw this.badFrame(seq, c, f, (b - a) * 4);
-        // In place, these values were sent from here: only once they are in the socket.
-        const sent = sentAt.get(a);
-        if (sent) await sent;
-        bytesOf(out, a, b).set(f.payload);
+        // Received straight into `out` (grpc-h2.ts Placer), or copied from its buffer. In
+        // place, these values were sent from here: only once they are in the socket.
+        if (f.payload.buffer !== out.buffer || f.payload.byteOffset !== out.byteOffset + a * 4) {
+          const sent = sentAt.get(a);
+          if (sent) await sent;
+          bytesOf(out, a, b).set(f.payload);
+        }
         f.release?.();
       }
     });

@@ -75,6 +75,20 @@ const MAX_SESSION_MEMORY_MB = 512;
 export type Alloc = (n: number) => Buffer;
 
 /**
+ * Where the tail of a large message goes, decided from its first bytes (`head`, up to
+ * `PLACE_PEEK`) and its length: the bytes from `at` on are written straight into `dest`
+ * (`dest.byteLength === length - at`), the ones before into a small buffer; undefined: the
+ * whole message into a buffer from the allocator. The collective receives all-gather
+ * payloads into the result this way, without a second copy.
+ */
+export type Placer = (head: Buffer, length: number) => { at: number; dest: Uint8Array } | undefined;
+
+/** Messages from this size on are offered to the placer. */
+export const PLACE_MIN = 64 * 1024;
+/** Bytes of a message the placer sees. */
+export const PLACE_PEEK = 256;
+
+/**
  * Splits a stream of HTTP/2 DATA chunks into gRPC messages (1-byte compressed flag, 4-byte
  * big-endian length, bytes). Each message is copied once, into a buffer from `alloc`.
  */
@@ -83,10 +97,18 @@ export class MessageReader {
   private headFill = 0;
   private msg: Buffer | null = null;
   private msgFill = 0;
+  /** A large message's first bytes, while they are collected for the placer. */
+  private peek: Buffer | null = null;
+  private peekFill = 0;
+  private msgLen = 0;
+  /** A placed message: its tail's destination and how much of it is written. */
+  private dest: Uint8Array | null = null;
+  private destFill = 0;
+  placer: Placer | undefined;
 
   constructor(
     private readonly alloc: Alloc,
-    private readonly onMessage: (m: Buffer) => void,
+    private readonly onMessage: (m: Buffer, tail?: Uint8Array) => void,
   ) {}
 
   /** Feeds one chunk; throws on a compressed message (we never negotiate compression). */
@@ -94,6 +116,22 @@ export class MessageReader {
     let i = 0;
     const n = chunk.length;
     while (i < n) {
+      if (this.peek) {
+        const k = Math.min(PLACE_PEEK - this.peekFill, n - i);
+        chunk.copy(this.peek, this.peekFill, i, i + k);
+        this.peekFill += k;
+        i += k;
+        if (this.peekFill === PLACE_PEEK) this.route();
+        continue;
+      }
+      if (this.dest) {
+        const k = Math.min(this.dest.byteLength - this.destFill, n - i);
+        this.dest.set(chunk.subarray(i, i + k), this.destFill);
+        this.destFill += k;
+        i += k;
+        if (this.destFill === this.dest.byteLength) this.complete();
+        continue;
+      }
       if (this.msg === null) {
         const k = Math.min(5 - this.headFill, n - i);
         chunk.copy(this.head, this.headFill, i, i + k);
@@ -103,6 +141,12 @@ export class MessageReader {
         this.headFill = 0;
         if (this.head[0] !== 0) throw new Error('compressed gRPC message (no compression was negotiated)');
         const len = this.head.readUInt32BE(1);
+        this.msgLen = len;
+        if (this.placer && len >= PLACE_MIN) {
+          this.peek = Buffer.allocUnsafe(PLACE_PEEK);
+          this.peekFill = 0;
+          continue;
+        }
         this.msg = this.alloc(len);
         this.msgFill = 0;
         if (len === 0) this.complete();
@@ -118,13 +162,35 @@ export class MessageReader {
 
   /** Bytes of a message begun but not finished (a truncated stream leaves some). */
   get partial(): boolean {
-    return this.msg !== null || this.headFill > 0;
+    return this.msg !== null || this.peek !== null || this.headFill > 0;
+  }
+
+  /** The first PLACE_PEEK bytes of a large message are in: place its tail, or buffer it whole. */
+  private route(): void {
+    const peek = this.peek!;
+    this.peek = null;
+    const len = this.msgLen;
+    const p = this.placer?.(peek, len);
+    if (p && p.at >= 0 && p.at <= PLACE_PEEK && p.dest.byteLength === len - p.at) {
+      this.msg = Buffer.from(peek.subarray(0, p.at));
+      this.msgFill = p.at;
+      this.dest = p.dest;
+      this.dest.set(peek.subarray(p.at), 0);
+      this.destFill = PLACE_PEEK - p.at;
+      if (this.destFill === this.dest.byteLength) this.complete();
+      return;
+    }
+    this.msg = this.alloc(len);
+    peek.copy(this.msg, 0);
+    this.msgFill = PLACE_PEEK;
   }
 
   private complete(): void {
     const m = this.msg!;
+    const tail = this.dest ?? undefined;
     this.msg = null;
-    this.onMessage(m);
+    this.dest = null;
+    this.onMessage(m, tail);
   }
 }
 
@@ -152,7 +218,8 @@ function encodeGrpcMessage(s: string): string {
 /**
  * One gRPC bidirectional call on an HTTP/2 stream, either end. Events, as grpc-js's call
  * objects name them:
- * - 'data' (message: Buffer): a whole message, in a buffer from the allocator;
+ * - 'data' (message: Buffer, tail?: Uint8Array): a whole message, in a buffer from the
+ *   allocator; or, placed (`setPlacer`), its head in `message` and the rest in `tail`;
  * - 'end': the peer half-closed its side;
  * - 'status' (CallStatus), client only: the server's status (trailers);
  * - 'error' ({ code, details }): the call failed (a non-OK status, a reset, a dead
@@ -163,6 +230,7 @@ function encodeGrpcMessage(s: string): string {
 export class GrpcCall extends EventEmitter {
   private status: CallStatus | null = null;
   private headersSent: boolean;
+  private readonly reader: MessageReader;
   private failed = false;
 
   constructor(
@@ -173,7 +241,7 @@ export class GrpcCall extends EventEmitter {
   ) {
     super();
     this.headersSent = isClient;
-    const reader = new MessageReader(alloc, (m) => this.emit('data', m));
+    const reader = (this.reader = new MessageReader(alloc, (m, tail) => this.emit('data', m, tail)));
     stream.on('data', (chunk: Buffer) => {
       if (this.failed) return;
       try {
@@ -226,6 +294,11 @@ export class GrpcCall extends EventEmitter {
 
   getPeer(): string {
     return this.peer;
+  }
+
+  /** Lets the receiver place large messages' tails (see `Placer`). */
+  setPlacer(placer: Placer | undefined): void {
+    this.reader.placer = placer;
   }
 
   private ensureHeaders(): void {
