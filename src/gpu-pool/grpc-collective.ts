@@ -49,13 +49,15 @@
  * send (the frame's fields, then a view of `data` or of the result; every call waits for
  * its writes to reach the socket before it returns, so the caller may then change them);
  * received into pooled buffers (`recvAlloc`; `Frame.release` after the sum or copy) and
- * read as Float32Array views (the `pad` field aligns the payload); compression is off.
+ * read as Float32Array views (the `pad` field aligns the payload), except all-gather
+ * frames of a large allReduce, which go straight into the result (`place`); compression
+ * is off.
  *
  * What a large allReduce costs (2-core VM, 16 MB, 2 ranks, loopback TCP; bench/collective.ts
- * and docs/ARCHITECTURE.md): in place 10-14 ms p50, ~5.5 ms user and ~5 ms kernel CPU per
- * rank; the sums (2M float32 additions per rank) are about half of the user time. With
- * grpc-js the same call took 24-40 ms (14 ms user CPU per rank). A fresh result (`allReduce`)
- * adds a V8 collection every few calls: 13-18 ms. The worker process settings in
+ * and docs/ARCHITECTURE.md): in place 10.4-11.6 ms p50 (gloo 10.8-13.2 ms), ~5.5 ms user
+ * and ~5 ms kernel CPU per rank; the sums (2M float32 additions per rank) are about half
+ * of the user time. With grpc-js the same call took 24-40 ms (14 ms user CPU per rank). A
+ * fresh result (`allReduce`) adds a V8 collection every few calls: 11-17 ms. The worker process settings in
  * worker-env.ts still matter (Node's HTTP/2 allocates its socket reads fresh).
  */
 import { readFileSync } from 'node:fs';

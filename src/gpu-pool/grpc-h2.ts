@@ -13,7 +13,9 @@
  *   caller's float32 values), no copy in user space; the write callback fires when the
  *   bytes reached the socket, so callers know when the memory may change again;
  * - receive: each message is reassembled into a buffer from the caller's allocator (the
- *   collective pools them), the only user-space copy;
+ *   collective pools them), the only user-space copy; or, when the receiver's `Placer`
+ *   claims a large message from its first bytes, its tail goes straight to where the
+ *   receiver wants it (the collective: all-gather frames into the result);
  * - flow control: both ends advertise large windows (`WINDOW_BYTES`). A connection carries
  *   bulk data one way only (the collective's topology): Node's HTTP/2 stops reading a
  *   socket while its own write to it is pending, so two ends that both write megabytes
