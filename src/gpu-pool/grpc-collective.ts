@@ -60,10 +60,10 @@
  * fresh result (`allReduce`) adds a V8 collection every few calls: 11-17 ms. The worker process settings in
  * worker-env.ts still matter (Node's HTTP/2 allocates its socket reads fresh).
  */
-import { readFileSync } from 'node:fs';
 import { endianness } from 'node:os';
-import * as grpc from '@grpc/grpc-js';
-import { dial as dialH2, GrpcH2Server, Status, statusName, type CallStatus, type GrpcCall, type TlsFiles } from './grpc-h2.js';
+import type * as grpc from '@grpc/grpc-js';
+import { dial as dialH2, GrpcH2Server, Status, statusName, type CallStatus, type GrpcCall } from './grpc-h2.js';
+import type { TlsFiles } from './tls-files.js';
 import type { Collective } from '../trainer/collective/collective.js';
 import { sumInRankOrder } from './collective-math.js';
 import { TrainerError } from '../trainer/errors.js';
@@ -325,7 +325,11 @@ function parseFrame(buf: Buffer, head: boolean, tail?: Uint8Array): { f: Frame; 
 
 const identity = (b: Buffer): Buffer => b;
 
-/** The `tas.collective.v1.Collective` service: we write encoded Buffers and read Frames. */
+/**
+ * The `tas.collective.v1.Collective` service as grpc-js defines services (encoded Buffers
+ * out, Frames in): for grpc-js peers of this collective (the tests dial ours and serve
+ * one); our own servers and clients are grpc-h2.ts.
+ */
 export const COLLECTIVE_SERVICE = {
   Exchange: {
     path: EXCHANGE_PATH,
@@ -359,7 +363,7 @@ export class CollectiveError extends TrainerError {
 // ---------------------------------------------------------------------------------------
 // Options, servers.
 
-export type { TlsFiles } from './grpc-h2.js';
+export type { TlsFiles } from './tls-files.js';
 
 export interface GrpcCollectiveOptions {
   jobId: string;
@@ -392,17 +396,6 @@ export interface GrpcCollectiveOptions {
   tls?: TlsFiles;
   /** Where rejected frames and failures are reported (default console.warn). */
   log?: (message: string) => void;
-}
-
-/** Mutual TLS from PEM files, or plaintext. Shared by the worker's server and clients. */
-export function serverCredentials(tls?: TlsFiles): grpc.ServerCredentials {
-  if (!tls) return grpc.ServerCredentials.createInsecure();
-  return grpc.ServerCredentials.createSsl(readFileSync(tls.ca), [{ cert_chain: readFileSync(tls.cert), private_key: readFileSync(tls.key) }], true);
-}
-
-export function channelCredentials(tls?: TlsFiles): grpc.ChannelCredentials {
-  if (!tls) return grpc.credentials.createInsecure();
-  return grpc.credentials.createSsl(readFileSync(tls.ca), readFileSync(tls.key), readFileSync(tls.cert));
 }
 
 /** The gRPC server of the Collective service (grpc-h2.ts: node:http2, not grpc-js). */

@@ -29,6 +29,7 @@ import { readFileSync, unlinkSync } from 'node:fs';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
+import type { TlsFiles } from './tls-files.js';
 
 /** gRPC status codes used here (the numbers of grpc's `status`). */
 export const Status = {
@@ -56,14 +57,6 @@ export interface CallStatus {
   details: string;
 }
 
-export interface TlsFiles {
-  /** PEM certificate chain of this rank (used as server and as client certificate). */
-  cert: string;
-  /** PEM private key. */
-  key: string;
-  /** PEM CA bundle that signed every rank's certificate (mutual TLS). */
-  ca: string;
-}
 
 /** Stream and connection receive window advertised by both ends. */
 const WINDOW_BYTES = 64 << 20;

@@ -2,7 +2,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { TrainerError } from '../trainer/errors.js';
 import type { DoneMsg, RunEventMsg, RunRequestMsg, StepMsg, WorkerInfoMsg } from './messages.js';
-import { channelCredentials, type TlsFiles } from './grpc-collective.js';
+import { channelCredentials, type TlsFiles } from './tls-files.js';
 import { workerProto } from './proto.js';
 
 interface RawWorkerClient extends grpc.Client {

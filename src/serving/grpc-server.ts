@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
-import { serverCredentials, type TlsFiles } from '../gpu-pool/grpc-collective.js';
+import { serverCredentials, type TlsFiles } from '../gpu-pool/tls-files.js';
 import { PROTO_DIR } from '../gpu-pool/proto.js';
 import { InferenceError, toInferenceError } from './errors.js';
 import { infer, type InferInput, type InferOptions } from './infer.js';

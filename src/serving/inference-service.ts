@@ -6,7 +6,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
-import type { TlsFiles } from '../gpu-pool/grpc-collective.js';
+import type { TlsFiles } from '../gpu-pool/tls-files.js';
 import { InferenceEngine } from './engine.js';
 import { startInferenceGrpcServer, type InferenceGrpcServer } from './grpc-server.js';
 import { InferenceMetrics } from './metrics.js';

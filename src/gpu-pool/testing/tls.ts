@@ -2,7 +2,7 @@
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { TlsFiles } from '../grpc-collective.js';
+import type { TlsFiles } from '../tls-files.js';
 
 export function hasOpenssl(): boolean {
   try {
