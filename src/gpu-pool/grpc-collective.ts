@@ -67,6 +67,7 @@ import type { TlsFiles } from './tls-files.js';
 import type { Collective } from '../trainer/collective/collective.js';
 import { sumInRankOrder } from './collective-math.js';
 import { TrainerError } from '../trainer/errors.js';
+import { putVarint, varintSize as varintLen } from '../wire/varint.js';
 
 // ---------------------------------------------------------------------------------------
 // Wire format (tas.collective.v1.Frame), encoded and decoded by hand.
@@ -115,24 +116,6 @@ const T_PAYLOAD = 0x3a, T_ERROR = 0x42, T_OFFSET = 0x48, T_TOTAL = 0x50, T_ROOT 
 const T_FAILED = 0x60, T_WORLD = 0x68, T_PAD = 0x7a;
 /** Receivers get each message at the start of its own 8-aligned buffer (grpc-h2.ts). */
 const MSG_START = 0;
-
-function varintLen(v: number): number {
-  let n = 1;
-  while (v >= 128) {
-    v = Math.floor(v / 128);
-    n++;
-  }
-  return n;
-}
-
-function putVarint(buf: Buffer, pos: number, v: number): number {
-  while (v >= 128) {
-    buf[pos++] = (v % 128) | 128;
-    v = Math.floor(v / 128);
-  }
-  buf[pos++] = v;
-  return pos;
-}
 
 /** The fields every frame of one sender repeats (job_id, generation, src_rank), encoded once. */
 export function encodeFrameHeader(jobId: string, generation: number, srcRank: number): Buffer {

@@ -12,6 +12,7 @@
  * `decodeInferRequest` return null, and the caller decodes it with proto-loader. Fields
  * unknown to the .proto are skipped, as protobuf requires. Pure: no I/O.
  */
+import { putVarint, varintSize } from '../wire/varint.js';
 
 // ---- the messages, as proto-loader gives them (keepCase, defaults, longs as numbers) ------
 
@@ -231,25 +232,12 @@ export function decodeInferRequest(buf: Buffer): ModelInferRequestMsg | null {
 
 // ---- ModelInferResponse / ModelStreamInferResponse ------------------------------------
 
-function varintSize(v: number): number {
-  let n = 1;
-  while (v >= 128) {
-    v = Math.floor(v / 128);
-    n++;
-  }
-  return n;
-}
-
 class Writer {
   pos = 0;
   constructor(readonly buf: Buffer) {}
 
   varint(v: number): void {
-    while (v >= 128) {
-      this.buf[this.pos++] = (v & 0x7f) | 0x80;
-      v = Math.floor(v / 128);
-    }
-    this.buf[this.pos++] = v;
+    this.pos = putVarint(this.buf, this.pos, v);
   }
 
   tag(field: number, wire: number): void {
