@@ -2,17 +2,18 @@
  * The trainer's `Collective` over gRPC: one process per rank, one persistent bidirectional
  * `Exchange` stream (proto/collective.proto) per pair of ranks and direction.
  *
- * Transport: grpc-h2.ts, gRPC's wire protocol on node:http2 (grpc-js clients and servers
- * interoperate with it; the tests check both ways). grpc-js copied every megabyte frame
- * twice into fresh buffers; here a frame is written as its encoded fields plus a view of
- * the caller's floats, and received once into a pooled buffer.
+ * Transport: grpc-h2.ts, gRPC's wire protocol on our own HTTP/2 (h2-connection.ts;
+ * grpc-js clients and servers interoperate with it, the tests check both ways). grpc-js
+ * copied every megabyte frame twice into fresh buffers, node:http2 once more on receive;
+ * here a frame is written as its encoded fields plus a view of the caller's floats, and
+ * read from the socket straight into a pooled buffer or the result.
  *
  * Forming a group: every rank runs a collective server (its own, bound by `connect`, or
  * one from `listenCollectiveServer`: a pool worker's, on its own port) and opens one
  * persistent stream to every other rank's server; the first frame each way is HELLO. Rank
  * a's frames to rank b travel on the stream b opened to a, server → client, so each
- * connection carries bulk data one way only (Node's HTTP/2 stops reading a socket while
- * its own write to it is pending: two ends writing megabytes on one connection deadlock).
+ * connection carries bulk data one way only, and bulk is always received on a socket
+ * this rank dialed: only those can read straight into our buffers (net's `onread`).
  * `connect` resolves when every pair has both streams. A server with no collective of the
  * job registered yet answers UNAVAILABLE and the dialer retries until `connectTimeoutMs`.
  * Peers are `host:port` or `unix:/path` (the same gRPC over a Unix socket).
@@ -48,9 +49,9 @@
  * Data path: payloads are raw little-endian float32, encoded by hand and never copied on
  * send (the frame's fields, then a view of `data` or of the result; every call waits for
  * its writes to reach the socket before it returns, so the caller may then change them);
- * received into pooled buffers (`recvAlloc`; `Frame.release` after the sum or copy) and
+ * read from the socket into pooled buffers (`recvAlloc`; `Frame.release` after the sum) and
  * read as Float32Array views (the `pad` field aligns the payload), except all-gather
- * frames of a large allReduce, which go straight into the result (`place`); compression
+ * frames of a large allReduce, which are read straight into the result (`place`); compression
  * is off.
  *
  * What a large allReduce costs (2-core VM, 16 MB, 2 ranks, loopback TCP; bench/collective.ts
@@ -381,7 +382,7 @@ export interface GrpcCollectiveOptions {
   log?: (message: string) => void;
 }
 
-/** The gRPC server of the Collective service (grpc-h2.ts: node:http2, not grpc-js). */
+/** The gRPC server of the Collective service (grpc-h2.ts: our own HTTP/2, not grpc-js). */
 export type CollectiveServer = GrpcH2Server;
 
 export interface CollectiveListenOptions {

@@ -1,34 +1,34 @@
 /**
- * gRPC on node:http2 for the collective's one method (a bidirectional stream of raw
- * messages), server and client: the wire protocol of gRPC over HTTP/2 (length-prefixed
- * messages, `application/grpc`, status in trailers), spoken to and from grpc-js and every
- * other gRPC implementation (grpc-collective.test.ts checks both directions against
- * grpc-js).
+ * gRPC for the collective's one method (a bidirectional stream of raw messages), server
+ * and client, on our own HTTP/2 (h2-connection.ts): the wire protocol of gRPC over HTTP/2
+ * (length-prefixed messages, `application/grpc`, status in trailers), spoken to and from
+ * grpc-js and every other gRPC implementation (grpc-collective.test.ts checks both
+ * directions against grpc-js, plaintext and TLS).
  *
- * Why not grpc-js here: grpc-js allocates a fresh buffer per message on both sides (its
- * framing copy on send, the reassembly on receive) and keeps a server's HTTP/2 receive
- * window at 64 KiB. For the collective's megabyte messages that was most of a large
- * allReduce's CPU (bench/collective.ts; docs/ARCHITECTURE.md, "What it costs"). Here:
+ * Why not grpc-js, nor node:http2: grpc-js allocates a fresh buffer per message on both
+ * sides (its framing copy on send, the reassembly on receive); node:http2 reads the socket
+ * into fresh zero-filled 64 KiB buffers and copies each once more before nghttp2 sees it.
+ * For the collective's megabyte messages that was most of a large allReduce's CPU
+ * (bench/collective.ts; docs/ARCHITECTURE.md, "What it costs"). Here:
  * - send: a message is written as its parts (the encoded fields, then a view of the
  *   caller's float32 values), no copy in user space; the write callback fires when the
  *   bytes reached the socket, so callers know when the memory may change again;
- * - receive: each message is reassembled into a buffer from the caller's allocator (the
- *   collective pools them), the only user-space copy; or, when the receiver's `Placer`
- *   claims a large message from its first bytes, its tail goes straight to where the
- *   receiver wants it (the collective: all-gather frames into the result);
- * - flow control: both ends advertise large windows (`WINDOW_BYTES`). A connection carries
- *   bulk data one way only (the collective's topology): Node's HTTP/2 stops reading a
- *   socket while its own write to it is pending, so two ends that both write megabytes
- *   on one connection can deadlock once the socket buffers are full.
+ * - receive: a dialed connection reads the socket into one reused buffer (`onread`); each
+ *   message is reassembled into a buffer from the caller's allocator (the collective pools
+ *   them), the only user-space copy; or, when the receiver's `Placer` claims a large
+ *   message from its first bytes, its tail goes straight to where the receiver wants it
+ *   (the collective: all-gather frames into the result);
+ * - flow control: both ends advertise the largest windows HTTP/2 allows.
  *
  * Addresses: `host:port` (TCP) or `unix:/path` (a Unix domain socket: ranks on one host;
  * the same gRPC over a cheaper transport than loopback TCP).
  */
 import { EventEmitter } from 'node:events';
 import { readFileSync, unlinkSync } from 'node:fs';
-import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
+import type { HeaderList } from '../wire/hpack.js';
+import { H2Connection, H2Error, header, type H2Stream } from './h2-connection.js';
 import type { TlsFiles } from './tls-files.js';
 
 /** gRPC status codes used here (the numbers of grpc's `status`). */
@@ -57,14 +57,6 @@ export interface CallStatus {
   details: string;
 }
 
-
-/** Stream and connection receive window advertised by both ends. */
-const WINDOW_BYTES = 64 << 20;
-/** Largest HTTP/2 DATA frame we accept (fewer frames per megabyte message). */
-const MAX_FRAME_BYTES = 1 << 20;
-const SETTINGS: http2.Settings = { initialWindowSize: WINDOW_BYTES, maxFrameSize: MAX_FRAME_BYTES };
-/** MB of unacknowledged HTTP/2 data a session may hold before Node answers ENHANCE_YOUR_CALM. */
-const MAX_SESSION_MEMORY_MB = 512;
 
 /** Allocates a message buffer of exactly n bytes (the collective passes a pooled allocator). */
 export type Alloc = (n: number) => Buffer;
@@ -155,6 +147,27 @@ export class MessageReader {
     }
   }
 
+  /**
+   * Where the next bytes of the message in progress go, at most `max` of them (a view of
+   * its buffer or its placed tail), so that a socket can read them there; undefined before
+   * a message's length and placement are known. `advance(n)` then counts them in.
+   */
+  target(max: number): Uint8Array | undefined {
+    if (this.dest) return this.dest.subarray(this.destFill, this.destFill + Math.min(max, this.dest.byteLength - this.destFill));
+    if (this.msg === null || this.peek) return undefined;
+    return this.msg.subarray(this.msgFill, this.msgFill + Math.min(max, this.msg.length - this.msgFill));
+  }
+
+  advance(n: number): void {
+    if (this.dest) {
+      this.destFill += n;
+      if (this.destFill === this.dest.byteLength) this.complete();
+    } else {
+      this.msgFill += n;
+      if (this.msgFill === this.msg!.length) this.complete();
+    }
+  }
+
   /** Bytes of a message begun but not finished (a truncated stream leaves some). */
   get partial(): boolean {
     return this.msg !== null || this.peek !== null || this.headFill > 0;
@@ -216,10 +229,11 @@ function encodeGrpcMessage(s: string): string {
  * - 'data' (message: Buffer, tail?: Uint8Array): a whole message, in a buffer from the
  *   allocator; or, placed (`setPlacer`), its head in `message` and the rest in `tail`;
  * - 'end': the peer half-closed its side;
+ * - 'finish': our side's end reached the socket;
  * - 'status' (CallStatus), client only: the server's status (trailers);
  * - 'error' ({ code, details }): the call failed (a non-OK status, a reset, a dead
  *   connection); after 'status' when the status is not OK;
- * - 'cancelled', server only: the client reset the stream;
+ * - 'cancelled', server only: the client reset the stream, or the connection died;
  * - 'close': the HTTP/2 stream is closed.
  */
 export class GrpcCall extends EventEmitter {
@@ -227,9 +241,10 @@ export class GrpcCall extends EventEmitter {
   private headersSent: boolean;
   private readonly reader: MessageReader;
   private failed = false;
+  private gotResponse = false;
 
   constructor(
-    readonly stream: http2.Http2Stream,
+    readonly stream: H2Stream,
     readonly isClient: boolean,
     readonly peer: string,
     alloc: Alloc,
@@ -245,37 +260,39 @@ export class GrpcCall extends EventEmitter {
         this.fail({ code: Status.INTERNAL, details: (e as Error).message });
       }
     });
+    stream.readTarget = (max) => (this.failed ? undefined : reader.target(max));
+    stream.placed = (n) => {
+      try {
+        reader.advance(n);
+      } catch (e) {
+        this.fail({ code: Status.INTERNAL, details: (e as Error).message });
+      }
+    };
     stream.on('end', () => this.emit('end'));
-    stream.on('drain', () => this.emit('drain'));
     stream.on('finish', () => this.emit('finish'));
-    stream.on('error', (e: Error) => this.fail({ code: Status.UNAVAILABLE, details: e.message }));
     stream.on('close', () => {
+      const rst = stream.rstCode;
       if (!this.failed && this.isClient && this.status === null) {
-        const rst = stream.rstCode;
-        this.fail({ code: rst === http2.constants.NGHTTP2_CANCEL ? Status.CANCELLED : Status.UNAVAILABLE, details: `stream closed without a status (HTTP/2 code ${rst})` });
-      } else if (!this.failed && !this.isClient && !stream.writableFinished && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+        const why = rst === -1 ? `connection lost: ${stream.conn.error?.message ?? 'closed'}` : `stream closed without a status (HTTP/2 code ${rst ?? 0})`;
+        this.fail({ code: rst === H2Error.CANCEL ? Status.CANCELLED : Status.UNAVAILABLE, details: why });
+      } else if (!this.failed && !this.isClient && rst !== undefined && rst !== H2Error.NO_ERROR) {
         this.failed = true;
         this.emit('cancelled');
       }
       this.emit('close');
     });
     if (isClient) {
-      const onStatus = (h: http2.IncomingHttpHeaders) => {
-        if (h['grpc-status'] === undefined || this.status) return;
-        this.status = { code: Number(h['grpc-status']), details: decodeGrpcMessage(h['grpc-message']) };
+      stream.on('headers', (h: HeaderList) => {
+        if (!this.gotResponse) {
+          this.gotResponse = true;
+          const st = Number(header(h, ':status'));
+          if (st !== 200) return this.fail({ code: st === 404 ? Status.UNIMPLEMENTED : Status.UNAVAILABLE, details: `HTTP status ${st} from ${peer}` });
+        }
+        const gs = header(h, 'grpc-status');
+        if (gs === undefined || this.status) return;
+        this.status = { code: Number(gs), details: decodeGrpcMessage(header(h, 'grpc-message')) };
         this.emit('status', this.status);
         if (this.status.code !== Status.OK) this.fail(this.status);
-      };
-      stream.on('response', (h: http2.IncomingHttpHeaders) => {
-        const st = Number(h[':status']);
-        if (st !== 200) return this.fail({ code: st === 404 ? Status.UNIMPLEMENTED : Status.UNAVAILABLE, details: `HTTP status ${st} from ${peer}` });
-        onStatus(h); // trailers-only answer
-      });
-      stream.on('trailers', onStatus);
-    } else {
-      stream.on('wantTrailers', () => {
-        const s = this.status ?? { code: Status.OK, details: '' };
-        stream.sendTrailers({ 'grpc-status': String(s.code), ...(s.details ? { 'grpc-message': encodeGrpcMessage(s.details) } : {}) });
       });
     }
   }
@@ -284,7 +301,7 @@ export class GrpcCall extends EventEmitter {
     if (this.failed) return;
     this.failed = true;
     this.emit('error', Object.assign(new Error(`${statusName(s.code)}: ${s.details}`), s));
-    if (!this.stream.closed) this.stream.close(http2.constants.NGHTTP2_CANCEL);
+    if (!this.stream.closed) this.stream.reset(H2Error.CANCEL);
   }
 
   getPeer(): string {
@@ -299,59 +316,70 @@ export class GrpcCall extends EventEmitter {
   private ensureHeaders(): void {
     if (this.headersSent) return;
     this.headersSent = true;
-    (this.stream as http2.ServerHttp2Stream).respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+    this.stream.sendHeaders([
+      [':status', '200'],
+      ['content-type', 'application/grpc'],
+    ]);
   }
 
   /**
    * Writes one message made of `parts` (no copy: the parts must not change until `done`
    * runs, which is when the bytes reached the socket, or the call failed). Returns false
-   * when the stream's buffer is over its high-water mark ('drain' follows).
+   * when the stream is closed.
    */
   writeMessage(parts: readonly Uint8Array[], done?: (err?: Error | null) => void): boolean {
-    if (this.stream.destroyed || this.stream.writableEnded) {
+    const s = this.stream;
+    if (s.closed || s.ending) {
       if (done) queueMicrotask(() => done(new Error('stream closed')));
       return false;
     }
     this.ensureHeaders();
     let len = 0;
     for (const p of parts) len += p.byteLength;
-    const s = this.stream;
-    s.cork();
-    s.write(prefix(len));
-    let ok = true;
-    for (let i = 0; i < parts.length; i++) ok = s.write(parts[i], i === parts.length - 1 ? done : undefined);
-    if (parts.length === 0 && done) ok = s.write(Buffer.alloc(0), done);
-    s.uncork();
-    return ok;
+    s.write([prefix(len), ...parts], done);
+    return true;
   }
 
   /** Half-closes our side: the client's end of stream, or the server's OK status. */
   end(): void {
-    if (this.stream.destroyed || this.stream.writableEnded) return;
+    const s = this.stream;
+    if (s.closed || s.ending) return;
+    if (this.isClient) return s.end();
     this.ensureHeaders();
-    this.stream.end();
+    s.end(trailers(this.status ?? { code: Status.OK, details: '' }));
   }
 
   /** Server: ends the call with a status (a trailers-only answer when nothing was sent). */
   finishWith(code: number, details: string): void {
-    if (this.stream.destroyed || this.stream.writableEnded) return;
+    const s = this.stream;
+    if (s.closed || s.ending) return;
     this.status = { code, details };
     if (!this.headersSent) {
       this.headersSent = true;
-      (this.stream as http2.ServerHttp2Stream).respond(
-        { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeGrpcMessage(details) },
-        { endStream: true },
+      s.sendHeaders(
+        [
+          [':status', '200'],
+          ['content-type', 'application/grpc'],
+          ...trailers(this.status),
+        ],
+        true,
       );
-    } else this.stream.end();
+    } else s.end(trailers(this.status));
     // The client may still be writing: reset our receiving side once the status is out.
-    this.stream.once('finish', () => setImmediate(() => !this.stream.closed && this.stream.close(http2.constants.NGHTTP2_NO_ERROR)));
+    s.once('finish', () => setImmediate(() => !s.closed && s.reset(H2Error.NO_ERROR)));
   }
 
   /** Client: cancels the call (RST_STREAM CANCEL). */
   cancel(): void {
     this.failed = true;
-    if (!this.stream.closed) this.stream.close(http2.constants.NGHTTP2_CANCEL);
+    if (!this.stream.closed) this.stream.reset(H2Error.CANCEL);
   }
+}
+
+function trailers(s: CallStatus): HeaderList {
+  const t: HeaderList = [['grpc-status', String(s.code)]];
+  if (s.details) t.push(['grpc-message', encodeGrpcMessage(s.details)]);
+  return t;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -373,8 +401,8 @@ export interface ListenOptions {
  * answered UNIMPLEMENTED.
  */
 export class GrpcH2Server extends EventEmitter {
-  private readonly servers: Array<http2.Http2Server | http2.Http2SecureServer> = [];
-  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly servers: net.Server[] = [];
+  private readonly conns = new Set<H2Connection>();
   port = 0;
   unixPath: string | undefined;
   private shut = false;
@@ -406,22 +434,22 @@ export class GrpcH2Server extends EventEmitter {
     return s;
   }
 
-  private bind(tls: TlsFiles | undefined, listen: (srv: net.Server, cb: () => void) => void): Promise<number> {
-    const opts = { settings: SETTINGS, maxSessionMemory: MAX_SESSION_MEMORY_MB };
-    const srv = tls
-      ? http2.createSecureServer({ ...opts, cert: readFileSync(tls.cert), key: readFileSync(tls.key), ca: readFileSync(tls.ca), requestCert: true, rejectUnauthorized: true })
-      : http2.createServer(opts);
+  private bind(files: TlsFiles | undefined, listen: (srv: net.Server, cb: () => void) => void): Promise<number> {
+    const onSocket = (sock: net.Socket) => {
+      if (this.shut) return void sock.destroy();
+      const conn = new H2Connection(sock, false);
+      this.conns.add(conn);
+      conn.on('close', () => this.conns.delete(conn));
+      conn.on('stream', (stream: H2Stream, headers: HeaderList) => this.onStream(conn, stream, headers));
+    };
+    const srv = files
+      ? tls.createServer({ cert: readFileSync(files.cert), key: readFileSync(files.key), ca: readFileSync(files.ca), requestCert: true, rejectUnauthorized: true, ALPNProtocols: ['h2'] }, onSocket)
+      : net.createServer(onSocket);
+    srv.on('tlsClientError', () => {});
     this.servers.push(srv);
-    srv.on('session', (sess: http2.ServerHttp2Session) => {
-      this.sessions.add(sess);
-      sess.on('close', () => this.sessions.delete(sess));
-      sess.on('error', () => {});
-      sess.once('localSettings', () => sess.setLocalWindowSize(WINDOW_BYTES));
-    });
-    srv.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => this.onStream(stream, headers));
     return new Promise((resolve, reject) => {
       srv.once('error', reject);
-      listen(srv as unknown as net.Server, () => {
+      listen(srv, () => {
         srv.off('error', reject);
         const a = srv.address();
         resolve(typeof a === 'object' && a ? a.port : 0);
@@ -429,14 +457,14 @@ export class GrpcH2Server extends EventEmitter {
     });
   }
 
-  private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
-    stream.on('error', () => {});
-    const sock = stream.session?.socket;
-    const peer = sock?.remoteAddress ? `${sock.remoteAddress}:${sock.remotePort}` : this.unixPath ? `unix:${this.unixPath}` : 'unknown';
+  private onStream(conn: H2Connection, stream: H2Stream, headers: HeaderList): void {
+    const sock = conn.socket;
+    const peer = sock.remoteAddress ? `${sock.remoteAddress}:${sock.remotePort}` : this.unixPath ? `unix:${this.unixPath}` : 'unknown';
     const call = new GrpcCall(stream, false, peer, this.alloc);
-    const ct = String(headers['content-type'] ?? '');
-    if (headers[':path'] !== this.path || !ct.startsWith('application/grpc')) {
-      call.finishWith(Status.UNIMPLEMENTED, `no method ${String(headers[':path'])} here`);
+    const p = header(headers, ':path');
+    const ct = header(headers, 'content-type') ?? '';
+    if (header(headers, ':method') !== 'POST' || p !== this.path || !ct.startsWith('application/grpc')) {
+      call.finishWith(Status.UNIMPLEMENTED, `no method ${String(p)} here`);
       return;
     }
     if (this.shut) {
@@ -455,54 +483,71 @@ export class GrpcH2Server extends EventEmitter {
     }
   }
 
-  /** Stops accepting connections; `cb` when the open sessions have closed. */
+  /** Stops accepting connections; `cb` when the open connections have closed. */
   tryShutdown(cb: () => void): void {
     this.shut = true;
     this.unlink();
-    let left = this.servers.length + this.sessions.size;
+    let left = this.servers.length + this.conns.size;
     const one = () => --left === 0 && cb();
     if (left === 0) return void queueMicrotask(cb);
-    for (const s of this.servers) s.close(one);
-    for (const sess of this.sessions) {
-      if (sess.closed) one();
+    for (const s of this.servers) s.close(() => one());
+    for (const c of this.conns) {
+      if (c.destroyed) one();
       else {
-        sess.once('close', one);
-        sess.close();
+        c.once('close', one);
+        c.close();
       }
     }
   }
 
-  /** Closes every listener and session now. */
+  /** Closes every listener and connection now. */
   forceShutdown(): void {
     this.shut = true;
     this.unlink();
     for (const s of this.servers) s.close();
-    for (const sess of this.sessions) sess.destroy();
-    this.sessions.clear();
+    for (const c of this.conns) c.destroy();
+    this.conns.clear();
   }
 }
 
 // ---------------------------------------------------------------------------------------
 // Client.
 
+/** `host:port` (IPv6 in brackets) or `unix:/path` → what net.connect takes. */
+function target(address: string): { path: string } | { host: string; port: number } {
+  if (address.startsWith('unix:')) return { path: address.slice(5).replace(/^\/\/(?=\/)/u, '') };
+  const i = address.lastIndexOf(':');
+  const host = address.slice(0, i).replace(/^\[(.*)\]$/u, '$1');
+  return { host, port: Number(address.slice(i + 1)) };
+}
+
 /**
  * One HTTP/2 connection to `address` (`host:port` or `unix:/path`) and a call of `path` on
  * it. A connection that cannot be made fails the call with UNAVAILABLE (callers retry).
- * `close()` (of the returned session holder) ends the connection.
+ * `close()` ends the connection (gracefully: after the call).
  */
 export function dial(address: string, path: string, alloc: Alloc, files?: TlsFiles): { call: GrpcCall; close: () => void } {
-  const unix = address.startsWith('unix:') ? address.slice(5).replace(/^\/\/(?=\/)/u, '') : undefined;
-  const authority = unix ? 'localhost' : address;
-  const opts: http2.SecureClientSessionOptions = { settings: SETTINGS, maxSessionMemory: MAX_SESSION_MEMORY_MB };
-  const creds = files ? { ca: readFileSync(files.ca), cert: readFileSync(files.cert), key: readFileSync(files.key) } : undefined;
-  if (creds) Object.assign(opts, creds);
-  if (unix) opts.createConnection = () => (creds ? tls.connect({ path: unix, ...creds, servername: 'localhost', ALPNProtocols: ['h2'] }) : net.connect(unix));
-  const session = http2.connect(`${files ? 'https' : 'http'}://${authority}`, opts);
-  session.on('error', () => {});
-  session.once('localSettings', () => session.setLocalWindowSize(WINDOW_BYTES));
-  const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+  const t = target(address);
+  const authority = 'path' in t ? 'localhost' : address;
+  let conn: H2Connection | undefined;
+  const onread = H2Connection.onread(() => conn);
+  let sock: net.Socket;
+  if (files) {
+    // TLS: 'data' events (the bulk path is plaintext: loopback or the pool's own network).
+    const creds = { ca: readFileSync(files.ca), cert: readFileSync(files.cert), key: readFileSync(files.key) };
+    const host = 'path' in t ? 'localhost' : t.host;
+    sock = tls.connect({ ...t, ...creds, ALPNProtocols: ['h2'], ...(net.isIP(host) ? {} : { servername: host }) });
+  } else sock = net.connect({ ...t, onread });
+  conn = new H2Connection(sock, true, { readInto: !files });
+  const stream = conn.request([
+    [':method', 'POST'],
+    [':scheme', files ? 'https' : 'http'],
+    [':path', path],
+    [':authority', authority],
+    ['content-type', 'application/grpc'],
+    ['te', 'trailers'],
+  ]);
   const call = new GrpcCall(stream, true, address, alloc);
-  // A connection that fails before the stream opens closes the stream with an error.
-  session.once('error', (e: Error) => !stream.destroyed && stream.destroy(e));
-  return { call, close: () => (session.closed ? undefined : session.close()) };
+  const c = conn;
+  return { call, close: () => c.close() };
 }

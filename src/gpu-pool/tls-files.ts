@@ -1,7 +1,7 @@
 /**
  * Mutual TLS from PEM files, shared by every gRPC server and client of the project: the
  * grpc-js ones (worker control plane, inference) through the credentials below, and the
- * collective's node:http2 ones (grpc-h2.ts) from the same files.
+ * collective's (grpc-h2.ts, on node:tls) from the same files.
  */
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';

@@ -9,8 +9,9 @@
  * Why (16 MB allReduce, 2-core VM, p50 per call; without them: W=2 ~74 ms, W=4 ~215 ms),
  * measured when the collective ran on grpc-js: a large call allocated ~64 MB of
  * short-lived ArrayBuffers per rank (grpc-js's framing copy and message reassembly, Node's
- * HTTP/2 socket reads, the result). grpc-h2.ts and allReduceInPlace allocate far less, but
- * Node's HTTP/2 still reads the socket into fresh buffers, ~16 MB per such call.
+ * HTTP/2 socket reads, the result). grpc-h2.ts (socket reads into reused and pooled
+ * buffers) and allReduceInPlace allocate almost nothing per call now; the settings stay
+ * for the rest of a worker's allocations (training's tensors, fresh allReduce results).
  * - `--initial-old-space-size=64` (V8): a worker's heap is small, ~10 MB, just above V8's
  *   8 MB threshold for incremental marking, and with the default old-generation limit of
  *   such a heap V8 starts marking again right after each Mark-Compact while that much is

@@ -1,7 +1,7 @@
 /**
  * One worker's gRPC servers, bound to one device: the Worker (control) service on the
  * worker's address (grpc-js), and the Collective (data) service on its own server
- * (grpc-h2.ts: node:http2, payloads sent uncopied) on another port of the same host and
+ * (grpc-h2.ts: our own HTTP/2, payloads sent uncopied) on another port of the same host and
  * on a Unix socket in the temp directory, for ranks on the same host; Info reports both.
  * `worker-main.ts` (a spawned pool worker) and `tas worker` (a worker on another machine)
  * both start it.
