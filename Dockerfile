@@ -42,13 +42,16 @@ CMD ["npx", "tsx", "src/cli/main.ts", "serve", "--no-workers"]
 FROM ${CUDA_IMAGE} AS worker
 COPY --from=node /usr/local/ /usr/local/
 # tfjs-node(-gpu)'s install script downloads libtensorflow; ca-certificates for that.
+# python3, make and g++ build the collective's native float32 sums (native/, by `npm ci`'s
+# prepare script; without them the worker uses the JS sums, same bits, slower).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 ENV NODE_ENV=production
 COPY package.json package-lock.json ./
 COPY prisma ./prisma
+COPY native ./native
 RUN npm ci --omit=dev && npm cache clean --force
 COPY . .
 # The worker's gRPC port (control + collective).

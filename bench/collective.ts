@@ -24,6 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { SUM_BACKEND } from '../src/gpu-pool/collective-math.js';
 import { GrpcCollective, listenCollectiveServer } from '../src/gpu-pool/grpc-collective.js';
 import { WORKER_MALLOC_ENV, workerEnv, workerNodeFlags } from '../src/gpu-pool/worker-env.js';
 
@@ -231,6 +232,7 @@ async function main(): Promise<void> {
   emit({
     bench: 'collective',
     impl: 'grpc',
+    sums: SUM_BACKEND === 'native' ? 'native/sum.c' : 'JS (native/sum.c not built)',
     rank_processes: AS_WORKER ? 'as pool workers (src/gpu-pool/worker-env.ts)' : 'plain node (BENCH_WORKER_ENV=0)',
     node_flags: Object.fromEntries(worlds.map((w) => [`world ${w}`, AS_WORKER ? workerNodeFlags(w) : []])),
     env: AS_WORKER ? Object.fromEntries([...Object.keys(WORKER_MALLOC_ENV), 'GLIBC_TUNABLES'].map((k) => [k, env[k]])) : {},

@@ -10,9 +10,40 @@
  * addition followed by a rounding: `Math.fround` between the steps, the Float32Array store
  * after the last one. The steps of one element are fused into one pass over the memory
  * (each input read once, the output written once) and unrolled by four.
+ *
+ * Where native/sum.c is built (`npm run build:native`, run by `npm ci` where a C compiler
+ * is present), `sumInRankOrder` calls it instead: the same bits (C float arithmetic
+ * without fast-math or contraction rounds the same way; tests compare both on signed
+ * zeros, infinities and subnormals; a NaN stays a NaN, though not always the same one:
+ * x86 propagates one operand's, and the compilers may order the operands differently;
+ * every rank still gets the owner's bits), vectorized by the compiler, 2-3x faster than
+ * the JS below (2M float32, 2 parts: 1.7-2.3 ms against 4.8-5.8). TAS_NATIVE_SUM=0 turns
+ * it off; `SUM_BACKEND` says which one runs.
  */
+import { createRequire } from 'node:module';
 
 const f = Math.fround;
+
+interface NativeSum {
+  sumInRankOrder(out: Float32Array, parts: readonly Float32Array[]): void;
+}
+
+function loadNative(): NativeSum | undefined {
+  if (process.env.TAS_NATIVE_SUM === '0') return undefined;
+  try {
+    return createRequire(import.meta.url)('../../native/build/Release/tas_sum.node') as NativeSum;
+  } catch {
+    return undefined;
+  }
+}
+
+const native = loadNative();
+
+/** Which implementation `sumInRankOrder` uses: native/sum.c, or the JS here. */
+export const SUM_BACKEND: 'native' | 'js' = native ? 'native' : 'js';
+
+/** Below this many values the JS is as fast (no call into the addon). */
+const NATIVE_MIN = 256;
 
 /**
  * out[i] = (((0 + parts[0][i]) + parts[1][i]) + ...) + parts[k-1][i], rounded to float32
@@ -25,7 +56,23 @@ export function sumInRankOrder(out: Float32Array, parts: readonly Float32Array[]
     out.fill(0);
     return;
   }
+  checkLengths(out, parts);
+  if (native && out.length >= NATIVE_MIN && k <= 64) return native.sumInRankOrder(out, parts);
+  sumInRankOrderJs(out, parts);
+}
+
+function checkLengths(out: Float32Array, parts: readonly Float32Array[]): void {
   for (const p of parts) if (p.length !== out.length) throw new RangeError(`sumInRankOrder: a part has ${p.length} values, out has ${out.length}`);
+}
+
+/** The JS implementation (the reference; exported for the tests that compare the two). */
+export function sumInRankOrderJs(out: Float32Array, parts: readonly Float32Array[]): void {
+  const k = parts.length;
+  if (k === 0) {
+    out.fill(0);
+    return;
+  }
+  checkLengths(out, parts);
   if (k === 1) sum1(out, parts[0]);
   else if (k === 2) sum2(out, parts[0], parts[1]);
   else if (k === 3) sum3(out, parts[0], parts[1], parts[2]);
