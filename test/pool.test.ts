@@ -87,7 +87,7 @@ describe('gpu pool over gRPC', () => {
     const survivor = await new WorkerClient(workers[0].address).info();
     assert.equal(survivor.busy_job_id, '');
     assert.ok(survivor.collective_port > 0 && `127.0.0.1:${survivor.collective_port}` !== workers[0].address, `collective_port ${survivor.collective_port}`);
-    assert.ok(survivor.collective_unix_path.endsWith('.sock') && survivor.host_id !== '', JSON.stringify(survivor));
+    assert.ok(survivor.collective_unix_path.endsWith('.sock') && survivor.host_id !== '' && survivor.host_cores > 0, JSON.stringify(survivor));
   });
 
   it('cancel stops all ranks and frees the workers', async () => {

@@ -15,6 +15,8 @@ export interface WorkerInfoMsg {
   collective_unix_path: string;
   /** Identifies the worker's host ('' when unknown): equal ids can reach each other's socket. */
   host_id: string;
+  /** CPU cores of the worker's host (0: unknown; workers of older versions). */
+  host_cores: number;
 }
 
 export interface RunRequestMsg {

@@ -116,16 +116,22 @@ export interface PoolJobResult {
 
 /**
  * The collective addresses rank `rank` dials, index = rank. A peer on the same host (the
- * same `host_id`) through its Collective server's Unix socket: 4 ranks on 2 cores, 16 MB
- * all-reduce in place, 26.6-28.3 ms p50 against 33.4-35.9 over loopback TCP, 30-40% less
- * kernel time; 2 ranks within 5% (bench/collective.ts prints both). Any other peer at the
+ * same `host_id`) through its Collective server's Unix socket when the group's ranks on
+ * that host outnumber its cores (or its cores are unknown): then CPU is what limits, and a
+ * Unix socket costs 30-40% less kernel time than loopback TCP (4 ranks on 2 cores, 16 MB
+ * all-reduce in place, p50: 28.9-32.0 ms against 34.8-43.8). Otherwise over loopback TCP,
+ * whose socket buffers grow where a Unix socket's stay at 208 KiB: 2 ranks on 2 cores,
+ * 13.3-16.0 ms against 18.9-23.0 (bench/collective.ts prints both). Any other peer at the
  * host the pool reached its worker at (so a worker bound to 0.0.0.0 on another machine is
  * dialed where it was found), on its Collective port; its own address when it reports none.
  */
 export function collectivePeers(rank: number, infos: readonly WorkerInfoMsg[], addresses: readonly string[]): string[] {
   const me = infos[rank];
+  const sameHost = (w: WorkerInfoMsg) => me.host_id !== '' && w.host_id === me.host_id;
+  const onHost = infos.filter(sameHost).length;
+  const unix = !(me.host_cores > 0) || onHost > me.host_cores;
   return infos.map((w, p) => {
-    if (me.host_id && w.host_id === me.host_id && w.collective_unix_path) return `unix:${w.collective_unix_path}`;
+    if (unix && sameHost(w) && w.collective_unix_path) return `unix:${w.collective_unix_path}`;
     const m = /^(.*):(\d+)$/u.exec(addresses[p]);
     return w.collective_port && m ? `${m[1]}:${w.collective_port}` : addresses[p];
   });

@@ -4,7 +4,7 @@
  * streaming progress; rank 0 writes checkpoints and the artifact.
  */
 import { mkdir } from 'node:fs/promises';
-import { hostname } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import { encodeCheckpoint, specFingerprint } from '../trainer/artifact/checkpoint.js';
 import { writeAtomic } from '../trainer/artifact/artifact.js';
@@ -91,6 +91,7 @@ export function addWorkerService(server: grpc.Server, deps: WorkerDeps): void {
       collective_port: deps.collective?.port ?? 0,
       collective_unix_path: deps.collective?.unixPath ?? '',
       host_id: deps.collective?.hostId ?? '',
+      host_cores: availableParallelism(),
     };
   };
 
