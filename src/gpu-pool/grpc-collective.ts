@@ -54,12 +54,12 @@
  * frames of a large allReduce, which are read straight into the result (`place`); compression
  * is off.
  *
- * What a large allReduce costs (2-core VM, 16 MB, 2 ranks, loopback TCP; bench/collective.ts
- * and docs/ARCHITECTURE.md): in place 10.4-11.6 ms p50 (gloo 10.8-13.2 ms), ~5.5 ms user
- * and ~5 ms kernel CPU per rank; the sums (2M float32 additions per rank) are about half
- * of the user time. With grpc-js the same call took 24-40 ms (14 ms user CPU per rank). A
- * fresh result (`allReduce`) adds a V8 collection every few calls: 11-17 ms. The worker process settings in
- * worker-env.ts still matter (Node's HTTP/2 allocates its socket reads fresh).
+ * What a large allReduce costs (2-core VM, 16 MB, in place, p50; bench/collective.ts and
+ * docs/ARCHITECTURE.md, each beside gloo in the same run): W=2 over loopback TCP
+ * 13.3-16.0 ms (gloo 17.8-22.3 ms), W=4 over Unix sockets 28.9-32.0 ms (gloo 42.1-53.4);
+ * per rank and call 5-7.5 ms user CPU (mostly the sums: collective-math.ts, native/sum.c
+ * where built) and 5.5-9 ms kernel (the socket copies). A fresh result (`allReduce`)
+ * costs a V8 collection every few calls and, over TCP, fresh-page kernel time.
  */
 import { endianness } from 'node:os';
 import type * as grpc from '@grpc/grpc-js';
