@@ -51,14 +51,9 @@ const NATIVE_MIN = 256;
  * four parts (those are read, element by element, before out is written), not a later one.
  */
 export function sumInRankOrder(out: Float32Array, parts: readonly Float32Array[]): void {
-  const k = parts.length;
-  if (k === 0) {
-    out.fill(0);
-    return;
-  }
-  checkLengths(out, parts);
-  if (native && out.length >= NATIVE_MIN && k <= 64) return native.sumInRankOrder(out, parts);
-  sumInRankOrderJs(out, parts);
+  // The addon checks the lengths itself (RangeError, as below).
+  if (native && out.length >= NATIVE_MIN && parts.length > 0 && parts.length <= 64) native.sumInRankOrder(out, parts);
+  else sumInRankOrderJs(out, parts);
 }
 
 function checkLengths(out: Float32Array, parts: readonly Float32Array[]): void {
