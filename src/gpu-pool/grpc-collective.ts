@@ -56,7 +56,7 @@
  *
  * What a large allReduce costs (2-core VM, 16 MB, in place, p50; bench/collective.ts and
  * docs/ARCHITECTURE.md, each beside gloo in the same run): W=2 over loopback TCP
- * 13.3-16.0 ms (gloo 17.8-22.3 ms), W=4 over Unix sockets 28.9-32.0 ms (gloo 42.1-53.4);
+ * 12.0-16.0 ms (gloo 16.1-22.3 ms), W=4 over Unix sockets 28.9-32.0 ms (gloo 37.8-53.4);
  * per rank and call 5-7.5 ms user CPU (mostly the sums: collective-math.ts, native/sum.c
  * where built) and 5.5-9 ms kernel (the socket copies). A fresh result (`allReduce`)
  * costs a V8 collection every few calls and, over TCP, fresh-page kernel time.

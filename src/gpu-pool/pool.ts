@@ -121,7 +121,7 @@ export interface PoolJobResult {
  * Unix socket costs 30-40% less kernel time than loopback TCP (4 ranks on 2 cores, 16 MB
  * all-reduce in place, p50: 28.9-32.0 ms against 34.8-43.8). Otherwise over loopback TCP,
  * whose socket buffers grow where a Unix socket's stay at 208 KiB: 2 ranks on 2 cores,
- * 13.3-16.0 ms against 18.9-23.0 (bench/collective.ts prints both). Any other peer at the
+ * 12.0-16.0 ms against 17.5-23.0 (bench/collective.ts prints both; 4 runs). Any other peer at the
  * host the pool reached its worker at (so a worker bound to 0.0.0.0 on another machine is
  * dialed where it was found), on its Collective port; its own address when it reports none.
  */
