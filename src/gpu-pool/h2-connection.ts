@@ -224,6 +224,8 @@ export class H2Connection extends EventEmitter {
   readonly readBuffer: Buffer | undefined;
   /** The target of the read in progress, when it is a stream's own buffer. */
   private direct: Uint8Array | undefined;
+  /** DATA bytes read straight into a stream's own buffer (diagnostics, tests). */
+  bytesReadDirect = 0;
   /** The stream of the last DATA frame (its message may continue in the next frame). */
   private lastData: H2Stream | undefined;
 
@@ -261,9 +263,9 @@ export class H2Connection extends EventEmitter {
 
   /** `onread` options for a client socket of this kind (`buffer` is filled, `callback` parses). */
   static onread(get: () => H2Connection | undefined): { buffer: () => Uint8Array; callback: (n: number, buf: Uint8Array) => boolean } {
-    const fallback = Buffer.allocUnsafe(READ_BUFFER);
+    let fallback: Buffer | undefined; // only before the connection exists (never read into in practice)
     return {
-      buffer: () => get()?.nextReadTarget() ?? fallback,
+      buffer: () => get()?.nextReadTarget() ?? (fallback ??= Buffer.allocUnsafe(READ_BUFFER)),
       callback: (n: number, buf: Uint8Array) => {
         const c = get();
         if (c) c.onRead(n, buf);
@@ -283,17 +285,26 @@ export class H2Connection extends EventEmitter {
     this.direct = undefined;
     const buf = this.readBuffer!;
     if (this.dead || this.prefaceLeft > 0) return buf;
-    if (this.inFrame && this.fType === T.DATA && !this.dPadLenNeeded && this.dBodyLeft > 0) {
+    if (this.inFrame && this.fType === T.DATA) {
       const s = this.dStream;
       if (!s?.readTarget) return buf;
-      const t = s.readTarget(this.dBodyLeft);
-      if (t && t.byteLength >= DIRECT_MIN) return (this.direct = t);
-      // A message's prefix and first bytes (which decide where it goes), or a small one.
+      if (this.dBodyLeft > 0 && !this.dPadLenNeeded) {
+        const t = s.readTarget(this.dBodyLeft);
+        if (t && t.byteLength >= DIRECT_MIN) return (this.direct = t);
+        // A message's prefix and first bytes (which decide where it goes), or a small one.
+        return buf.subarray(0, SMALL_READ);
+      }
+      // A padded frame (peers such as node:http2 may pad) in the middle of a message: just
+      // its pad length, or just its padding, so that the body and the next frame's go in place.
+      if (s.readTarget(1)) return buf.subarray(0, this.dPadLenNeeded ? 1 : this.dPadLeft);
       return buf.subarray(0, SMALL_READ);
     }
+    // Between frames, or in another frame (WINDOW_UPDATE, PING, ...) in the middle of a
+    // message: just that header or payload, so that the message's next DATA goes in place.
     const last = this.lastData;
-    if (!this.inFrame && last?.readTarget && !last.closed) return last.readTarget(1) ? buf.subarray(0, 9 - this.hdrFill) : buf.subarray(0, SMALL_READ);
-    return buf;
+    if (!last?.readTarget || last.closed) return buf;
+    if (!last.readTarget(1)) return buf.subarray(0, SMALL_READ);
+    return buf.subarray(0, this.inFrame ? this.fLen - this.fFill : 9 - this.hdrFill);
   }
 
   private onRead(n: number, buf: Uint8Array): void {
@@ -306,6 +317,7 @@ export class H2Connection extends EventEmitter {
   /** n bytes of the current DATA frame's body were read straight into the stream's target. */
   private onDirect(n: number): void {
     if (this.dead || n <= 0) return;
+    this.bytesReadDirect += n;
     this.dBodyLeft -= n;
     const s = this.dStream;
     if (s && !s.closed) s.placed?.(n);
@@ -475,8 +487,14 @@ export class H2Connection extends EventEmitter {
     try {
       this.parse(b, from, to);
     } catch (e) {
-      if (e instanceof ProtocolError) this.fatal(e);
-      else this.fatal(new ProtocolError((e as Error).message, H2Error.INTERNAL_ERROR));
+      if (e instanceof ProtocolError) return this.fatal(e);
+      // A listener's own exception: the connection cannot go on (the parse stopped midway),
+      // and the exception is not ours to swallow: it surfaces as uncaught, as it would
+      // from any socket listener.
+      this.fatal(new ProtocolError(`a listener threw: ${(e as Error).message}`, H2Error.INTERNAL_ERROR));
+      process.nextTick(() => {
+        throw e;
+      });
     }
   }
 
