@@ -21,7 +21,7 @@ import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { encodeHeaders, HpackDecoder, type HeaderList } from '../wire/hpack.js';
 
-export const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
 const T = { DATA: 0, HEADERS: 1, PRIORITY: 2, RST_STREAM: 3, SETTINGS: 4, PUSH_PROMISE: 5, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9 } as const;
 const END_STREAM = 0x1;
@@ -164,13 +164,6 @@ export class H2Stream extends EventEmitter {
     if (this.closed) return;
     this.conn.writeFrame(T.RST_STREAM, 0, this.id, u32(code));
     this.conn.closeStream(this, code);
-  }
-
-  /** Bytes still queued (not yet handed to the socket). */
-  get pending(): number {
-    let n = 0;
-    for (const o of this.queue) if ('data' in o) n += o.data.byteLength - o.off;
-    return n;
   }
 }
 
