@@ -43,7 +43,7 @@ describe('gpu pool over gRPC', () => {
   it('reports each worker device and backend', async () => {
     const info = await new WorkerClient(workers[0].address).info();
     assert.equal(info.device_kind, 'cpu');
-    assert.ok(['wasm', 'cpu', 'tensorflow'].includes(info.backend));
+    assert.ok(['native', 'wasm', 'cpu', 'tensorflow'].includes(info.backend), info.backend);
     assert.ok(info.rss_bytes > 0);
   });
 

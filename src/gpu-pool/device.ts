@@ -3,7 +3,7 @@
  * tensorflow backend) or the CPU (wasm backend). Pure discovery; no tensors.
  */
 import { execFileSync } from 'node:child_process';
-import { cpus, totalmem } from 'node:os';
+import { availableParallelism, cpus, totalmem } from 'node:os';
 
 export interface GpuInfo {
   index: number;
@@ -40,7 +40,8 @@ export function listGpus(): GpuInfo[] {
 
 /**
  * Devices for `count` workers (default: one per GPU, else 2 CPU workers). GPU workers
- * see only their own device; CPU workers are told to use wasm and no CUDA device.
+ * see only their own device; CPU workers see no CUDA device (so `auto` picks a CPU
+ * backend: tfjs-node, native or wasm) and share the host's cores for their BLAS threads.
  */
 export function assignDevices(count?: number, gpus: GpuInfo[] = listGpus()): DeviceAssignment[] {
   if (gpus.length > 0) {
@@ -57,6 +58,11 @@ export function assignDevices(count?: number, gpus: GpuInfo[] = listGpus()): Dev
     index: i,
     name: cpuName,
     memoryMiB: Math.round(totalmem() / 2 ** 20 / n),
-    env: { CUDA_VISIBLE_DEVICES: '', TAS_BACKEND: process.env.TAS_BACKEND === 'cpu' ? 'cpu' : 'wasm' },
+    env: {
+      CUDA_VISIBLE_DEVICES: '',
+      TAS_BACKEND: process.env.TAS_BACKEND ?? 'auto',
+      // The host's cores shared between its CPU workers, for the native backend's BLAS.
+      TAS_COMPUTE_THREADS: process.env.TAS_COMPUTE_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / n))),
+    },
   }));
 }

@@ -1,25 +1,37 @@
 /**
- * Tensor backend selection (TAS_BACKEND=auto|tensorflow|wasm|cpu).
+ * Tensor backend selection (TAS_BACKEND=auto|tensorflow|native|wasm|cpu).
  *
  * auto: `@tensorflow/tfjs-node-gpu` when it is installed and a CUDA device is visible,
- * then `@tensorflow/tfjs-node`, then WebAssembly, then pure JS. The two native packages
- * are optional dependencies: their install script downloads libtensorflow, which fails
- * on offline machines, so they may be absent or broken, and importing them may throw.
+ * then `@tensorflow/tfjs-node`, then `native` (tfjs's cpu backend with the heavy kernels
+ * in this repository's addon over OpenBLAS, kernels/native-backend.ts), then
+ * WebAssembly, then pure JS. The two TensorFlow packages are optional dependencies:
+ * their install script downloads libtensorflow, which fails on offline machines, so they
+ * may be absent or broken, and importing them may throw. The addon is built by `npm ci`
+ * where a C compiler and OpenBLAS are installed.
+ *
+ * Threads: TAS_COMPUTE_THREADS (default: every core) is the native backend's BLAS
+ * threads; the pool gives each local worker its share of the cores.
  */
 import { existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
 import { TrainerError } from './errors.js';
+import { NATIVE_COMPUTE_MISSING, nativeCompute } from './kernels/native-addon.js';
+import { NATIVE_BACKEND, registerNativeBackend } from './kernels/native-backend.js';
 
-export type BackendRequest = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+export type BackendRequest = 'auto' | 'tensorflow' | 'native' | 'wasm' | 'cpu';
+const REQUESTS: readonly BackendRequest[] = ['auto', 'tensorflow', 'native', 'wasm', 'cpu'];
 
 export interface BackendInfo {
-  /** tfjs backend name in use: 'tensorflow' | 'wasm' | 'cpu'. */
-  name: 'tensorflow' | 'wasm' | 'cpu';
-  /** npm package that provides it. */
+  /** tfjs backend name in use. */
+  name: 'tensorflow' | 'native' | 'wasm' | 'cpu';
+  /** npm package (or repository path) that provides it. */
   package: string;
   /** 'gpu' only for tfjs-node-gpu with a visible CUDA device. */
   device: 'gpu' | 'cpu';
+  /** Compute threads: the native backend's BLAS threads; 1 for wasm and cpu; the TensorFlow runtime's own choice (0). */
+  threads: number;
   /** Why this backend was chosen, and why earlier candidates were not. */
   reasons: string[];
 }
@@ -41,7 +53,7 @@ export function cudaDeviceVisible(): boolean {
   return true;
 }
 
-async function tryNative(pkg: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node'): Promise<string | null> {
+async function tryTensorflow(pkg: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node'): Promise<string | null> {
   try {
     await import(pkg);
     if (!(await tf.setBackend('tensorflow'))) return `${pkg}: backend 'tensorflow' failed to initialise`;
@@ -59,6 +71,29 @@ async function tryWasm(): Promise<string | null> {
   } catch (err) {
     return `wasm: ${(err as Error).message.split('\n')[0]}`;
   }
+}
+
+async function tryNative(threads: number): Promise<string | null> {
+  if (!nativeCompute) return `native: ${NATIVE_COMPUTE_MISSING}`;
+  try {
+    await import('@tensorflow/tfjs-backend-cpu');
+    registerNativeBackend(nativeCompute);
+    if (!(await tf.setBackend(NATIVE_BACKEND))) return 'native: failed to initialise';
+    nativeCompute.setThreads(threads);
+    return null;
+  } catch (err) {
+    return `native: ${(err as Error).message.split('\n')[0]}`;
+  }
+}
+
+/** TAS_COMPUTE_THREADS, else every core this process may use. */
+export function computeThreads(value: string | undefined = process.env.TAS_COMPUTE_THREADS): number {
+  if (value === undefined || value.trim() === '') return availableParallelism();
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 1024) {
+    throw new TrainerError('TAS_ERR_BACKEND', `TAS_COMPUTE_THREADS must be an integer from 1 to 1024 (got '${value}')`, 'TAS_COMPUTE_THREADS');
+  }
+  return n;
 }
 
 async function useCpu(): Promise<void> {
@@ -80,34 +115,42 @@ export async function initBackend(
   if (request === 'auto' || request === 'tensorflow') {
     const gpu = cudaDeviceVisible();
     if (gpu) {
-      const err = await tryNative('@tensorflow/tfjs-node-gpu');
-      if (err === null) info = { name: 'tensorflow', package: '@tensorflow/tfjs-node-gpu', device: 'gpu', reasons };
+      const err = await tryTensorflow('@tensorflow/tfjs-node-gpu');
+      if (err === null) info = { name: 'tensorflow', package: '@tensorflow/tfjs-node-gpu', device: 'gpu', threads: 0, reasons };
       else reasons.push(err);
     } else {
       reasons.push('@tensorflow/tfjs-node-gpu: no CUDA device visible');
     }
     if (!info) {
-      const err = await tryNative('@tensorflow/tfjs-node');
-      if (err === null) info = { name: 'tensorflow', package: '@tensorflow/tfjs-node', device: 'cpu', reasons };
+      const err = await tryTensorflow('@tensorflow/tfjs-node');
+      if (err === null) info = { name: 'tensorflow', package: '@tensorflow/tfjs-node', device: 'cpu', threads: 0, reasons };
       else reasons.push(err);
     }
     if (!info && request === 'tensorflow') {
       throw new TrainerError('TAS_ERR_BACKEND', `TAS_BACKEND=tensorflow but no native TensorFlow backend loads (${reasons.join('; ')})`);
     }
   }
+  if (!info && (request === 'auto' || request === 'native')) {
+    const threads = computeThreads();
+    const err = await tryNative(threads);
+    if (err === null) info = { name: 'native', package: 'native/compute (OpenBLAS)', device: 'cpu', threads, reasons };
+    else if (request === 'native') throw new TrainerError('TAS_ERR_BACKEND', `TAS_BACKEND=native failed: ${err}`);
+    else reasons.push(err);
+  }
   if (!info && (request === 'auto' || request === 'wasm')) {
     const err = await tryWasm();
-    if (err === null) info = { name: 'wasm', package: '@tensorflow/tfjs-backend-wasm', device: 'cpu', reasons };
+    if (err === null) info = { name: 'wasm', package: '@tensorflow/tfjs-backend-wasm', device: 'cpu', threads: 1, reasons };
     else if (request === 'wasm') throw new TrainerError('TAS_ERR_BACKEND', `TAS_BACKEND=wasm failed: ${err}`);
     else reasons.push(err);
   }
   if (!info) {
     await useCpu();
-    info = { name: 'cpu', package: '@tensorflow/tfjs-backend-cpu', device: 'cpu', reasons };
+    info = { name: 'cpu', package: '@tensorflow/tfjs-backend-cpu', device: 'cpu', threads: 1, reasons };
   }
   await tf.ready();
   current = info;
-  log(`[tas] tensor backend: ${info.name} (${info.package}, ${info.device})${reasons.length ? `; skipped: ${reasons.join('; ')}` : ''}`);
+  const threads = info.threads > 0 ? `, ${info.threads} thread${info.threads === 1 ? '' : 's'}` : '';
+  log(`[tas] tensor backend: ${info.name} (${info.package}, ${info.device}${threads})${reasons.length ? `; skipped: ${reasons.join('; ')}` : ''}`);
   return info;
 }
 
@@ -118,6 +161,7 @@ export function backendInfo(): BackendInfo {
 
 export function parseBackendRequest(value: string | undefined): BackendRequest {
   const v = (value ?? 'auto').trim().toLowerCase();
-  if (v === 'auto' || v === 'tensorflow' || v === 'wasm' || v === 'cpu') return v;
-  throw new TrainerError('TAS_ERR_BACKEND', `TAS_BACKEND must be one of auto, tensorflow, wasm, cpu (got '${value}')`, 'TAS_BACKEND');
+  const known = REQUESTS.find((r) => r === v);
+  if (known) return known;
+  throw new TrainerError('TAS_ERR_BACKEND', `TAS_BACKEND must be one of ${REQUESTS.join(', ')} (got '${value}')`, 'TAS_BACKEND');
 }

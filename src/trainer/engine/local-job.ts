@@ -49,6 +49,8 @@ export async function saveArtifact(outDir: string, spec: ResolvedTrainSpec, spec
       workers: spec.workers,
       local_batch_sizes: spec.localBatchSizes,
       backend: backendInfo().name,
+      // The native backend's bits depend on its BLAS thread count (see docs/ARCHITECTURE.md).
+      compute_threads: backendInfo().threads,
       evaluation: rank0.evaluation,
       spec_hash: specHash,
     },

@@ -1,19 +1,36 @@
 /**
  * The heavy kernels of the trainer: matrix products, convolutions and BatchNorm's
- * per-channel reductions. Layers call these and nothing lower, so a faster kernel
- * provider (a custom wasm/WebGPU kernel, a native addon) can replace this module
- * without touching the layers.
+ * per-channel reductions, normalisation and gradients. Layers call these for their heavy
+ * work, so how each backend computes them (a transpose first on wasm, a fused native
+ * kernel, the backend's own op) is decided here and not in the layers.
+ *
+ * Fused kernels: where the backend registers one of the kernels named in fused.ts (the
+ * `native` backend does), the function below runs it in one pass over the memory;
+ * elsewhere it composes the same arithmetic from tfjs ops. A CUDA or other backend plugs
+ * in by registering the same names.
  *
  * Why explicit transposes: on the wasm backend `matMul` with transposeA/transposeB
- * falls off XNNPACK's fast path (2.0 and 1.2 GFLOP/s against 19.6 plain, see
- * shared/notes/environment.md); a transpose copy plus a plain product is ~8x faster.
- * The native TensorFlow backend handles the flags itself.
+ * falls off XNNPACK's fast path (measured here: 2.0 and 1.2 GFLOP/s against 19.6 plain);
+ * a transpose copy plus a plain product is ~8x faster. The TensorFlow and native
+ * backends read the transposed operand in place.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { FUSED } from './fused.js';
 
 function nativeTransposes(): boolean {
   const b = tf.getBackend();
-  return b === 'tensorflow' || b === 'webgl' || b === 'webgpu';
+  return b === 'tensorflow' || b === 'native' || b === 'webgl' || b === 'webgpu';
+}
+
+/** True when the active backend registers the fused kernel `name`. */
+function fused(name: string): boolean {
+  return tf.getKernel(name, tf.getBackend()) !== undefined;
+}
+
+function runFused<T extends tf.Tensor | tf.Tensor[]>(name: string, inputs: Record<string, tf.Tensor | null>, attrs: tf.NamedAttrMap = {}): T {
+  const given: tf.NamedTensorMap = {};
+  for (const [k, v] of Object.entries(inputs)) if (v) given[k] = v;
+  return tf.engine().runKernel(name, given, attrs) as unknown as T;
 }
 
 /** `op(a) · op(b)` with `op` = transpose where asked. 2-D only. */
@@ -130,22 +147,47 @@ function explicitPad(p: number): [[number, number], [number, number], [number, n
   return [[0, 0], [p, p], [p, p], [0, 0]];
 }
 
-/**
- * Two-pass per-channel statistics of a [M, C] block: mean, then the sum of squared
- * deviations (M2). Returns `xmu = x - mean` too, which the normalisation reuses.
- */
-export function channelMoments(x2d: tf.Tensor2D): { mean: tf.Tensor1D; m2: tf.Tensor1D; xmu: tf.Tensor2D } {
+/** Two-pass per-channel statistics of a [M, C] block: mean, then the sum of squared deviations (M2). */
+export function channelStats(x2d: tf.Tensor2D): { mean: tf.Tensor1D; m2: tf.Tensor1D } {
+  if (fused(FUSED.bnMoments)) {
+    const [mean, m2] = runFused<tf.Tensor1D[]>(FUSED.bnMoments, { x: x2d });
+    return { mean, m2 };
+  }
   return tf.tidy(() => {
     const mean = tf.mean(x2d, 0) as tf.Tensor1D;
-    const xmu = tf.sub(x2d, mean) as tf.Tensor2D;
-    const m2 = tf.sum(tf.square(xmu), 0) as tf.Tensor1D;
-    return { mean, m2, xmu };
+    const m2 = tf.sum(tf.square(tf.sub(x2d, mean)), 0) as tf.Tensor1D;
+    return { mean, m2 };
+  });
+}
+
+/** `channelStats`, plus `xmu = x - mean`, which the normalisation reuses. */
+export function channelMoments(x2d: tf.Tensor2D): { mean: tf.Tensor1D; m2: tf.Tensor1D; xmu: tf.Tensor2D } {
+  const { mean, m2 } = channelStats(x2d);
+  return { mean, m2, xmu: tf.sub(x2d, mean) as tf.Tensor2D };
+}
+
+/** BatchNorm's training output: y = xmu · invstd · gamma + beta (no affine: xmu · invstd). */
+export function bnNormalize(xmu: tf.Tensor2D, invstd: tf.Tensor1D, gamma: tf.Tensor1D | null, beta: tf.Tensor1D | null): tf.Tensor2D {
+  if (fused(FUSED.bnNormalize)) return runFused<tf.Tensor2D>(FUSED.bnNormalize, { xmu, invstd, gamma, beta });
+  return tf.tidy(() => {
+    const xhat = tf.mul(xmu, invstd);
+    return (gamma && beta ? tf.add(tf.mul(xhat, gamma), beta) : xhat) as tf.Tensor2D;
   });
 }
 
 /** BatchNorm backward's two per-channel reductions: Σ dy and Σ dy·(x - mean). */
 export function bnBackwardSums(dy2d: tf.Tensor2D, xmu: tf.Tensor2D): { sumDy: tf.Tensor1D; sumDyXmu: tf.Tensor1D } {
+  if (fused(FUSED.bnBackwardSums)) {
+    const [sumDy, sumDyXmu] = runFused<tf.Tensor1D[]>(FUSED.bnBackwardSums, { dy: dy2d, xmu });
+    return { sumDy, sumDyXmu };
+  }
   return tf.tidy(() => ({ sumDy: tf.sum(dy2d, 0) as tf.Tensor1D, sumDyXmu: tf.sum(tf.mul(dy2d, xmu), 0) as tf.Tensor1D }));
+}
+
+/** ReLU's input gradient from its output: dy where y > 0, else 0 (PyTorch's threshold_backward). */
+export function reluGrad(dy: tf.Tensor, y: tf.Tensor): tf.Tensor {
+  if (fused(FUSED.reluGrad)) return runFused<tf.Tensor>(FUSED.reluGrad, { dy, y });
+  return tf.tidy(() => tf.mul(dy, tf.step(y, 0)));
 }
 
 /**
@@ -154,6 +196,7 @@ export function bnBackwardSums(dy2d: tf.Tensor2D, xmu: tf.Tensor2D): { sumDy: tf
  * dx = (dy - sumDy/N - xmu * invstd^2 * sumDyXmu/N) * invstd * gamma
  */
 export function bnInputGrad(dy2d: tf.Tensor2D, xmu: tf.Tensor2D, invstd: tf.Tensor1D, gamma: tf.Tensor1D | null, sumDy: tf.Tensor1D, sumDyXmu: tf.Tensor1D, globalCount: number): tf.Tensor2D {
+  if (fused(FUSED.bnInputGrad)) return runFused<tf.Tensor2D>(FUSED.bnInputGrad, { dy: dy2d, xmu, invstd, gamma, sumDy, sumDyXmu }, { count: globalCount });
   return tf.tidy(() => {
     const meanDy = tf.div(sumDy, globalCount);
     const meanDyXmu = tf.div(sumDyXmu, globalCount);

@@ -1,5 +1,6 @@
 /** ReLU (explicit backward: the hot path of the MLP benchmark) and GELU (autograd). */
 import * as tf from '@tensorflow/tfjs-core';
+import * as K from '../kernels/kernels.js';
 import { BaseLayer } from './layer-util.js';
 import { FunctionalLayer } from './functional.js';
 import type { ForwardContext } from './layer.js';
@@ -17,7 +18,7 @@ export class Relu extends BaseLayer {
   async backward(dy: tf.Tensor, needInputGrad: boolean): Promise<tf.Tensor | null> {
     const [y] = this.takeCache();
     // dReLU: pass dy where the output is positive (PyTorch: threshold_backward, grad 0 at 0).
-    const dx = needInputGrad ? tf.tidy(() => tf.mul(dy, tf.step(y, 0))) : null;
+    const dx = needInputGrad ? K.reluGrad(dy, y) : null;
     y.dispose();
     return dx;
   }

@@ -123,7 +123,7 @@ export class BatchNorm extends BaseLayer {
     mean.dispose();
     varB.dispose();
 
-    const y = xmu ? tf.tidy(() => tf.reshape(this.affineOut(tf.mul(xmu!, invstd)), x.shape)) : tf.zeros(x.shape);
+    const y = xmu ? tf.tidy(() => tf.reshape(K.bnNormalize(xmu!, invstd, this.gammaValue(), this.betaValue()), x.shape)) : tf.zeros(x.shape);
     if (ctx.record) {
       this.saved = { xmu: xmu ? tf.keep(xmu) : null, invstd: tf.keep(invstd), globalCount, sync: synced ? ctx.bnSync : null, shape: x.shape.slice() };
     } else {
@@ -163,7 +163,7 @@ export class BatchNorm extends BaseLayer {
       }
       dx =
         rows > 0 && s.xmu
-          ? tf.tidy(() => tf.reshape(K.bnInputGrad(dy2d, s.xmu!, s.invstd, this.gamma ? (this.gamma.value as tf.Tensor1D) : null, sumDy, sumDyXmu, s.globalCount), s.shape))
+          ? tf.tidy(() => tf.reshape(K.bnInputGrad(dy2d, s.xmu!, s.invstd, this.gammaValue(), sumDy, sumDyXmu, s.globalCount), s.shape))
           : tf.zeros(s.shape);
     }
     sumDy.dispose();
@@ -217,8 +217,12 @@ export class BatchNorm extends BaseLayer {
     this.evalConsts = null;
   }
 
-  private affineOut(xhat: tf.Tensor): tf.Tensor {
-    return this.gamma && this.beta ? tf.add(tf.mul(xhat, this.gamma.value), this.beta.value) : xhat;
+  private gammaValue(): tf.Tensor1D | null {
+    return this.gamma ? (this.gamma.value as tf.Tensor1D) : null;
+  }
+
+  private betaValue(): tf.Tensor1D | null {
+    return this.beta ? (this.beta.value as tf.Tensor1D) : null;
   }
 
   /** Replace the running statistics (recalibration). */
@@ -273,7 +277,7 @@ export class BatchNorm extends BaseLayer {
 function hostStats(x: tf.Tensor, c: number): ChannelStats {
   const rows = x.size / c;
   const t = tf.tidy(() => {
-    const m = K.channelMoments(tf.reshape(x, [rows, c]) as tf.Tensor2D);
+    const m = K.channelStats(tf.reshape(x, [rows, c]) as tf.Tensor2D);
     return tf.concat([m.mean, m.m2]);
   });
   const buf = t.dataSync() as Float32Array;
