@@ -66,4 +66,25 @@ enum tc_reduce { TC_SUM = 0, TC_MEAN = 1 };
 /* x viewed as [outer, mid, inner]; y[outer, inner] = reduce over mid. acc: inner doubles. */
 void tc_reduce(int op, const float *x, size_t outer, size_t mid, size_t inner, float *y, double *acc);
 
+/* ---- optim.c ---- */
+typedef struct {
+  float lr, momentum, one_minus_dampening, weight_decay;
+  int nesterov;
+} tc_sgd;
+/* buf: the momentum buffer or NULL (first step); buf_out only written when momentum != 0. */
+void tc_sgd_update(const tc_sgd *o, const float *param, const float *grad, const float *buf, size_t n, float *param_out, float *buf_out);
+
+typedef struct {
+  float decay;           /* 1 - lr * weight_decay (AdamW) */
+  float weight_decay;    /* Adam's L2 term */
+  int decoupled, amsgrad;
+  int lerp_low;          /* 1 - beta1 < 0.5: torch.lerp's first form */
+  float w, one_minus_w;  /* 1 - beta1 and beta1, as the lerp takes them */
+  float beta2, one_minus_beta2;
+  float bias_correction2_sqrt, eps, step_size;
+} tc_adam;
+/* m0, v0, vmax0 NULL on a parameter's first step; vmax_out only written with amsgrad. */
+void tc_adam_update(const tc_adam *o, const float *param, const float *grad, const float *m0, const float *v0, const float *vmax0, size_t n,
+                    float *param_out, float *m_out, float *v_out, float *vmax_out);
+
 #endif

@@ -7,9 +7,11 @@
  *   forward          y  = cols · W              ([rows, cout], already NHWC)
  *   filter gradient  dW = cols^T · dy
  *   input gradient   dcols = dy · W^T, then each patch row is added back where it came from
- * The patches of a whole batch are built at once when they fit CHUNK_FLOATS, else a group
- * of samples at a time (the filter gradient then accumulates over groups): the group size
- * depends only on the shapes, so a given shape always sums in the same order.
+ * The patches are built for a group of samples at a time, as many as fit CHUNK_FLOATS,
+ * so that they are still in the core's cache when sgemm reads them (whole-batch patches
+ * went to memory and back: the bench's 32->64 convolution took 9.9 ms forward against
+ * 7.6 ms in 1 MiB groups). The filter gradient accumulates over the groups; the group
+ * size depends only on the shapes, so a given shape always sums in the same order.
  */
 #include <cblas.h>
 #include <stdlib.h>
@@ -17,8 +19,8 @@
 
 #include "compute.h"
 
-/* Scratch for the patches of one group of samples: 64 MiB. */
-#define CHUNK_FLOATS ((size_t)16 << 20)
+/* Patches of one group of samples: 1 MiB (a core's L2 cache). */
+#define CHUNK_FLOATS ((size_t)256 << 10)
 
 extern void openblas_set_num_threads(int);
 extern int openblas_get_num_threads(void);

@@ -336,6 +336,65 @@ static napi_value js_reduce(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* A number argument rounded to float32, as tfjs makes a scalar tensor of it. */
+static float f32_num(call *c, napi_value obj, const char *key) {
+  napi_value v;
+  double d = 0;
+  if (c->failed) return 0;
+  if (napi_get_named_property(c->env, obj, key, &v) != napi_ok || napi_get_value_double(c->env, v, &d) != napi_ok) fail(c, 0, key);
+  return (float)d;
+}
+
+static int flag(call *c, napi_value obj, const char *key) {
+  napi_value v;
+  bool b = false;
+  if (c->failed) return 0;
+  if (napi_get_named_property(c->env, obj, key, &v) != napi_ok || napi_get_value_bool(c->env, v, &b) != napi_ok) fail(c, 0, key);
+  return b;
+}
+
+/* sgdUpdate(options, param, grad, buf | null, paramOut, bufOut | null) */
+static napi_value js_sgd_update(napi_env env, napi_callback_info info) {
+  call c;
+  if (!begin(env, info, &c, 6, "sgdUpdate(options, param, grad, buf, paramOut, bufOut)")) return NULL;
+  tc_sgd o = {f32_num(&c, c.argv[0], "lr"), f32_num(&c, c.argv[0], "momentum"), f32_num(&c, c.argv[0], "oneMinusDampening"),
+              f32_num(&c, c.argv[0], "weightDecay"), flag(&c, c.argv[0], "nesterov")};
+  size_t n = f32_len(&c, 1);
+  float *p = f32(&c, 1, n, 0), *g = f32(&c, 2, n, 0), *buf = f32(&c, 3, n, 1), *p_out = f32(&c, 4, n, 0);
+  float *buf_out = f32(&c, 5, n, o.momentum == 0.0f);
+  if (c.failed) return NULL;
+  tc_sgd_update(&o, p, g, buf, n, p_out, buf_out);
+  return NULL;
+}
+
+/* adamUpdate(options, param, grad, m | null, v | null, vmax | null, paramOut, mOut, vOut, vmaxOut | null) */
+static napi_value js_adam_update(napi_env env, napi_callback_info info) {
+  call c;
+  if (!begin(env, info, &c, 10, "adamUpdate(options, param, grad, m, v, vmax, paramOut, mOut, vOut, vmaxOut)")) return NULL;
+  napi_value opt = c.argv[0];
+  tc_adam o = {
+      .decay = f32_num(&c, opt, "decay"),
+      .weight_decay = f32_num(&c, opt, "weightDecay"),
+      .decoupled = flag(&c, opt, "decoupled"),
+      .amsgrad = flag(&c, opt, "amsgrad"),
+      .lerp_low = flag(&c, opt, "lerpLow"),
+      .w = f32_num(&c, opt, "w"),
+      .one_minus_w = f32_num(&c, opt, "oneMinusW"),
+      .beta2 = f32_num(&c, opt, "beta2"),
+      .one_minus_beta2 = f32_num(&c, opt, "oneMinusBeta2"),
+      .bias_correction2_sqrt = f32_num(&c, opt, "biasCorrection2Sqrt"),
+      .eps = f32_num(&c, opt, "eps"),
+      .step_size = f32_num(&c, opt, "stepSize"),
+  };
+  size_t n = f32_len(&c, 1);
+  float *p = f32(&c, 1, n, 0), *g = f32(&c, 2, n, 0), *m = f32(&c, 3, n, 1), *v = f32(&c, 4, n, 1), *vmax = f32(&c, 5, n, 1);
+  float *p_out = f32(&c, 6, n, 0), *m_out = f32(&c, 7, n, 0), *v_out = f32(&c, 8, n, 0), *vmax_out = f32(&c, 9, n, !o.amsgrad);
+  if (!c.failed && (m == NULL) != (v == NULL)) fail(&c, 0, "adamUpdate: m and v go together");
+  if (c.failed) return NULL;
+  tc_adam_update(&o, p, g, m, v, vmax, n, p_out, m_out, v_out, vmax_out);
+  return NULL;
+}
+
 /* setThreads(n): the BLAS's threads (process-wide). */
 static napi_value js_set_threads(napi_env env, napi_callback_info info) {
   call c;
@@ -388,6 +447,8 @@ NAPI_MODULE_INIT() {
       {"unary", js_unary},
       {"reluGrad", js_relu_grad},
       {"reduce", js_reduce},
+      {"sgdUpdate", js_sgd_update},
+      {"adamUpdate", js_adam_update},
       {"setThreads", js_set_threads},
       {"threads", js_threads},
       {"blasConfig", js_blas_config},

@@ -8,6 +8,9 @@
  *   bnBackwardSums  {dy, xmu}                               → [Σdy, Σdy·xmu]
  *   bnInputGrad     {dy, xmu, invstd, gamma?, sumDy, sumDyXmu}, attrs {count} → dx
  *   reluGrad        {dy, y}                                 → dy where y > 0, else 0
+ *   sgdUpdate       {param, grad, buf?}, attrs SgdUpdateOptions → [param, buf?]  (optim/sgd.ts)
+ *   adamUpdate      {param, grad, m?, v?, vmax?}, attrs AdamUpdateOptions → [param, m, v, vmax?]  (optim/adam.ts)
+ * The optimizer updates compute exactly the roundings of the compositions in optim/.
  */
 export const FUSED = {
   bnMoments: 'TasBnMoments',
@@ -15,4 +18,6 @@ export const FUSED = {
   bnBackwardSums: 'TasBnBackwardSums',
   bnInputGrad: 'TasBnInputGrad',
   reluGrad: 'TasReluGrad',
+  sgdUpdate: 'TasSgdUpdate',
+  adamUpdate: 'TasAdamUpdate',
 } as const;

@@ -22,12 +22,13 @@ function nativeTransposes(): boolean {
   return b === 'tensorflow' || b === 'native' || b === 'webgl' || b === 'webgpu';
 }
 
-/** True when the active backend registers the fused kernel `name`. */
-function fused(name: string): boolean {
+/** True when the active backend registers the fused kernel `name` (a FUSED value). */
+export function fused(name: string): boolean {
   return tf.getKernel(name, tf.getBackend()) !== undefined;
 }
 
-function runFused<T extends tf.Tensor | tf.Tensor[]>(name: string, inputs: Record<string, tf.Tensor | null>, attrs: tf.NamedAttrMap = {}): T {
+/** Run the fused kernel `name` (a FUSED value); null inputs are left out. */
+export function runFused<T extends tf.Tensor | tf.Tensor[]>(name: string, inputs: Record<string, tf.Tensor | null>, attrs: tf.NamedAttrMap = {}): T {
   const given: tf.NamedTensorMap = {};
   for (const [k, v] of Object.entries(inputs)) if (v) given[k] = v;
   return tf.engine().runKernel(name, given, attrs) as unknown as T;

@@ -23,6 +23,31 @@ export type ReduceOp = (typeof ReduceOp)[keyof typeof ReduceOp];
 /** A convolution's shapes: [n, h, w, c, kh, kw, cout, strideH, strideW, padTop, padLeft, outH, outW]. */
 export type ConvGeometry = Int32Array;
 
+/** SGD's scalars (fused.ts, sgdUpdate). */
+export interface SgdUpdateOptions {
+  lr: number;
+  momentum: number;
+  oneMinusDampening: number;
+  weightDecay: number;
+  nesterov: boolean;
+}
+
+/** Adam's scalars for one parameter's step (fused.ts, adamUpdate). */
+export interface AdamUpdateOptions {
+  decay: number;
+  weightDecay: number;
+  decoupled: boolean;
+  amsgrad: boolean;
+  lerpLow: boolean;
+  w: number;
+  oneMinusW: number;
+  beta2: number;
+  oneMinusBeta2: number;
+  biasCorrection2Sqrt: number;
+  eps: number;
+  stepSize: number;
+}
+
 export interface NativeCompute {
   /** c = alpha · op(a) · op(b) + beta · c, row-major, with leading dimensions. */
   sgemm(transA: boolean, transB: boolean, m: number, n: number, k: number, alpha: number, a: Float32Array, lda: number, b: Float32Array, ldb: number, beta: number, c: Float32Array, ldc: number): void;
@@ -40,6 +65,8 @@ export interface NativeCompute {
   reluGrad(dy: Float32Array, y: Float32Array, dx: Float32Array): void;
   /** x as [outer, mid, inner] → y [outer, inner]. */
   reduce(op: ReduceOp, x: Float32Array, outer: number, mid: number, inner: number, y: Float32Array): void;
+  sgdUpdate(options: SgdUpdateOptions, param: Float32Array, grad: Float32Array, buf: Float32Array | null, paramOut: Float32Array, bufOut: Float32Array | null): void;
+  adamUpdate(options: AdamUpdateOptions, param: Float32Array, grad: Float32Array, m: Float32Array | null, v: Float32Array | null, vmax: Float32Array | null, paramOut: Float32Array, mOut: Float32Array, vOut: Float32Array, vmaxOut: Float32Array | null): void;
   /** The BLAS's threads (process-wide). */
   setThreads(n: number): void;
   threads(): number;

@@ -10,6 +10,7 @@ import { before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { Rng } from '../math/rng.js';
+import { createOptimizer } from '../optim/index.js';
 import * as K from './kernels.js';
 import { NATIVE_COMPUTE_MISSING, nativeCompute } from './native-addon.js';
 import { NATIVE_BACKEND, registerNativeBackend } from './native-backend.js';
@@ -76,7 +77,7 @@ describe('native backend', { skip }, () => {
     close(r.native[0], r.cpu[0], 'broadcast batch');
   });
 
-  it('conv2d and both gradients match the cpu backend (strides, padding, 1x1, odd sizes, empty batch)', async () => {
+  it('conv2d and both gradients match the cpu backend (strides, padding, 1x1, odd sizes, empty batch, several patch groups)', async () => {
     const cases = [
       { n: 2, h: 7, w: 6, c: 3, k: 3, cout: 4, s: 1, p: 1 },
       { n: 3, h: 9, w: 9, c: 5, k: 3, cout: 8, s: 2, p: 1 },
@@ -84,6 +85,8 @@ describe('native backend', { skip }, () => {
       { n: 2, h: 8, w: 8, c: 2, k: 5, cout: 3, s: 3, p: 2 },
       { n: 2, h: 6, w: 6, c: 4, k: 2, cout: 2, s: 2, p: 0 },
       { n: 0, h: 4, w: 4, c: 2, k: 3, cout: 3, s: 1, p: 1 },
+      // A sample's patches over the addon's 1 MiB group: one sample per group, three groups.
+      { n: 3, h: 64, w: 64, c: 8, k: 3, cout: 4, s: 1, p: 1 },
     ];
     for (const g of cases) {
       const geom: K.Conv2DGeometry = { kernel: [g.k, g.k], stride: g.s, padding: g.p };
@@ -191,6 +194,40 @@ describe('native backend', { skip }, () => {
     const d = Float32Array.from([...rand(50), NaN, 2, 3, -Infinity]);
     r = await both(() => K.reluGrad(tf.tensor1d(d), tf.tensor1d(y)));
     sameBits(r.native[0], r.cpu[0], 'reluGrad');
+  });
+
+  it('fused SGD and Adam updates give the bits of the tfjs compositions, state included', async () => {
+    const configs: Array<Record<string, unknown>> = [
+      { type: 'sgd', lr: 0.1 },
+      { type: 'sgd', lr: 0.05, momentum: 0.9, weight_decay: 0.01 },
+      { type: 'sgd', lr: 0.05, momentum: 0.9, nesterov: true },
+      { type: 'sgd', lr: 0.05, momentum: 0.8, dampening: 0.3 },
+      { type: 'adam', lr: 0.01 },
+      { type: 'adam', lr: 0.01, weight_decay: 0.1, amsgrad: true },
+      { type: 'adamw', lr: 0.01, weight_decay: 0.05, betas: [0.3, 0.99] },
+    ];
+    const shapes = [[17, 5], [5]];
+    const init = shapes.map((sh) => rand(sh.reduce((a, b) => a * b, 1)));
+    const grads = [0, 1, 2].map(() => shapes.map((sh) => rand(sh.reduce((a, b) => a * b, 1))));
+    for (const config of configs) {
+      const run = async (backend: string): Promise<Float32Array[]> => {
+        await tf.setBackend(backend);
+        const params = shapes.map((sh, i) => ({ name: `p${i}`, value: tf.variable(tf.tensor(init[i], sh)), grad: null as tf.Tensor | null }));
+        const opt = createOptimizer(config as never);
+        for (const g of grads) {
+          params.forEach((p, i) => (p.grad = tf.tensor(g[i], shapes[i])));
+          opt.step(params, config.lr as number);
+          params.forEach((p) => p.grad!.dispose());
+        }
+        const state = opt.exportState();
+        const out = [...params.map((p) => Float32Array.from(p.value.dataSync() as Float32Array)), ...[...state.slots.values()].map((t) => Float32Array.from(t.data))];
+        params.forEach((p) => p.value.dispose());
+        return out;
+      };
+      const [native, cpu] = [await run(NATIVE_BACKEND), await run('cpu')];
+      assert.equal(native.length, cpu.length);
+      native.forEach((a, i) => sameBits(a, cpu[i], `${JSON.stringify(config)} tensor ${i}`));
+    }
   });
 
   it('reuses an output array only when nobody holds it', async () => {

@@ -15,7 +15,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
-import { BinaryOp, ReduceOp, UnaryOp, type NativeCompute } from './native-addon.js';
+import { BinaryOp, ReduceOp, UnaryOp, type AdamUpdateOptions, type NativeCompute, type SgdUpdateOptions } from './native-addon.js';
 import { FUSED } from './fused.js';
 
 export const NATIVE_BACKEND = 'native';
@@ -299,6 +299,22 @@ function fusedKernels(addon: NativeCompute): tf.KernelConfig[] {
       const dx = backend.alloc(tf.util.sizeFromShape(dy.shape));
       addon.bnInputGrad(valuesOf(backend, dy), valuesOf(backend, xmu), valuesOf(backend, invstd), vec(backend, gamma), valuesOf(backend, sumDy), valuesOf(backend, sumDyXmu), count, dx);
       return out(backend, dy.shape.slice(), dx);
+    }),
+    config(FUSED.sgdUpdate, (args, backend) => {
+      const { param, grad, buf } = args.inputs as { param: Info; grad: Info; buf?: Info };
+      const o = args.attrs as unknown as SgdUpdateOptions;
+      const n = tf.util.sizeFromShape(param.shape);
+      const p = backend.alloc(n), b = o.momentum !== 0 ? backend.alloc(n) : null;
+      addon.sgdUpdate(o, valuesOf(backend, param), valuesOf(backend, grad), vec(backend, buf), p, b);
+      return b ? [out(backend, param.shape.slice(), p), out(backend, param.shape.slice(), b)] : [out(backend, param.shape.slice(), p)];
+    }),
+    config(FUSED.adamUpdate, (args, backend) => {
+      const { param, grad, m, v, vmax } = args.inputs as { param: Info; grad: Info; m?: Info; v?: Info; vmax?: Info };
+      const o = args.attrs as unknown as AdamUpdateOptions;
+      const n = tf.util.sizeFromShape(param.shape);
+      const outs = [backend.alloc(n), backend.alloc(n), backend.alloc(n), ...(o.amsgrad ? [backend.alloc(n)] : [])];
+      addon.adamUpdate(o, valuesOf(backend, param), valuesOf(backend, grad), vec(backend, m), vec(backend, v), vec(backend, vmax), outs[0], outs[1], outs[2], outs[3] ?? null);
+      return outs.map((a) => out(backend, param.shape.slice(), a));
     }),
     config(FUSED.reluGrad, (args, backend) => {
       const { dy, y } = args.inputs as { dy: Info; y: Info };

@@ -21,6 +21,8 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { TrainerError } from '../errors.js';
+import { FUSED } from '../kernels/fused.js';
+import { fused, runFused } from '../kernels/kernels.js';
 import type { HostTensor, HostTensorMap, Param } from '../tensor-types.js';
 import type { Optimizer } from './optimizer.js';
 
@@ -40,6 +42,13 @@ interface AdamSlot {
   expAvg: tf.Tensor;
   expAvgSq: tf.Tensor;
   maxExpAvgSq: tf.Tensor | null;
+}
+
+/** The scalars of one parameter's step: learning rate and its bias corrections. */
+interface StepScalars {
+  lr: number;
+  stepSize: number;
+  biasCorrection2Sqrt: number;
 }
 
 const SLOT_NAMES = ['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step'] as const;
@@ -110,7 +119,7 @@ export class Adam implements Optimizer {
         throw new TrainerError('TAS_ERR_CHECKPOINT', `Adam state of ${p.name} has shape [${s.expAvg.shape}], parameter has [${p.value.shape}]`);
       }
     }
-    const { beta1, beta2, eps, weightDecay, decoupled, amsgrad } = this;
+    const { beta1, beta2 } = this;
     for (const p of params) {
       const grad = p.grad;
       if (grad === null) continue;
@@ -120,29 +129,8 @@ export class Adam implements Optimizer {
       const biasCorrection2 = 1 - beta2 ** t;
       const stepSize = lr / biasCorrection1;
       const biasCorrection2Sqrt = Math.sqrt(biasCorrection2);
-      const next = tf.tidy(() => {
-        let param: tf.Tensor = p.value;
-        let g: tf.Tensor = grad;
-        if (weightDecay !== 0) {
-          if (decoupled) param = tf.mul(param, 1 - lr * weightDecay);
-          else g = tf.add(g, tf.mul(param, weightDecay));
-        }
-        const m0 = old?.expAvg ?? tf.zerosLike(param);
-        const v0 = old?.expAvgSq ?? tf.zerosLike(param);
-        // torch.lerp(m0, g, w): m0 + w * (g - m0) for |w| < 0.5, else g - (g - m0) * (1 - w).
-        const w = 1 - beta1;
-        const m = w < 0.5 ? tf.add(m0, tf.mul(tf.sub(g, m0), w)) : tf.sub(g, tf.mul(tf.sub(g, m0), 1 - w));
-        const v = tf.add(tf.mul(v0, beta2), tf.mul(tf.mul(g, g), 1 - beta2));
-        let vUsed = v;
-        let vmax: tf.Tensor | null = null;
-        if (amsgrad) {
-          vmax = old?.maxExpAvgSq ? tf.maximum(old.maxExpAvgSq, v) : tf.clone(v);
-          vUsed = vmax;
-        }
-        const denom = tf.add(tf.div(tf.sqrt(vUsed), biasCorrection2Sqrt), eps);
-        p.value.assign(tf.sub(param, tf.mul(tf.div(m, denom), stepSize)));
-        return vmax === null ? [m, v] : [m, v, vmax];
-      });
+      const k = { lr, stepSize, biasCorrection2Sqrt };
+      const next = fused(FUSED.adamUpdate) ? this.fusedUpdate(p, grad, old, k) : this.composedUpdate(p, grad, old, k);
       if (old !== undefined) {
         old.expAvg.dispose();
         old.expAvgSq.dispose();
@@ -151,6 +139,59 @@ export class Adam implements Optimizer {
       this.state.set(p.name, { step: t, expAvg: next[0], expAvgSq: next[1], maxExpAvgSq: next[2] ?? null });
     }
     this.steps++;
+  }
+
+  /** One parameter's update from tfjs ops; returns [m, v, vmax?]. */
+  private composedUpdate(p: Param, grad: tf.Tensor, old: AdamSlot | undefined, k: StepScalars): tf.Tensor[] {
+    const { beta1, beta2, eps, weightDecay, decoupled, amsgrad } = this;
+    const { lr, stepSize, biasCorrection2Sqrt } = k;
+    return tf.tidy(() => {
+      let param: tf.Tensor = p.value;
+      let g: tf.Tensor = grad;
+      if (weightDecay !== 0) {
+        if (decoupled) param = tf.mul(param, 1 - lr * weightDecay);
+        else g = tf.add(g, tf.mul(param, weightDecay));
+      }
+      const m0 = old?.expAvg ?? tf.zerosLike(param);
+      const v0 = old?.expAvgSq ?? tf.zerosLike(param);
+      // torch.lerp(m0, g, w): m0 + w * (g - m0) for |w| < 0.5, else g - (g - m0) * (1 - w).
+      const w = 1 - beta1;
+      const m = w < 0.5 ? tf.add(m0, tf.mul(tf.sub(g, m0), w)) : tf.sub(g, tf.mul(tf.sub(g, m0), 1 - w));
+      const v = tf.add(tf.mul(v0, beta2), tf.mul(tf.mul(g, g), 1 - beta2));
+      let vUsed = v;
+      let vmax: tf.Tensor | null = null;
+      if (amsgrad) {
+        vmax = old?.maxExpAvgSq ? tf.maximum(old.maxExpAvgSq, v) : tf.clone(v);
+        vUsed = vmax;
+      }
+      const denom = tf.add(tf.div(tf.sqrt(vUsed), biasCorrection2Sqrt), eps);
+      p.value.assign(tf.sub(param, tf.mul(tf.div(m, denom), stepSize)));
+      return vmax === null ? [m, v] : [m, v, vmax];
+    });
+  }
+
+  /** The same update in one kernel of the backend's, with the same roundings (kernels/fused.ts). */
+  private fusedUpdate(p: Param, grad: tf.Tensor, old: AdamSlot | undefined, k: StepScalars): tf.Tensor[] {
+    const w = 1 - this.beta1;
+    const attrs = {
+      decay: 1 - k.lr * this.weightDecay,
+      weightDecay: this.weightDecay,
+      decoupled: this.decoupled,
+      amsgrad: this.amsgrad,
+      lerpLow: w < 0.5,
+      w,
+      oneMinusW: 1 - w,
+      beta2: this.beta2,
+      oneMinusBeta2: 1 - this.beta2,
+      biasCorrection2Sqrt: k.biasCorrection2Sqrt,
+      eps: this.eps,
+      stepSize: k.stepSize,
+    };
+    const inputs = { param: p.value, grad, m: old?.expAvg ?? null, v: old?.expAvgSq ?? null, vmax: old?.maxExpAvgSq ?? null };
+    const [param, ...slots] = runFused<tf.Tensor[]>(FUSED.adamUpdate, inputs, attrs);
+    p.value.assign(param);
+    param.dispose();
+    return slots;
   }
 
   exportState(): { step: number; slots: HostTensorMap } {

@@ -17,6 +17,8 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { TrainerError } from '../errors.js';
+import { FUSED } from '../kernels/fused.js';
+import { fused, runFused } from '../kernels/kernels.js';
 import type { HostTensorMap, Param } from '../tensor-types.js';
 import type { Optimizer } from './optimizer.js';
 
@@ -87,27 +89,41 @@ export class Sgd implements Optimizer {
         throw new TrainerError('TAS_ERR_CHECKPOINT', `momentum buffer of ${p.name} has shape [${buf.shape}], parameter has [${p.value.shape}]`);
       }
     }
-    const { momentum, dampening, weightDecay, nesterov } = this;
     for (const p of params) {
       const grad = p.grad;
       if (grad === null) continue;
       const old = this.buffers.get(p.name);
-      const next = tf.tidy(() => {
-        let dp: tf.Tensor = weightDecay !== 0 ? tf.add(grad, tf.mul(p.value, weightDecay)) : grad;
-        let buf: tf.Tensor | undefined;
-        if (momentum !== 0) {
-          buf = old === undefined ? tf.clone(dp) : tf.add(tf.mul(old, momentum), tf.mul(dp, 1 - dampening));
-          dp = nesterov ? tf.add(dp, tf.mul(buf, momentum)) : buf;
-        }
-        p.value.assign(tf.sub(p.value, tf.mul(dp, lr)));
-        return buf;
-      });
+      const next = fused(FUSED.sgdUpdate) ? this.fusedUpdate(p, grad, old, lr) : this.composedUpdate(p, grad, old, lr);
       if (next !== undefined) {
         old?.dispose();
         this.buffers.set(p.name, next);
       }
     }
     this.steps++;
+  }
+
+  /** One parameter's update from tfjs ops; returns the new momentum buffer (none without momentum). */
+  private composedUpdate(p: Param, grad: tf.Tensor, old: tf.Tensor | undefined, lr: number): tf.Tensor | undefined {
+    const { momentum, dampening, weightDecay, nesterov } = this;
+    return tf.tidy(() => {
+      let dp: tf.Tensor = weightDecay !== 0 ? tf.add(grad, tf.mul(p.value, weightDecay)) : grad;
+      let buf: tf.Tensor | undefined;
+      if (momentum !== 0) {
+        buf = old === undefined ? tf.clone(dp) : tf.add(tf.mul(old, momentum), tf.mul(dp, 1 - dampening));
+        dp = nesterov ? tf.add(dp, tf.mul(buf, momentum)) : buf;
+      }
+      p.value.assign(tf.sub(p.value, tf.mul(dp, lr)));
+      return buf;
+    });
+  }
+
+  /** The same update in one kernel of the backend's, with the same roundings (kernels/fused.ts). */
+  private fusedUpdate(p: Param, grad: tf.Tensor, old: tf.Tensor | undefined, lr: number): tf.Tensor | undefined {
+    const attrs = { lr, momentum: this.momentum, oneMinusDampening: 1 - this.dampening, weightDecay: this.weightDecay, nesterov: this.nesterov };
+    const [param, buf] = runFused<tf.Tensor[]>(FUSED.sgdUpdate, { param: p.value, grad, buf: old ?? null }, attrs);
+    p.value.assign(param);
+    param.dispose();
+    return buf;
   }
 
   exportState(): { step: number; slots: HostTensorMap } {
