@@ -4,7 +4,7 @@
  * bandwidth (bytes / p50 time, 256K and 4M float32), allGather latency of SyncBN-sized
  * stats; a raw TCP round trip (node:net, 2 KB ping-pong) as the floor; and, when
  * /usr/bin/python3 has torch, torch.distributed over gloo on the same machine
- * (shared/bench/gloo_allreduce.py) with our/gloo ratios. Every result is one JSON line.
+ * (bench/peers/gloo_allreduce.py) with our/gloo ratios. Every result is one JSON line.
  *
  * Transports (BENCH_TRANSPORTS=tcp,unix, default both): `tcp`, loopback TCP, as ranks on
  * different hosts dial each other; `unix`, the same gRPC over Unix sockets, as pool
@@ -29,7 +29,7 @@ import { GrpcCollective, listenCollectiveServer } from '../src/gpu-pool/grpc-col
 import { WORKER_MALLOC_ENV, workerEnv, workerNodeFlags } from '../src/gpu-pool/worker-env.js';
 
 const SELF = fileURLToPath(import.meta.url);
-const GLOO = join(import.meta.dirname, '../../shared/bench/gloo_allreduce.py');
+const GLOO = join(import.meta.dirname, 'peers/gloo_allreduce.py');
 
 function quantile(xs: number[], q: number): number {
   const s = xs.slice().sort((a, b) => a - b);

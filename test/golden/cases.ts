@@ -1,6 +1,6 @@
 /**
  * Golden cases: each runs the trainer on a fixture (any file of the format in
- * shared/golden/README.md) for one world size, ranks in one process over the
+ * test/golden/fixtures/pytorch/README.md) for one world size, ranks in one process over the
  * in-process collective, and returns the comparisons.
  */
 import * as tf from '@tensorflow/tfjs-core';

@@ -1,4 +1,4 @@
-/** Reading golden fixtures (format: shared/golden/README.md) and comparing with them. */
+/** Reading golden fixtures (format: fixtures/pytorch/README.md) and comparing with them. */
 import type { HostTensor, HostTensorMap } from '../../src/trainer/tensor-types.js';
 
 export interface FixtureTensor {

@@ -1,5 +1,6 @@
 /**
- * Golden suite: every fixture in $GOLDEN_DIR (default ../shared/golden) against PyTorch,
+ * Golden suite: every fixture in $GOLDEN_DIR (default test/golden/fixtures/pytorch, the
+ * PyTorch fixtures kept in the repository) against PyTorch,
  * for every world size the fixture lists (training) or a set of uneven splits (BN steps,
  * running stats, recalibration); ranks in one process over the in-process collective,
  * and, for training and recalibration fixtures with more than one rank, as separate
@@ -17,14 +18,23 @@ import { caseFor } from './run-case.js';
 
 type Json = Record<string, unknown>;
 
-const dir = resolve(process.env.GOLDEN_DIR ?? join(import.meta.dirname, '../../../shared/golden'));
+const dir = resolve(process.env.GOLDEN_DIR ?? join(import.meta.dirname, 'fixtures/pytorch'));
 const transports = (process.env.GOLDEN_TRANSPORTS ?? 'inproc,grpc').split(',').map((s) => s.trim());
 if (!existsSync(dir)) {
   console.error(`golden: no fixture directory ${dir}; set GOLDEN_DIR`);
   process.exit(1);
 }
 const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
+if (files.length === 0) {
+  console.error(`golden: no *.json fixtures in ${dir}`);
+  process.exit(1);
+}
 const backend = await initBackend(undefined, () => {});
+// CI builds the native addon: there the default backend must be native, not a fallback.
+if (process.env.TAS_REQUIRE_NATIVE === '1' && (process.env.TAS_BACKEND ?? 'auto') === 'auto' && backend.name !== 'native') {
+  console.error(`golden: TAS_REQUIRE_NATIVE=1 but the backend is ${backend.name} (${backend.reasons.join('; ')})`);
+  process.exit(1);
+}
 console.log(`golden: ${files.length} fixtures in ${dir}, backend ${backend.name}, transports ${transports.join('+')}`);
 let passed = 0;
 let failed = 0;

@@ -1,4 +1,4 @@
-"""Generate extra golden fixtures in the format of shared/golden/README.md with PyTorch
+"""Generate extra golden fixtures in the format of test/golden/fixtures/pytorch/README.md with PyTorch
 (float64, CPU), to exercise the suite on shapes, uneven shares, weight decay, nesterov,
 momenta and layer kinds the shared fixtures do not have.
 Usage: /usr/bin/python3 make_variants.py OUT_DIR   (needs python3-torch)"""
