@@ -1,100 +1,134 @@
 /**
- * bench:train — the MLP of shared/bench/torch_mlp.py (784-512-512-10, BatchNorm1d,
- * batch 256, SGD lr 0.01) on the selected tensor backend. Prints JSON lines:
- * the backend's own plain matMul rate, our training step, and PyTorch's samples/s from
- * the peer script in the same run when /usr/bin/python3 has torch.
+ * bench:train — training throughput of each tensor backend present, beside PyTorch in
+ * the same run (JSON lines).
+ *
+ * Models (bench/train/models.ts, twins of bench/peers/torch_mlp.py and torch_cnn.py):
+ * an MLP 784-512-512-10 with BatchNorm1d, batch 256, and a CNN on 32x32x3 (three 3x3
+ * convolutions with BatchNorm2d and ReLU, global average pooling, a linear head), batch
+ * 64; SGD lr 0.01. For each thread count (1, then every core) PyTorch runs first with
+ * that many threads (torch.set_num_threads and OPENBLAS_NUM_THREADS: OpenBLAS otherwise
+ * uses every core even when torch is told 1), then each backend in a process of its own
+ * (TAS_COMPUTE_THREADS); wasm and cpu run single-threaded, so only in the 1-thread round.
+ * Each line: model, backend, threads, samples/s, step ms (median), GFLOP/s, peak RSS,
+ * ratio to PyTorch at the same thread count. Then a memory line per model on the first
+ * fast backend: resident set after warm-up and after BENCH_MEMORY_STEPS more steps.
+ *
+ *   BENCH_BACKENDS   default tensorflow,native,wasm,cpu (absent ones print why)
+ *   BENCH_MODELS     default mlp,cnn
+ *   BENCH_STEPS      timed steps (default 40 MLP / 15 CNN; the cpu backend 3)
+ *   BENCH_CPU_CNN=1  also the CNN on the pure-JS cpu backend (minutes per step)
+ *   BENCH_MEMORY_STEPS  default 1000; 0 skips the memory lines
+ * PyTorch comes from /usr/bin/python3 (Debian python3-torch, libopenblas0-pthread).
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import * as tf from '@tensorflow/tfjs-core';
-import { initBackend } from '../src/trainer/backend.js';
-import { SoloCollective } from '../src/trainer/collective/collective.js';
-import { RankTrainer } from '../src/trainer/engine/rank-trainer.js';
-import { Rng } from '../src/trainer/math/rng.js';
-import { Model } from '../src/trainer/model/model.js';
-import { createOptimizer } from '../src/trainer/optim/index.js';
+import { flopsPerStep, MODELS, type BenchModel } from './train/models.js';
 
-const B = 256, D = 784, H = 512, C = 10;
-const STEPS = Number(process.env.BENCH_STEPS ?? 20);
-const FLOPS_PER_STEP = 3 * 2 * B * (D * H + H * H + H * C);
+const CHILD = join(import.meta.dirname, 'train/child.ts');
+const PEERS = join(import.meta.dirname, 'peers');
+const PYTHON = '/usr/bin/python3';
+const backends = (process.env.BENCH_BACKENDS ?? 'tensorflow,native,wasm,cpu').split(',').map((s) => s.trim());
+const models = (process.env.BENCH_MODELS ?? 'mlp,cnn').split(',').map((s) => MODELS[s.trim()]).filter((m): m is BenchModel => m !== undefined);
+const memorySteps = Number(process.env.BENCH_MEMORY_STEPS ?? 1000);
+const cores = availableParallelism();
+const threadCounts = cores > 1 ? [1, cores] : [1];
 
-function median(xs: number[]): number {
-  const s = xs.slice().sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
+function stepsFor(m: BenchModel, backend: string): number {
+  if (process.env.BENCH_STEPS) return Number(process.env.BENCH_STEPS);
+  if (backend === 'cpu') return 3;
+  return m.name === 'mlp' ? 40 : 15;
 }
 
-const backend = await initBackend(undefined, () => {});
-
-// The backend's own plain matMul rate on the step's largest product (256x784 · 784x512).
-const a = tf.randomNormal([B, D]) as tf.Tensor2D;
-const w = tf.randomNormal([D, H]) as tf.Tensor2D;
-const mmTimes: number[] = [];
-for (let i = 0; i < 23; i++) {
-  const t = performance.now();
-  const r = tf.matMul(a, w);
-  r.dataSync();
-  r.dispose();
-  if (i >= 3) mmTimes.push(performance.now() - t);
+interface Run {
+  unavailable?: string;
+  backend: string;
+  threads: number;
+  step_ms: number;
+  step_ms_min: number;
+  peak_rss_mb: number;
+  memory?: Record<string, number>;
 }
-a.dispose();
-w.dispose();
-const matmulGflops = (2 * B * D * H) / median(mmTimes) / 1e6;
 
-const model = Model.build({
-  input_shape: [D],
-  layers: [
-    { type: 'linear', out: H, bias: false },
-    { type: 'batchnorm' },
-    { type: 'relu' },
-    { type: 'linear', out: H, bias: false },
-    { type: 'batchnorm' },
-    { type: 'relu' },
-    { type: 'linear', out: C },
-  ],
-}, 0);
-const trainer = new RankTrainer(model, createOptimizer({ type: 'sgd', lr: 0.01 }), new SoloCollective(), 'cross_entropy');
-const rng = new Rng(0);
-const xData = Float32Array.from({ length: B * D }, () => rng.normal());
-const labels = Int32Array.from({ length: B }, () => rng.int(C));
-const x = model.inputTensor(xData, B);
-const stepTimes: number[] = [];
-for (let i = 0; i < 3 + STEPS; i++) {
-  const t = performance.now();
-  await trainer.step(x, { labels }, B, 0.01, undefined, rng);
-  if (i >= 3) stepTimes.push(performance.now() - t);
+function ours(m: BenchModel, backend: string, threads: number, memory = 0): Run {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', CHILD, m.name, String(stepsFor(m, backend)), String(memory)], {
+    env: { ...process.env, TAS_BACKEND: backend, TAS_COMPUTE_THREADS: String(threads) },
+    encoding: 'utf8',
+    maxBuffer: 16 << 20,
+  });
+  const last = (r.stdout ?? '').trim().split('\n').pop() ?? '';
+  if (r.status !== 0 || !last.startsWith('{')) return { unavailable: `exit ${r.status}: ${(r.stderr ?? '').trim().split('\n').pop()}`, backend, threads, step_ms: NaN, step_ms_min: NaN, peak_rss_mb: NaN };
+  return JSON.parse(last) as Run;
 }
-x.dispose();
-const leaked = tf.memory().numTensors;
-const stepMs = median(stepTimes);
-const ours = {
-  bench: 'train_mlp',
-  backend: backend.name,
-  package: backend.package,
-  batch: B,
-  step_ms: +stepMs.toFixed(2),
-  samples_per_s: +((B / stepMs) * 1000).toFixed(1),
-  gflops: +(FLOPS_PER_STEP / stepMs / 1e6).toFixed(2),
-  matmul_gflops: +matmulGflops.toFixed(2),
-  fraction_of_matmul: +(FLOPS_PER_STEP / stepMs / 1e6 / matmulGflops).toFixed(3),
-  live_tensors: leaked,
-};
-console.log(JSON.stringify(ours));
 
-const peerScript = join(import.meta.dirname, '../../shared/bench/torch_mlp.py');
-const python = '/usr/bin/python3';
-let peer: { samples_per_s: number } | null = null;
-if (existsSync(python) && existsSync(peerScript)) {
+interface Peer {
+  step_ms: number;
+  samples_per_s: number;
+  peak_rss_mb: number;
+  torch: string;
+}
+
+/** The PyTorch twin at `threads`, peak RSS read by the wrapper around the unchanged script. */
+function peer(m: BenchModel, threads: number): Peer | string {
+  if (!existsSync(PYTHON)) return `no ${PYTHON}`;
+  const wrapper = [
+    'import json, resource, runpy, sys',
+    `sys.argv = [${JSON.stringify(join(PEERS, m.peer))}, ${JSON.stringify(String(stepsFor(m, 'native')))}, ${JSON.stringify(String(threads))}]`,
+    'runpy.run_path(sys.argv[0], run_name="__main__")',
+    'print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))',
+  ].join('\n');
   try {
-    execFileSync(python, ['-c', 'import torch'], { stdio: 'ignore' });
-    const out = execFileSync(python, [peerScript, String(STEPS)], { encoding: 'utf8' }).trim().split('\n').pop()!;
-    peer = JSON.parse(out) as { samples_per_s: number };
-    console.log(JSON.stringify({ bench: 'train_mlp', ...peer }));
+    const t = String(threads);
+    const out = execFileSync(PYTHON, ['-c', wrapper], { encoding: 'utf8', env: { ...process.env, OPENBLAS_NUM_THREADS: t, OMP_NUM_THREADS: t, MKL_NUM_THREADS: t } }).trim().split('\n');
+    const [result, rss] = out.slice(-2).map((l) => JSON.parse(l) as Record<string, unknown>);
+    return { step_ms: result.step_ms as number, samples_per_s: result.samples_per_s as number, torch: result.torch as string, peak_rss_mb: +(rss.peak_rss_mb as number).toFixed(1) };
   } catch (e) {
-    console.log(JSON.stringify({ bench: 'train_mlp', peer: 'pytorch-cpu', skipped: `torch not usable: ${(e as Error).message.split('\n')[0]}` }));
+    return `torch not usable: ${(e as Error).message.split('\n')[0]}`;
   }
-} else {
-  console.log(JSON.stringify({ bench: 'train_mlp', peer: 'pytorch-cpu', skipped: 'no /usr/bin/python3 or peer script' }));
 }
-if (peer) console.log(JSON.stringify({ bench: 'train_mlp', ratio_to_pytorch: +(ours.samples_per_s / peer.samples_per_s).toFixed(4), target: 0.06 }));
-model.dispose();
+
+const round = (v: number, d = 1): number => +v.toFixed(d);
+const print = (o: Record<string, unknown>): void => console.log(JSON.stringify({ bench: 'train', ...o }));
+const absent = new Map<string, string>();
+
+for (const m of models) {
+  for (const threads of threadCounts) {
+    const p = peer(m, threads);
+    if (typeof p === 'string') print({ model: m.name, backend: 'pytorch-cpu', threads, skipped: p });
+    else print({ model: m.name, backend: 'pytorch-cpu', torch: p.torch, threads, samples_per_s: round(p.samples_per_s), step_ms: round(p.step_ms, 2), gflops: round(flopsPerStep(m) / p.step_ms / 1e6), peak_rss_mb: p.peak_rss_mb });
+    for (const b of backends) {
+      if (absent.has(b)) continue;
+      if (threads > 1 && (b === 'wasm' || b === 'cpu')) continue;
+      if (b === 'cpu' && m.name === 'cnn' && process.env.BENCH_CPU_CNN !== '1') {
+        print({ model: m.name, backend: b, threads, skipped: 'the pure-JS cpu backend takes minutes per CNN step (BENCH_CPU_CNN=1 runs it)' });
+        continue;
+      }
+      const r = ours(m, b, threads);
+      if (r.unavailable) {
+        absent.set(b, r.unavailable);
+        print({ backend: b, skipped: r.unavailable });
+        continue;
+      }
+      print({
+        model: m.name,
+        backend: r.backend,
+        threads: r.threads,
+        samples_per_s: round((m.batch / r.step_ms) * 1000),
+        step_ms: round(r.step_ms, 2),
+        gflops: round(flopsPerStep(m) / r.step_ms / 1e6),
+        peak_rss_mb: r.peak_rss_mb,
+        ratio_to_pytorch: typeof p === 'string' ? null : round(p.step_ms / r.step_ms, 3),
+        target: m.name === 'mlp' ? 1.0 : 0.7,
+      });
+    }
+  }
+}
+
+if (memorySteps > 0) {
+  const fast = backends.find((b) => !absent.has(b) && b !== 'cpu');
+  for (const m of fast ? models : []) {
+    const r = ours(m, fast!, cores, memorySteps);
+    print({ model: m.name, backend: r.backend, threads: r.threads, memory: r.memory ?? r.unavailable });
+  }
+}
