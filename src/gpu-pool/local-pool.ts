@@ -6,7 +6,7 @@
  * restarts from its checkpoint on a fresh gang.
  */
 import { assignDevices, type DeviceAssignment } from './device.js';
-import type { TlsFiles } from './tls-files.js';
+import type { TlsFiles } from '../grpc/tls-files.js';
 import { startLocalWorker, stopLocalWorkers, type LocalWorker } from './pool.js';
 import type { WorkerRegistry } from './registry.js';
 

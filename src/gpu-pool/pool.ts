@@ -14,7 +14,7 @@ import * as grpc from '@grpc/grpc-js';
 import { TrainerError, type TrainerErrorCode } from '../trainer/errors.js';
 import { assignDevices, type DeviceAssignment } from './device.js';
 import type { DoneMsg, StepMsg, WorkerInfoMsg } from './messages.js';
-import type { TlsFiles } from './grpc-collective.js';
+import type { TlsFiles } from '../grpc/tls-files.js';
 import { WorkerClient } from './worker-client.js';
 import { workerEnv, workerNodeFlags } from './worker-env.js';
 

@@ -15,7 +15,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { PrismaClient } from '../service/db/client.js';
-import type { TlsFiles } from './tls-files.js';
+import type { TlsFiles } from '../grpc/tls-files.js';
 import { pickGang, type DeviceKind, type GangCandidate, type PoolCounts } from './gang.js';
 import type { WorkerInfoMsg } from './messages.js';
 import { WorkerClient } from './worker-client.js';

@@ -26,7 +26,7 @@ import { JobRepository, type Job } from '../service/db/jobs.js';
 import { appendJobLog, type LogLevel } from '../service/job-log.js';
 import { ModelStore } from '../service/models.js';
 import { TrainerError, type TrainerErrorCode } from '../trainer/errors.js';
-import type { TlsFiles } from './tls-files.js';
+import type { TlsFiles } from '../grpc/tls-files.js';
 import { runJobOnWorkers } from './pool.js';
 import { ProgressSink } from './progress.js';
 import { CANCEL_CHANNEL, DEFAULT_QUEUE_NAME, JobQueue, type QueuedJob } from './queue.js';

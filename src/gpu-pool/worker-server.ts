@@ -12,8 +12,8 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { initBackend, type BackendInfo } from '../trainer/backend.js';
 import { assignDevices, listGpus, type DeviceAssignment } from './device.js';
-import { GrpcCollective, listenCollectiveServer } from './grpc-collective.js';
-import { serverCredentials, type TlsFiles } from './tls-files.js';
+import { GrpcCollective, listenCollectiveServer } from '../collective/grpc-collective.js';
+import { serverCredentials, type TlsFiles } from '../grpc/tls-files.js';
 import { hostId } from './host-id.js';
 import { addWorkerService } from './worker-service.js';
 

@@ -19,7 +19,7 @@ import type { BnLayerSummary } from '../trainer/math/bn-summary.js';
 import { join } from 'node:path';
 import type { DeviceAssignment } from './device.js';
 import type { BnLayerStatsMsg, RunEventMsg, RunRequestMsg, WorkerInfoMsg } from './messages.js';
-import { workerProto } from './proto.js';
+import { workerProto } from '../grpc/proto.js';
 
 export interface CollectiveRequest {
   jobId: string;

@@ -14,7 +14,7 @@ import { LocalPool } from '../gpu-pool/local-pool.js';
 import { JobQueue, redisConnection } from '../gpu-pool/queue.js';
 import { WorkerRegistry } from '../gpu-pool/registry.js';
 import { Scheduler } from '../gpu-pool/scheduler.js';
-import type { TlsFiles } from '../gpu-pool/tls-files.js';
+import type { TlsFiles } from '../grpc/tls-files.js';
 import type { ServiceConfig } from './config.js';
 import { createPrismaClient, type PrismaClient } from './db/client.js';
 import { migrate } from './db/migrate.js';

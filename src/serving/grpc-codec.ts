@@ -12,7 +12,7 @@
  * `decodeInferRequest` return null, and the caller decodes it with proto-loader. Fields
  * unknown to the .proto are skipped, as protobuf requires. Pure: no I/O.
  */
-import { putVarint, varintSize } from '../wire/varint.js';
+import { putVarint, varintSize } from '../grpc/varint.js';
 
 // ---- the messages, as proto-loader gives them (keepCase, defaults, longs as numbers) ------
 

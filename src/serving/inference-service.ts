@@ -6,7 +6,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
-import type { TlsFiles } from '../gpu-pool/tls-files.js';
+import type { TlsFiles } from '../grpc/tls-files.js';
 import { InferenceEngine } from './engine.js';
 import { startInferenceGrpcServer, type InferenceGrpcServer } from './grpc-server.js';
 import { InferenceMetrics } from './metrics.js';

@@ -24,8 +24,8 @@ import {
   type Frame,
   type GrpcCollectiveOptions,
 } from './grpc-collective.js';
-import { hasOpenssl, makeTestCerts } from './testing/tls.js';
-import { MessageReader, PLACE_MIN, PLACE_PEEK } from './grpc-h2.js';
+import { hasOpenssl, makeTestCerts } from '../grpc/testing/tls.js';
+import { MessageReader, PLACE_MIN, PLACE_PEEK } from './transport/grpc-h2.js';
 
 const PROTO = join(import.meta.dirname, '../../proto/collective.proto');
 

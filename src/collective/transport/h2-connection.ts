@@ -1,7 +1,7 @@
 /**
  * HTTP/2 (RFC 9113) over one socket, as much as the collective's gRPC needs, in JS: the
  * connection preface, SETTINGS, flow control both ways, HEADERS/CONTINUATION (HPACK,
- * src/wire/hpack.ts), DATA (padding accepted), RST_STREAM, PING (answered), GOAWAY;
+ * hpack.ts), DATA (padding accepted), RST_STREAM, PING (answered), GOAWAY;
  * PRIORITY and unknown frame types are ignored, PUSH_PROMISE is a protocol error (we
  * disable push).
  *
@@ -19,7 +19,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
-import { encodeHeaders, HpackDecoder, type HeaderList } from '../wire/hpack.js';
+import { encodeHeaders, HpackDecoder, type HeaderList } from './hpack.js';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 

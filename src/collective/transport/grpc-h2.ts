@@ -27,9 +27,9 @@ import { EventEmitter } from 'node:events';
 import { readFileSync, unlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import type { HeaderList } from '../wire/hpack.js';
+import type { HeaderList } from './hpack.js';
 import { H2Connection, H2Error, header, type H2Stream } from './h2-connection.js';
-import type { TlsFiles } from './tls-files.js';
+import type { TlsFiles } from '../../grpc/tls-files.js';
 
 /** gRPC status codes used here (the numbers of grpc's `status`). */
 export const Status = {

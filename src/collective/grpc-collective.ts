@@ -63,12 +63,12 @@
  */
 import { endianness } from 'node:os';
 import type * as grpc from '@grpc/grpc-js';
-import { dial as dialH2, GrpcH2Server, Status, statusName, type CallStatus, type GrpcCall } from './grpc-h2.js';
-import type { TlsFiles } from './tls-files.js';
+import { dial as dialH2, GrpcH2Server, Status, statusName, type CallStatus, type GrpcCall } from './transport/grpc-h2.js';
+import type { TlsFiles } from '../grpc/tls-files.js';
 import type { Collective } from '../trainer/collective/collective.js';
 import { sumInRankOrder } from './collective-math.js';
 import { TrainerError } from '../trainer/errors.js';
-import { putVarint, varintSize as varintLen } from '../wire/varint.js';
+import { putVarint, varintSize as varintLen } from '../grpc/varint.js';
 
 // ---------------------------------------------------------------------------------------
 // Wire format (tas.collective.v1.Frame), encoded and decoded by hand.
@@ -347,7 +347,7 @@ export class CollectiveError extends TrainerError {
 // ---------------------------------------------------------------------------------------
 // Options, servers.
 
-export type { TlsFiles } from './tls-files.js';
+export type { TlsFiles } from '../grpc/tls-files.js';
 
 export interface GrpcCollectiveOptions {
   jobId: string;
