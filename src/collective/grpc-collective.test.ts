@@ -9,21 +9,9 @@ import type { Collective } from '../trainer/collective/collective.js';
 import { InProcessGroup } from '../trainer/collective/in-process.js';
 import { TrainerError } from '../trainer/errors.js';
 import { Rng } from '../trainer/math/rng.js';
-import {
-  COLLECTIVE_SERVICE,
-  CollectiveError,
-  EXCHANGE_PATH,
-  GrpcCollective,
-  Op,
-  decodeFrame,
-  encodeFrame,
-  encodeFrameParts,
-  recvAlloc,
-  encodeFrameHeader,
-  listenCollectiveServer,
-  type Frame,
-  type GrpcCollectiveOptions,
-} from './grpc-collective.js';
+import { CollectiveError, GrpcCollective, listenCollectiveServer, type GrpcCollectiveOptions } from './grpc-collective.js';
+import { COLLECTIVE_SERVICE, decodeFrame, encodeFrame, encodeFrameHeader, encodeFrameParts, EXCHANGE_PATH, Op, type Frame } from './frame-codec.js';
+import { recvAlloc } from './receive-buffers.js';
 import { hasOpenssl, makeTestCerts } from '../grpc/testing/tls.js';
 import { MessageReader, PLACE_MIN, PLACE_PEEK } from './transport/grpc-h2.js';
 
