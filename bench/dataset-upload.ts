@@ -20,7 +20,7 @@ const SELF = fileURLToPath(import.meta.url);
 
 async function serve(url: string, dataDir: string, maxUploadBytes: number): Promise<void> {
   const { createPrismaClient } = await import('../src/service/db/client.js');
-  const { DatasetStore } = await import('../src/service/datasets.js');
+  const { DatasetStore } = await import('../src/service/datasets/dataset-store.js');
   const { createBaseApp } = await import('../src/api/app.js');
   const { addSharedSchemas } = await import('../src/api/schemas.js');
   const { datasetRoutes } = await import('../src/api/routes/datasets.js');

@@ -48,7 +48,7 @@ import { createBaseApp } from '../src/api/app.js';
 import { createPrismaClient } from '../src/service/db/client.js';
 import { migrate } from '../src/service/db/migrate.js';
 import { createFreshSchema } from '../src/service/db/testing/fresh-schema.js';
-import { ModelStore } from '../src/service/models.js';
+import { ModelStore } from '../src/service/models/model-store.js';
 import { INFERENCE_PROTO, PROTO_OPTIONS } from '../src/serving/grpc-server.js';
 import { startInferenceService } from '../src/serving/inference-service.js';
 import { exportOnnx } from '../src/serving/onnx-export.js';

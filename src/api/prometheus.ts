@@ -5,8 +5,8 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { STALE_PROBES } from '../gpu-pool/registry.js';
-import type { JobQueue } from '../gpu-pool/queue.js';
+import { STALE_PROBES } from '../service/scheduling/worker-registry.js';
+import type { JobQueue } from '../service/scheduling/job-queue.js';
 import type { PrismaClient } from '../service/db/client.js';
 
 export interface PrometheusOptions {

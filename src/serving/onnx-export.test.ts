@@ -17,7 +17,7 @@ import { addSharedSchemas } from '../api/schemas.js';
 import { createPrismaClient, type PrismaClient } from '../service/db/client.js';
 import { migrate } from '../service/db/migrate.js';
 import { createFreshSchema, databaseUnavailable, type FreshSchema } from '../service/db/testing/fresh-schema.js';
-import { ModelStore } from '../service/models.js';
+import { ModelStore } from '../service/models/model-store.js';
 import { artifactMetadata, encodeStateDict, parseArtifact, type ArtifactMeta, type LoadedArtifact } from '../trainer/artifact/artifact.js';
 import type { ForwardContext } from '../trainer/layers/layer.js';
 import { Rng } from '../trainer/math/rng.js';

@@ -13,7 +13,7 @@ import { predict, servable } from '../../src/serving/predict.js';
 import '../setup-backend.js';
 import { summariseBnBuffers } from '../../src/trainer/math/bn-summary.js';
 import { databaseUnavailable } from '../../src/service/db/testing/fresh-schema.js';
-import type { JobMetricsView } from '../../src/service/metrics-view.js';
+import type { JobMetricsView } from '../../src/service/jobs/metrics-view.js';
 import { getJson, postJson, serviceEnvironment, startServe, TERMINAL, waitFor, type JobStatusView, type Served } from './harness.js';
 
 const unavailable = await databaseUnavailable();

@@ -17,7 +17,7 @@ import { createBaseApp } from '../../src/api/app.js';
 import { createPrismaClient, type PrismaClient } from '../../src/service/db/client.js';
 import { migrate } from '../../src/service/db/migrate.js';
 import { createFreshSchema, databaseUnavailable, type FreshSchema } from '../../src/service/db/testing/fresh-schema.js';
-import { ModelStore } from '../../src/service/models.js';
+import { ModelStore } from '../../src/service/models/model-store.js';
 import { INFERENCE_PROTO } from '../../src/serving/grpc-server.js';
 import { startInferenceService, type InferenceService } from '../../src/serving/inference-service.js';
 import { fixtureArtifactBytes, type TrainingFixture } from '../golden/artifact.js';

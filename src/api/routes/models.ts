@@ -2,7 +2,7 @@
 import { createReadStream } from 'node:fs';
 import type { FastifyPluginAsync } from 'fastify';
 import { exportOnnx } from '../../serving/onnx-export.js';
-import type { ModelStore } from '../../service/models.js';
+import type { ModelStore } from '../../service/models/model-store.js';
 import { readArtifact, type LoadedArtifact } from '../../trainer/artifact/artifact.js';
 import { TrainerError } from '../../trainer/errors.js';
 import { ApiError } from '../errors.js';

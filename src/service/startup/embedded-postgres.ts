@@ -38,7 +38,7 @@ import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
-import { ServiceStartError } from './errors.js';
+import { ServiceStartError } from './start-errors.js';
 import { serialiseProtocolTurns } from './pglite-turns.js';
 import { acquirePidLock, type PidLock } from './pid-lock.js';
 

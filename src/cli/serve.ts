@@ -11,20 +11,20 @@ import { Registry } from 'prom-client';
 import { buildApp } from '../api/app.js';
 import { datasetRoutes } from '../api/routes/datasets.js';
 import { LocalPool } from '../gpu-pool/local-pool.js';
-import { JobQueue, redisConnection } from '../gpu-pool/queue.js';
-import { WorkerRegistry } from '../gpu-pool/registry.js';
-import { Scheduler } from '../gpu-pool/scheduler.js';
+import { JobQueue, redisConnection } from '../service/scheduling/job-queue.js';
+import { WorkerRegistry } from '../service/scheduling/worker-registry.js';
+import { Scheduler } from '../service/scheduling/scheduler.js';
 import type { TlsFiles } from '../grpc/tls-files.js';
-import type { ServiceConfig } from './config.js';
-import { createPrismaClient, type PrismaClient } from './db/client.js';
-import { migrate } from './db/migrate.js';
-import { DatasetStore } from './datasets.js';
-import { startEmbeddedPostgres } from './embedded-postgres.js';
-import { JobService } from './job-service.js';
+import type { ServiceConfig } from '../service/startup/config.js';
+import { createPrismaClient, type PrismaClient } from '../service/db/client.js';
+import { migrate } from '../service/db/migrate.js';
+import { DatasetStore } from '../service/datasets/dataset-store.js';
+import { startEmbeddedPostgres } from '../service/startup/embedded-postgres.js';
+import { JobService } from '../service/jobs/job-service.js';
 import { startInferenceService, type InferenceService } from '../serving/inference-service.js';
-import { modelChangesChannel, redisModelChanges } from './model-changes.js';
-import { ModelStore } from './models.js';
-import { ensureRedis } from './redis-server.js';
+import { modelChangesChannel, redisModelChanges } from '../service/models/model-changes.js';
+import { ModelStore } from '../service/models/model-store.js';
+import { ensureRedis } from '../service/startup/redis-server.js';
 
 export interface ServiceParts {
   /** Serve the REST API, and inference (REST /v2 on the same port, gRPC on TAS_GRPC_PORT). */

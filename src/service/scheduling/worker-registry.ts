@@ -14,11 +14,11 @@
  * online), which wakes jobs waiting for a gang without polling the database in a loop.
  */
 import { EventEmitter } from 'node:events';
-import type { PrismaClient } from '../service/db/client.js';
-import type { TlsFiles } from '../grpc/tls-files.js';
-import { pickGang, type DeviceKind, type GangCandidate, type PoolCounts } from './gang.js';
-import type { WorkerInfoMsg } from './messages.js';
-import { WorkerClient } from './worker-client.js';
+import type { PrismaClient } from '../db/client.js';
+import type { TlsFiles } from '../../grpc/tls-files.js';
+import { pickGang, type DeviceKind, type GangCandidate, type PoolCounts } from '../../gpu-pool/gang.js';
+import type { WorkerInfoMsg } from '../../gpu-pool/messages.js';
+import { WorkerClient } from '../../gpu-pool/worker-client.js';
 
 export interface ReservedWorker extends GangCandidate {
   readonly backend: string | null;

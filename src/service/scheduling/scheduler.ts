@@ -19,18 +19,18 @@
 import { join } from 'node:path';
 import { Worker as BullWorker, type ConnectionOptions, type Job as BullJob } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { Prisma, PrismaClient } from '../service/db/client.js';
-import { isDbError } from '../service/db/errors.js';
-import { isTerminal } from '../service/db/job-states.js';
-import { JobRepository, type Job } from '../service/db/jobs.js';
-import { appendJobLog, type LogLevel } from '../service/job-log.js';
-import { ModelStore } from '../service/models.js';
-import { TrainerError, type TrainerErrorCode } from '../trainer/errors.js';
-import type { TlsFiles } from '../grpc/tls-files.js';
-import { runJobOnWorkers } from './pool.js';
+import type { Prisma, PrismaClient } from '../db/client.js';
+import { isDbError } from '../db/errors.js';
+import { isTerminal } from '../db/job-states.js';
+import { JobRepository, type Job } from '../db/jobs.js';
+import { appendJobLog, type LogLevel } from '../jobs/job-log.js';
+import { ModelStore } from '../models/model-store.js';
+import { TrainerError, type TrainerErrorCode } from '../../trainer/errors.js';
+import type { TlsFiles } from '../../grpc/tls-files.js';
+import { runJobOnWorkers } from '../../gpu-pool/pool.js';
 import { ProgressSink } from './progress.js';
-import { CANCEL_CHANNEL, DEFAULT_QUEUE_NAME, JobQueue, type QueuedJob } from './queue.js';
-import type { ReservedWorker, WorkerRegistry } from './registry.js';
+import { CANCEL_CHANNEL, DEFAULT_QUEUE_NAME, JobQueue, type QueuedJob } from './job-queue.js';
+import type { ReservedWorker, WorkerRegistry } from './worker-registry.js';
 
 export interface SchedulerOptions {
   readonly prisma: PrismaClient;

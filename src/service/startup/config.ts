@@ -9,7 +9,7 @@
  * (`FOO= tas serve` is how a shell unsets one for a command).
  */
 import { resolve } from 'node:path';
-import { isValidSchemaName } from './db/url.js';
+import { isValidSchemaName } from '../db/url.js';
 
 export interface ServiceConfig {
   /** REST API port (TAS_HTTP_PORT). @defaultValue 8000 */

@@ -3,8 +3,8 @@
  * progress milestones, publication). Stored in PostgreSQL with the job, so any API
  * process can serve them and they outlive the scheduler that wrote them.
  */
-import type { PrismaClient } from './db/client.js';
-import type { LogLevel } from './db/generated/enums.js';
+import type { PrismaClient } from '../db/client.js';
+import type { LogLevel } from '../db/generated/enums.js';
 
 export type { LogLevel };
 

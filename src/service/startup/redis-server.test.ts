@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
-import { isServiceStartError } from './errors.js';
+import { isServiceStartError } from './start-errors.js';
 import { checkRedisPolicy, ensureRedis, isLocalHost, type RedisHandle } from './redis-server.js';
 
 const SHARED_REDIS = 'redis://127.0.0.1:6379';

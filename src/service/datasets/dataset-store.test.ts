@@ -10,13 +10,13 @@ import { PassThrough, Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { checkUpload, type CheckRequest } from './dataset-check.js';
 import { isDatasetError } from './dataset-errors.js';
-import { DatasetStore, type IngestResult } from './datasets.js';
-import { createPrismaClient, type PrismaClient } from './db/client.js';
-import { isDbError } from './db/errors.js';
-import { migrate } from './db/migrate.js';
-import { createFreshSchema, databaseUnavailable, type FreshSchema } from './db/testing/fresh-schema.js';
+import { DatasetStore, type IngestResult } from './dataset-store.js';
+import { createPrismaClient, type PrismaClient } from '../db/client.js';
+import { isDbError } from '../db/errors.js';
+import { migrate } from '../db/migrate.js';
+import { createFreshSchema, databaseUnavailable, type FreshSchema } from '../db/testing/fresh-schema.js';
 import { chunked, f32, i64, npyBytes } from './testing/dataset-fixtures.js';
-import { TrainerError } from '../trainer/errors.js';
+import { TrainerError } from '../../trainer/errors.js';
 
 const unavailable = await databaseUnavailable();
 

@@ -4,9 +4,9 @@
  * `{"id": "<job id>"}` and then waits to be killed (the test kills it with SIGKILL to
  * check that committed data survives a crash and that the directory lock is stale).
  */
-import { createPrismaClient } from '../db/client.js';
-import { JobRepository } from '../db/jobs.js';
-import { migrate } from '../db/migrate.js';
+import { createPrismaClient } from '../../db/client.js';
+import { JobRepository } from '../../db/jobs.js';
+import { migrate } from '../../db/migrate.js';
 import { startEmbeddedPostgres } from '../embedded-postgres.js';
 
 const dataDir = process.argv[2];

@@ -4,8 +4,8 @@
  * flush), so a fast job's hundreds of steps per second cost a few statements per
  * second, and the job's status shows progress while it runs.
  */
-import type { Prisma, PrismaClient } from '../service/db/client.js';
-import type { StepMsg } from './messages.js';
+import type { Prisma, PrismaClient } from '../db/client.js';
+import type { StepMsg } from '../../gpu-pool/messages.js';
 
 export interface ProgressSinkOptions {
   /** Longest time a step waits before it is written. @defaultValue 500 */

@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { isServiceStartError } from './errors.js';
+import { isServiceStartError } from './start-errors.js';
 import { acquirePidLock } from './pid-lock.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tas-pidlock-'));

@@ -12,10 +12,10 @@
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { parseIdx } from '../trainer/data/idx.js';
-import { loadDataset, type DataSource } from '../trainer/data/load.js';
-import { parseNpy } from '../trainer/data/npy.js';
-import { TrainerError } from '../trainer/errors.js';
+import { parseIdx } from '../../trainer/data/idx.js';
+import { loadDataset, type DataSource } from '../../trainer/data/load.js';
+import { parseNpy } from '../../trainer/data/npy.js';
+import { TrainerError } from '../../trainer/errors.js';
 import { DatasetError } from './dataset-errors.js';
 
 /** What the targets of a checked dataset are (for the listing; the values stay on disk). */

@@ -20,7 +20,7 @@ import { createServer } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { Redis } from 'ioredis';
-import { ServiceStartError } from './errors.js';
+import { ServiceStartError } from './start-errors.js';
 
 export interface EnsureRedisOptions {
   /** Start a private redis-server when none answers at a local URL. @defaultValue true */

@@ -12,7 +12,7 @@
  * operator mistakes (a second `tas serve` on the same --data-dir), not against that.
  */
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { ServiceStartError } from './errors.js';
+import { ServiceStartError } from './start-errors.js';
 
 const held = new Set<string>();
 
