@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { buildApp } from '../src/api/app.js';
+import { buildApp } from '../src/api/rest/app.js';
 import { JobQueue, redisConnection } from '../src/service/scheduling/job-queue.js';
 import { createPrismaClient } from '../src/service/db/client.js';
 import { migrate } from '../src/service/db/migrate.js';

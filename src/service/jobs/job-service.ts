@@ -6,7 +6,7 @@
 import { stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve } from 'node:path';
 import type { Redis } from 'ioredis';
-import { ApiError } from '../../api/errors.js';
+import { ApiError } from '../../api/rest/http-errors.js';
 import { gangCapacity, waitingFor } from '../../gpu-pool/gang.js';
 import { CANCEL_CHANNEL, type JobQueue } from '../scheduling/job-queue.js';
 import { poolCounts } from '../scheduling/worker-registry.js';

@@ -6,7 +6,7 @@
  * with different queues (tests, staging) do not hear each other.
  */
 import type { Redis } from 'ioredis';
-import type { RepositoryChanges } from '../../serving/repository.js';
+import type { RepositoryChanges } from '../../inference/repository.js';
 
 export function modelChangesChannel(queueName: string): string {
   return `tas:${queueName}:models`;

@@ -6,7 +6,7 @@
  * evaluation, its recalibration record, the final BN statistics, the backend.
  */
 import { stat } from 'node:fs/promises';
-import type { ModelRecord, RepositorySource, ServingSettings } from '../../serving/repository.js';
+import type { ModelRecord, RepositorySource, ServingSettings } from '../../inference/repository.js';
 import { Prisma, type PrismaClient } from '../db/client.js';
 import { DbError } from '../db/errors.js';
 

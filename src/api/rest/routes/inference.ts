@@ -5,11 +5,11 @@
  * Errors are the protocol's `{"error": "..."}` with the status of the error catalogue.
  */
 import type { FastifyError, FastifyPluginAsync, FastifyReply } from 'fastify';
-import { InferenceError } from './errors.js';
-import { infer, type InferOptions } from './infer.js';
-import type { ModelRepository } from './repository.js';
-import { PLATFORM, type ServerIdentity } from './server-info.js';
-import { fromJson } from './tensors.js';
+import { InferenceError } from '../../../inference/errors.js';
+import { infer, type InferOptions } from '../../../inference/infer.js';
+import type { ModelRepository } from '../../../inference/repository.js';
+import { PLATFORM, type ServerIdentity } from '../../server-info.js';
+import { fromJson } from '../../../inference/tensors.js';
 
 export interface InferenceRestOptions extends InferOptions {
   readonly repository: ModelRepository;

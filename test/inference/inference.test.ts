@@ -13,13 +13,13 @@ import * as protoLoader from '@grpc/proto-loader';
 import type { FastifyInstance } from 'fastify';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { Registry } from 'prom-client';
-import { createBaseApp } from '../../src/api/app.js';
+import { createBaseApp } from '../../src/api/rest/app.js';
 import { createPrismaClient, type PrismaClient } from '../../src/service/db/client.js';
 import { migrate } from '../../src/service/db/migrate.js';
 import { createFreshSchema, databaseUnavailable, type FreshSchema } from '../../src/service/db/testing/fresh-schema.js';
 import { ModelStore } from '../../src/service/models/model-store.js';
-import { INFERENCE_PROTO } from '../../src/serving/grpc-server.js';
-import { startInferenceService, type InferenceService } from '../../src/serving/inference-service.js';
+import { INFERENCE_PROTO } from '../../src/api/grpc/inference-server.js';
+import { startInferenceService, type InferenceService } from '../../src/api/inference-service.js';
 import { fixtureArtifactBytes, type TrainingFixture } from '../golden/artifact.js';
 import { checkMaxAbs } from '../golden/fixture.js';
 

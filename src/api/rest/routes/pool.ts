@@ -1,7 +1,7 @@
 /** /v1/pool: the workers, their devices and state, and the job each one runs. */
 import type { FastifyPluginAsync } from 'fastify';
-import { STALE_PROBES } from '../../service/scheduling/worker-registry.js';
-import type { PrismaClient } from '../../service/db/client.js';
+import { STALE_PROBES } from '../../../service/scheduling/worker-registry.js';
+import type { PrismaClient } from '../../../service/db/client.js';
 import { sendWhenChanged, waitQuery } from './jobs.js';
 
 export interface PoolRouteOptions {

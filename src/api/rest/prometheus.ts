@@ -5,9 +5,9 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { STALE_PROBES } from '../service/scheduling/worker-registry.js';
-import type { JobQueue } from '../service/scheduling/job-queue.js';
-import type { PrismaClient } from '../service/db/client.js';
+import { STALE_PROBES } from '../../service/scheduling/worker-registry.js';
+import type { JobQueue } from '../../service/scheduling/job-queue.js';
+import type { PrismaClient } from '../../service/db/client.js';
 
 export interface PrometheusOptions {
   readonly prisma: PrismaClient;

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { Rng } from '../trainer/math/rng.js';
-import { decodeInferRequest, encodeInferResponse, encodeStreamInferResponse, WireError, type ModelInferResponseMsg, type ModelStreamInferResponseMsg } from './grpc-codec.js';
-import { loadInferenceDefinition } from './grpc-server.js';
+import { Rng } from '../../trainer/math/rng.js';
+import { decodeInferRequest, encodeInferResponse, encodeStreamInferResponse, WireError, type ModelInferResponseMsg, type ModelStreamInferResponseMsg } from './inference-codec.js';
+import { loadInferenceDefinition } from './inference-server.js';
 
 // proto-loader's (de)serializers for the same messages: the reference.
 const svc = (grpc.loadPackageDefinition(loadInferenceDefinition()) as unknown as { inference: { GRPCInferenceService: grpc.ServiceClientConstructor } }).inference.GRPCInferenceService.service;

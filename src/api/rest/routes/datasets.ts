@@ -28,7 +28,7 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import type { IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
-import { DATASET_ERROR_HTTP_STATUS, DatasetError } from '../../service/datasets/dataset-errors.js';
+import { DATASET_ERROR_HTTP_STATUS, DatasetError } from '../../../service/datasets/dataset-errors.js';
 import {
   DATASET_PARTS,
   MAX_DATASET_PAGE,
@@ -39,9 +39,9 @@ import {
   type PendingUpload,
   type UploadFormat,
   type UploadOptions,
-} from '../../service/datasets/dataset-store.js';
-import { TrainerError } from '../../trainer/errors.js';
-import { ApiError } from '../errors.js';
+} from '../../../service/datasets/dataset-store.js';
+import { TrainerError } from '../../../trainer/errors.js';
+import { ApiError } from '../http-errors.js';
 
 export interface DatasetRouteOptions {
   readonly store: DatasetStore;

@@ -12,7 +12,7 @@
  * `decodeInferRequest` return null, and the caller decodes it with proto-loader. Fields
  * unknown to the .proto are skipped, as protobuf requires. Pure: no I/O.
  */
-import { putVarint, varintSize } from '../grpc/varint.js';
+import { putVarint, varintSize } from '../../grpc/varint.js';
 
 // ---- the messages, as proto-loader gives them (keepCase, defaults, longs as numbers) ------
 
@@ -20,7 +20,7 @@ export interface InferInputTensorMsg {
   name: string;
   datatype: string;
   shape: number[];
-  contents: import('./tensors.js').TypedContents | null;
+  contents: import('../../inference/tensors.js').TypedContents | null;
 }
 
 export interface ModelInferRequestMsg {

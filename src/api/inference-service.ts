@@ -7,11 +7,11 @@
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 import type { TlsFiles } from '../grpc/tls-files.js';
-import { InferenceEngine } from './engine.js';
-import { startInferenceGrpcServer, type InferenceGrpcServer } from './grpc-server.js';
-import { InferenceMetrics } from './metrics.js';
-import { ModelRepository, type RepositoryChanges, type RepositorySource } from './repository.js';
-import { inferenceRoutes } from './rest-routes.js';
+import { InferenceEngine } from '../inference/engine.js';
+import { startInferenceGrpcServer, type InferenceGrpcServer } from './grpc/inference-server.js';
+import { InferenceMetrics } from '../inference/metrics.js';
+import { ModelRepository, type RepositoryChanges, type RepositorySource } from '../inference/repository.js';
+import { inferenceRoutes } from './rest/routes/inference.js';
 import { serverIdentity } from './server-info.js';
 
 export interface InferenceServiceOptions {

@@ -6,10 +6,10 @@
  */
 import { createHash } from 'node:crypto';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
-import type { JobService, TaggedView } from '../../service/jobs/job-service.js';
-import { JOB_STATUSES, type JobStatus } from '../../service/db/job-states.js';
-import { MAX_PAGE_SIZE } from '../../service/db/jobs.js';
-import { ApiError } from '../errors.js';
+import type { JobService, TaggedView } from '../../../service/jobs/job-service.js';
+import { JOB_STATUSES, type JobStatus } from '../../../service/db/job-states.js';
+import { MAX_PAGE_SIZE } from '../../../service/db/jobs.js';
+import { ApiError } from '../http-errors.js';
 
 export interface JobRouteOptions {
   readonly jobs: JobService;

@@ -1,11 +1,11 @@
 /** /v1/models: trained models, their versions, the safetensors artifact download and its ONNX export. */
 import { createReadStream } from 'node:fs';
 import type { FastifyPluginAsync } from 'fastify';
-import { exportOnnx } from '../../serving/onnx-export.js';
-import type { ModelStore } from '../../service/models/model-store.js';
-import { readArtifact, type LoadedArtifact } from '../../trainer/artifact/artifact.js';
-import { TrainerError } from '../../trainer/errors.js';
-import { ApiError } from '../errors.js';
+import { exportOnnx } from '../../../inference/onnx-export.js';
+import type { ModelStore } from '../../../service/models/model-store.js';
+import { readArtifact, type LoadedArtifact } from '../../../trainer/artifact/artifact.js';
+import { TrainerError } from '../../../trainer/errors.js';
+import { ApiError } from '../http-errors.js';
 
 export interface ModelRouteOptions {
   readonly models: ModelStore;

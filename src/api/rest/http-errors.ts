@@ -8,9 +8,9 @@
  * code, never by parsing messages; anything else becomes a 500 whose body says only
  * "internal error" (the stack goes to the log, never to the client).
  */
-import { OnnxExportError } from '../serving/onnx-export.js';
-import { DB_ERROR_HTTP_STATUS, DbError } from '../service/db/errors.js';
-import { TrainerError, type TrainerErrorCode } from '../trainer/errors.js';
+import { OnnxExportError } from '../../inference/onnx-export.js';
+import { DB_ERROR_HTTP_STATUS, DbError } from '../../service/db/errors.js';
+import { TrainerError, type TrainerErrorCode } from '../../trainer/errors.js';
 
 export type ApiErrorCode =
   | 'TAS_ERR_BAD_REQUEST' // malformed request (body, query, header)
