@@ -1,53 +1,29 @@
 /**
- * The inference boundary's error catalogue. Every error the serving layer answers with
- * on purpose is an `InferenceError` whose code fixes both its gRPC status and its HTTP
- * status; messages follow Triton's wording where Triton has one, because clients and
- * their users grep for those ("unexpected shape for input 'x' for model 'm'. Expected
- * [-1,784], got [3,5]").
+ * The inference service's error catalogue. Every error the inference layer answers with
+ * on purpose is an `InferenceError` with a code from `INFERENCE_ERROR_CODES`; messages
+ * follow Triton's wording where Triton has one, because clients and their users grep for
+ * those ("unexpected shape for input 'x' for model 'm'. Expected [-1,784], got [3,5]").
  *
- * REST answers `{"error": "<message>"}` (the Open Inference Protocol's error body).
- * Anything that is not an InferenceError becomes INTERNAL with an opaque message; the
- * cause goes to the log, never to the client (house rule: no internals on the wire).
+ * The codes carry no protocol status: the gRPC binding maps each to a gRPC status
+ * (src/api/grpc/grpc-status.ts) and the REST binding to an HTTP status
+ * (src/api/rest/http-errors.ts), where REST answers `{"error": "<message>"}` (the Open
+ * Inference Protocol's error body). Anything that is not an InferenceError becomes
+ * INTERNAL with an opaque message; the cause goes to the log, never to the client.
  */
-import { status as GrpcStatus } from '@grpc/grpc-js';
 
-export type InferenceErrorCode =
-  /** No such model, or no such version of it. */
-  | 'MODEL_NOT_FOUND'
-  /** The model exists but is not loaded (unloaded on request, or still loading). */
-  | 'MODEL_NOT_READY'
-  /** A malformed request: missing/unknown inputs or outputs, bad contents, element counts. */
-  | 'INVALID_INPUT'
-  /** An input's datatype the model cannot take. */
-  | 'DATATYPE_MISMATCH'
-  /** An input's shape other than the model's. */
-  | 'SHAPE_MISMATCH'
-  /** More rows than one request may carry. */
-  | 'BATCH_TOO_LARGE'
-  /** The server is stopping, or the inference threads are gone. */
-  | 'UNAVAILABLE'
-  | 'INTERNAL';
+/** Every code, with what it means. */
+export const INFERENCE_ERROR_CODES = {
+  MODEL_NOT_FOUND: 'no such model, or no such version of it',
+  MODEL_NOT_READY: 'the model exists but is not loaded (unloaded on request, or still loading)',
+  INVALID_INPUT: 'a malformed request: missing or unknown inputs or outputs, bad contents, element counts',
+  DATATYPE_MISMATCH: "an input's datatype the model cannot take",
+  SHAPE_MISMATCH: "an input's shape other than the model's",
+  BATCH_TOO_LARGE: 'more rows than one request may carry',
+  UNAVAILABLE: 'the server is stopping, or the inference threads are gone',
+  INTERNAL: 'anything unexpected (the cause is logged, never sent)',
+} as const;
 
-interface Mapping {
-  readonly grpc: GrpcStatus;
-  readonly http: number;
-}
-
-/**
- * gRPC and HTTP status of each code. Input errors are HTTP 400 as the protocol's REST
- * binding asks; unknown models 404 and models that are not ready 503, as Triton answers
- * them, so a load balancer can tell "wrong request" from "try elsewhere".
- */
-export const INFERENCE_ERROR_STATUS: Readonly<Record<InferenceErrorCode, Mapping>> = {
-  MODEL_NOT_FOUND: { grpc: GrpcStatus.NOT_FOUND, http: 404 },
-  MODEL_NOT_READY: { grpc: GrpcStatus.UNAVAILABLE, http: 503 },
-  INVALID_INPUT: { grpc: GrpcStatus.INVALID_ARGUMENT, http: 400 },
-  DATATYPE_MISMATCH: { grpc: GrpcStatus.INVALID_ARGUMENT, http: 400 },
-  SHAPE_MISMATCH: { grpc: GrpcStatus.INVALID_ARGUMENT, http: 400 },
-  BATCH_TOO_LARGE: { grpc: GrpcStatus.INVALID_ARGUMENT, http: 400 },
-  UNAVAILABLE: { grpc: GrpcStatus.UNAVAILABLE, http: 503 },
-  INTERNAL: { grpc: GrpcStatus.INTERNAL, http: 500 },
-};
+export type InferenceErrorCode = keyof typeof INFERENCE_ERROR_CODES;
 
 export class InferenceError extends Error {
   readonly code: InferenceErrorCode;
@@ -55,12 +31,6 @@ export class InferenceError extends Error {
     super(message);
     this.name = 'InferenceError';
     this.code = code;
-  }
-  get grpcStatus(): GrpcStatus {
-    return INFERENCE_ERROR_STATUS[this.code].grpc;
-  }
-  get httpStatus(): number {
-    return INFERENCE_ERROR_STATUS[this.code].http;
   }
 }
 

@@ -10,6 +10,7 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { serverCredentials, type TlsFiles } from '../../grpc/tls-files.js';
 import { PROTO_DIR } from '../../grpc/proto.js';
+import { GRPC_STATUS } from './grpc-status.js';
 import { InferenceError, toInferenceError } from '../../inference/errors.js';
 import { infer, type InferInput, type InferOptions } from '../../inference/infer.js';
 import type { ModelRepository } from '../../inference/repository.js';
@@ -49,7 +50,7 @@ export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions
   const fail = (cb: grpc.sendUnaryData<unknown>, e: unknown) => {
     const err = toInferenceError(e);
     if (err.code === 'INTERNAL') o.log?.(`inference error: ${(e as Error)?.stack ?? String(e)}`);
-    cb({ code: err.grpcStatus, details: err.message });
+    cb({ code: GRPC_STATUS[err.code], details: err.message });
   };
 
   /** One ModelInferRequest, answered in the form asked (raw bytes for raw requests, what Triton's clients send and read; typed contents otherwise). */

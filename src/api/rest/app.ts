@@ -40,7 +40,7 @@ export function createBaseApp(options: BuildAppOptions = {}): FastifyInstance {
     void reply.status(api.statusCode).send(api.body());
   });
   app.setNotFoundHandler((request, reply) => {
-    const api = new ApiError(404, 'TAS_ERR_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`);
+    const api = new ApiError('TAS_ERR_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`);
     void reply.status(404).send(api.body());
   });
   return app;
@@ -66,19 +66,19 @@ function fromFastifyError(err: unknown): ApiError | null {
     const where = e.validationContext ?? 'body';
     const field = pointer.replace(/^\//, '').replace(/\//g, '.') || where;
     const reason = extra ? 'is not a known property' : missing ? 'is required' : v.message ?? 'is invalid';
-    return new ApiError(400, 'TAS_ERR_BAD_REQUEST', `${where === 'body' ? '' : `${where} `}${field}: ${reason}`, field);
+    return new ApiError('TAS_ERR_BAD_REQUEST', `${where === 'body' ? '' : `${where} `}${field}: ${reason}`, field);
   }
   switch (e.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
-      return new ApiError(413, 'TAS_ERR_PAYLOAD_TOO_LARGE', e.message);
+      return new ApiError('TAS_ERR_PAYLOAD_TOO_LARGE', e.message);
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-      return new ApiError(415, 'TAS_ERR_UNSUPPORTED_MEDIA_TYPE', e.message);
+      return new ApiError('TAS_ERR_UNSUPPORTED_MEDIA_TYPE', e.message);
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
-      return new ApiError(400, 'TAS_ERR_BAD_REQUEST', e.message);
+      return new ApiError('TAS_ERR_BAD_REQUEST', e.message);
   }
   // Body parse failures (malformed JSON) arrive as 400s with fastify's message.
-  if (e.statusCode === 400) return new ApiError(400, 'TAS_ERR_BAD_REQUEST', e.message);
+  if (e.statusCode === 400) return new ApiError('TAS_ERR_BAD_REQUEST', e.message);
   return null;
 }
 

@@ -6,7 +6,6 @@
 import { stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve } from 'node:path';
 import type { Redis } from 'ioredis';
-import { ApiError } from '../../api/rest/http-errors.js';
 import { gangCapacity, waitingFor } from '../../gpu-pool/gang.js';
 import { CANCEL_CHANNEL, type JobQueue } from '../scheduling/job-queue.js';
 import { poolCounts } from '../scheduling/worker-registry.js';
@@ -16,6 +15,7 @@ import { validateAgainst } from '../../trainer/schema.js';
 import type { DataSource } from '../../trainer/data/load.js';
 import type { Prisma, PrismaClient } from '../db/client.js';
 import { DbError } from '../db/errors.js';
+import { ServiceError } from '../errors.js';
 import { isTerminal, type JobStatus } from '../db/job-states.js';
 import { JobRepository, type Job } from '../db/jobs.js';
 import { appendJobLog, readJobLog, type JobLogLine } from './job-log.js';
@@ -87,14 +87,14 @@ export class JobService {
   }
 
   async submit(body: unknown, idempotencyKey?: string): Promise<SubmitResult> {
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ApiError(400, 'TAS_ERR_BAD_REQUEST', 'body: must be a JSON object (a training spec)', 'body');
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ServiceError('TAS_ERR_BAD_REQUEST', 'body: must be a JSON object (a training spec)', { field: 'body' });
     const { priority, max_restarts, ...trainSpec } = body as Record<string, unknown>;
     const service = validateAgainst<{ priority?: number; max_restarts?: number }>('job-request.schema.json', { priority, max_restarts }, '');
     const spec = resolveTrainSpec(trainSpec);
     await this.checkDataFiles(spec.data);
     const capacity = gangCapacity(await poolCounts(this.o.prisma, this.o.probeIntervalMs));
     if (spec.workers > capacity) {
-      throw new ApiError(400, 'TAS_ERR_POOL_TOO_SMALL', `workers: the job asks for ${spec.workers} workers but the pool has at most ${capacity} online workers of one device kind`, 'workers');
+      throw new ServiceError('TAS_ERR_POOL_TOO_SMALL', `workers: the job asks for ${spec.workers} workers but the pool has at most ${capacity} online workers of one device kind`, { field: 'workers' });
     }
     const { job, created } = await this.repo.createJob({
       name: spec.name,
@@ -159,7 +159,7 @@ export class JobService {
   /** Cancel: final at once in the database; the scheduler stops every rank and frees the gang. */
   async cancel(id: string): Promise<JobView> {
     const job = await this.repo.getJob(id);
-    if (isTerminal(job.status)) throw new ApiError(409, 'TAS_ERR_CONFLICT', `job ${id} already ${job.status}; only unfinished jobs can be cancelled`);
+    if (isTerminal(job.status)) throw new ServiceError('TAS_ERR_CONFLICT', `job ${id} already ${job.status}; only unfinished jobs can be cancelled`);
     await this.repo.transition(id, 'cancelled', 'cancelled by request');
     await appendJobLog(this.o.prisma, id, 'info', `cancel requested (was ${job.status})`);
     await this.o.queue.removeWaiting(id).catch(() => false);
@@ -181,7 +181,7 @@ export class JobService {
     await this.repo.getJob(id);
     let afterId: bigint | null = null;
     if (after !== undefined) {
-      if (!/^\d{1,19}$/.test(after)) throw new ApiError(400, 'TAS_ERR_BAD_REQUEST', `after: must be a log line id, got ${JSON.stringify(after)}`, 'after');
+      if (!/^\d{1,19}$/.test(after)) throw new ServiceError('TAS_ERR_BAD_REQUEST', `after: must be a log line id, got ${JSON.stringify(after)}`, { field: 'after' });
       afterId = BigInt(after);
     }
     const lines = await readJobLog(this.o.prisma, id, afterId, limit);

@@ -28,7 +28,6 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import type { IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
-import { DATASET_ERROR_HTTP_STATUS, DatasetError } from '../../../service/datasets/dataset-errors.js';
 import {
   DATASET_PARTS,
   MAX_DATASET_PAGE,
@@ -168,13 +167,15 @@ export function pendingView(p: PendingUpload) {
   };
 }
 
-/** The store's errors in the API's form (TrainerError and DbError are mapped by the app). */
+/**
+ * The one error of the store whose meaning depends on this route; the app maps every other
+ * (ServiceError, TrainerError) by its code.
+ */
 function toRouteError(err: unknown): unknown {
-  if (err instanceof DatasetError) return new ApiError(DATASET_ERROR_HTTP_STATUS[err.code], err.code, err.message, err.field);
   // A parsing option the file contradicts (a label_column the header lacks) is the
   // request's fault, named by its query parameter.
   if (err instanceof TrainerError && err.code === 'TAS_ERR_INVALID_SPEC' && err.field?.startsWith('data.')) {
-    return new ApiError(400, 'TAS_ERR_BAD_REQUEST', err.message, err.field.slice('data.'.length));
+    return new ApiError('TAS_ERR_BAD_REQUEST', err.message, err.field.slice('data.'.length));
   }
   return err;
 }
@@ -203,10 +204,10 @@ function checkQuery(request: FastifyRequest): void {
   for (const [key, value] of Object.entries(query)) {
     const prop = schema.properties[key];
     if (prop === undefined) {
-      throw new ApiError(400, 'TAS_ERR_BAD_REQUEST', `querystring ${key}: is not a known parameter (known: ${Object.keys(schema.properties).join(', ')})`, key);
+      throw new ApiError('TAS_ERR_BAD_REQUEST', `querystring ${key}: is not a known parameter (known: ${Object.keys(schema.properties).join(', ')})`, key);
     }
     if (prop.enum && typeof value === 'string' && !prop.enum.includes(value)) {
-      throw new ApiError(400, 'TAS_ERR_BAD_REQUEST', `querystring ${key}: must be one of ${prop.enum.join(', ')}, got ${JSON.stringify(value)}`, key);
+      throw new ApiError('TAS_ERR_BAD_REQUEST', `querystring ${key}: must be one of ${prop.enum.join(', ')}, got ${JSON.stringify(value)}`, key);
     }
   }
 }
@@ -272,7 +273,7 @@ export const datasetRoutes: FastifyPluginAsync<DatasetRouteOptions> = async (app
       const q = request.query;
       const declared = Number(request.headers['content-length']);
       if (Number.isFinite(declared) && declared > maxUploadBytes) {
-        throw new ApiError(413, 'TAS_ERR_PAYLOAD_TOO_LARGE', `the upload is ${declared} bytes, over the limit of ${maxUploadBytes} bytes`);
+        throw new ApiError('TAS_ERR_PAYLOAD_TOO_LARGE', `the upload is ${declared} bytes, over the limit of ${maxUploadBytes} bytes`);
       }
       const body = request.body;
       const stream = body instanceof Readable ? body : request.raw;

@@ -9,6 +9,7 @@ import { InferenceError } from '../../../inference/errors.js';
 import { infer, type InferOptions } from '../../../inference/infer.js';
 import type { ModelRepository } from '../../../inference/repository.js';
 import { PLATFORM, type ServerIdentity } from '../../server-info.js';
+import { HTTP_STATUS } from '../http-errors.js';
 import { fromJson } from '../../../inference/tensors.js';
 
 export interface InferenceRestOptions extends InferOptions {
@@ -90,7 +91,7 @@ export const inferenceRoutes: FastifyPluginAsync<InferenceRestOptions> = async (
   app.setErrorHandler((err: FastifyError | InferenceError, request, reply) => {
     if (err instanceof InferenceError) {
       if (err.code === 'INTERNAL') request.log.error({ err }, 'inference failed');
-      return reply.status(err.httpStatus).send({ error: err.message });
+      return reply.status(HTTP_STATUS[err.code]).send({ error: err.message });
     }
     const fe = err as FastifyError;
     if (fe.validation) return reply.status(400).send({ error: `${fe.validationContext ?? 'body'}${fe.validation[0]?.instancePath ?? ''} ${fe.validation[0]?.message ?? 'is invalid'}`.trim() });

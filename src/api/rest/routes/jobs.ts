@@ -118,7 +118,7 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
       if (q.status !== undefined) {
         status = q.status.split(',').map((s) => s.trim()) as JobStatus[];
         const bad = status.find((s) => !(JOB_STATUSES as readonly string[]).includes(s));
-        if (bad !== undefined) throw new ApiError(400, 'TAS_ERR_BAD_REQUEST', `status: unknown status ${JSON.stringify(bad)} (one of ${JOB_STATUSES.join(', ')})`, 'status');
+        if (bad !== undefined) throw new ApiError('TAS_ERR_BAD_REQUEST', `status: unknown status ${JSON.stringify(bad)} (one of ${JOB_STATUSES.join(', ')})`, 'status');
       }
       const page = await jobs.list({ ...(status ? { status } : {}), ...(q.limit !== undefined ? { limit: q.limit } : {}), ...(q.cursor !== undefined ? { cursor: q.cursor } : {}) });
       return sendWithEtag(request, reply, page);

@@ -50,7 +50,7 @@ export const modelRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, { 
     { schema: { tags: ['models'], summary: 'Download the safetensors artifact (PyTorch state_dict names, BN running statistics included)', params: versionParams } },
     async (request, reply) => {
       const v = await models.version(request.params.name, versionOf(request.params.version));
-      if (v.artifactBytes === null) throw new ApiError(404, 'TAS_ERR_NOT_FOUND', `the artifact of ${v.model} version ${v.version} is missing from the artifact directory`);
+      if (v.artifactBytes === null) throw new ApiError('TAS_ERR_NOT_FOUND', `the artifact of ${v.model} version ${v.version} is missing from the artifact directory`);
       return reply
         .header('content-type', 'application/octet-stream')
         .header('content-length', String(v.artifactBytes))
@@ -71,13 +71,13 @@ export const modelRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, { 
     },
     async (request, reply) => {
       const v = await models.version(request.params.name, versionOf(request.params.version));
-      if (v.artifactBytes === null) throw new ApiError(404, 'TAS_ERR_NOT_FOUND', `the artifact of ${v.model} version ${v.version} is missing from the artifact directory`);
+      if (v.artifactBytes === null) throw new ApiError('TAS_ERR_NOT_FOUND', `the artifact of ${v.model} version ${v.version} is missing from the artifact directory`);
       let artifact: LoadedArtifact;
       try {
         artifact = await readArtifact(v.artifactPath);
       } catch (err) {
         // A corrupt or newer-format artifact is a stored model this server cannot export.
-        if (err instanceof TrainerError) throw new ApiError(422, 'TAS_ERR_NOT_EXPORTABLE', err.message);
+        if (err instanceof TrainerError) throw new ApiError('TAS_ERR_NOT_EXPORTABLE', err.message);
         throw err;
       }
       // OnnxExportError becomes 422 TAS_ERR_NOT_EXPORTABLE in toApiError.
