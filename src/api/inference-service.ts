@@ -40,32 +40,32 @@ export interface InferenceService {
   close(): Promise<void>;
 }
 
-export async function startInferenceService(o: InferenceServiceOptions): Promise<InferenceService> {
-  const engine = await InferenceEngine.start({ threads: o.threads ?? 1, ...(o.log ? { log: o.log } : {}) });
+export async function startInferenceService(options: InferenceServiceOptions): Promise<InferenceService> {
+  const engine = await InferenceEngine.start({ threads: options.threads ?? 1, ...(options.log ? { log: options.log } : {}) });
   let repository: ModelRepository | null = null;
   let grpc: InferenceGrpcServer | null = null;
   try {
     let metrics: InferenceMetrics | undefined;
     const pending = () => repository?.pending() ?? [];
-    if (o.registry) metrics = new InferenceMetrics(o.registry, pending);
+    if (options.registry) metrics = new InferenceMetrics(options.registry, pending);
     repository = new ModelRepository({
-      source: o.source,
+      source: options.source,
       engine,
       ...(metrics ? { metrics } : {}),
-      ...(o.changes ? { changes: o.changes } : {}),
-      ...(o.refreshMs !== undefined ? { refreshMs: o.refreshMs } : {}),
-      ...(o.log ? { log: o.log } : {}),
+      ...(options.changes ? { changes: options.changes } : {}),
+      ...(options.refreshMs !== undefined ? { refreshMs: options.refreshMs } : {}),
+      ...(options.log ? { log: options.log } : {}),
     });
     const common = {
       repository,
       identity: serverIdentity(),
-      maxRequestRows: o.maxRequestRows ?? 1024,
+      maxRequestRows: options.maxRequestRows ?? 1024,
       ...(metrics ? { metrics } : {}),
-      ...(o.log ? { log: o.log } : {}),
+      ...(options.log ? { log: options.log } : {}),
     };
-    if (o.grpc) {
-      grpc = await startInferenceGrpcServer({ ...common, host: o.grpc.host, port: o.grpc.port, ...(o.grpc.tls ? { tls: o.grpc.tls } : {}), ...(o.maxMessageBytes ? { maxMessageBytes: o.maxMessageBytes } : {}) });
-      o.log?.(`gRPC inference (Open Inference Protocol, health, reflection) on ${grpc.address}`);
+    if (options.grpc) {
+      grpc = await startInferenceGrpcServer({ ...common, host: options.grpc.host, port: options.grpc.port, ...(options.grpc.tls ? { tls: options.grpc.tls } : {}), ...(options.maxMessageBytes ? { maxMessageBytes: options.maxMessageBytes } : {}) });
+      options.log?.(`gRPC inference (Open Inference Protocol, health, reflection) on ${grpc.address}`);
     }
     await repository.start();
     grpc?.setServing(true);
@@ -75,7 +75,7 @@ export async function startInferenceService(o: InferenceServiceOptions): Promise
       repository: repo,
       engine,
       grpc: server,
-      registerRoutes: async (app) => void (await app.register(inferenceRoutes, { ...common, ...(o.maxMessageBytes ? { maxBodyBytes: o.maxMessageBytes } : {}) })),
+      registerRoutes: async (app) => void (await app.register(inferenceRoutes, { ...common, ...(options.maxMessageBytes ? { maxBodyBytes: options.maxMessageBytes } : {}) })),
       close: async () => {
         await server?.close();
         await repo.close();

@@ -54,8 +54,8 @@ export interface StartOptions {
   readonly tls?: TlsFiles;
 }
 
-export async function startService(config: ServiceConfig, parts: ServiceParts, o: StartOptions = {}): Promise<RunningService> {
-  const log = o.log ?? (() => undefined);
+export async function startService(config: ServiceConfig, parts: ServiceParts, options: StartOptions = {}): Promise<RunningService> {
+  const log = options.log ?? (() => undefined);
   const stops: Array<() => Promise<unknown>> = [];
   const stop = async () => {
     for (const s of stops.reverse()) await s().catch((e: Error) => log(`stop: ${e.message}`));
@@ -94,11 +94,11 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     stops.push(async () => changesSubscriber.quit());
     const modelChanges = redisModelChanges(commands, changesSubscriber, modelChangesChannel(config.queueName));
 
-    const registry = new WorkerRegistry(prisma, { probeIntervalMs: config.probeIntervalMs, ...(o.tls ? { tls: o.tls } : {}), log });
+    const registry = new WorkerRegistry(prisma, { probeIntervalMs: config.probeIntervalMs, ...(options.tls ? { tls: options.tls } : {}), log });
     let localPool: LocalPool | null = null;
     if (parts.scheduler) {
       if (parts.localWorkers) {
-        localPool = await LocalPool.start(config.workers ?? undefined, registry, { log, ...(o.tls ? { tls: o.tls } : {}) });
+        localPool = await LocalPool.start(config.workers ?? undefined, registry, { log, ...(options.tls ? { tls: options.tls } : {}) });
         const pool = localPool;
         stops.push(() => pool.stop());
       }
@@ -121,7 +121,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         dataDir: config.dataDir,
         collectiveTimeoutMs: config.collectiveTimeoutMs,
         lockDurationMs: config.lockDurationMs,
-        ...(o.tls ? { tls: o.tls } : {}),
+        ...(options.tls ? { tls: options.tls } : {}),
         log,
         onModelPublished: () => modelChanges.notify(),
       });
@@ -145,7 +145,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         threads: config.inferThreads,
         maxRequestRows: config.inferMaxRows,
         maxMessageBytes: config.inferMaxMessageBytes,
-        grpc: { host: config.host, port: config.grpcPort, ...(o.tls ? { tls: o.tls } : {}) },
+        grpc: { host: config.host, port: config.grpcPort, ...(options.tls ? { tls: options.tls } : {}) },
         log,
       });
       stops.push(() => inference.close());

@@ -68,8 +68,8 @@ export class DynamicBatcher {
   private timer: NodeJS.Timeout | null = null;
   private closedWith: Error | null = null;
 
-  constructor(private readonly o: BatcherOptions) {
-    this.limits = { maxBatchSize: o.maxBatchSize, maxQueueDelayMs: o.maxQueueDelayMs };
+  constructor(private readonly options: BatcherOptions) {
+    this.limits = { maxBatchSize: options.maxBatchSize, maxQueueDelayMs: options.maxQueueDelayMs };
   }
 
   /** Requests waiting or running. */
@@ -84,8 +84,8 @@ export class DynamicBatcher {
 
   submit(input: Float32Array, rows: number): Promise<BatchResult> {
     if (this.closedWith) return Promise.reject(this.closedWith);
-    if (input.length !== rows * this.o.rowSize) {
-      return Promise.reject(new InferenceError('INTERNAL', `batcher: ${input.length} values for ${rows} rows of ${this.o.rowSize}`));
+    if (input.length !== rows * this.options.rowSize) {
+      return Promise.reject(new InferenceError('INTERNAL', `batcher: ${input.length} values for ${rows} rows of ${this.options.rowSize}`));
     }
     return new Promise<BatchResult>((resolve, reject) => {
       this.queue.push({ input, rows, at: performance.now(), resolve, reject });
@@ -104,7 +104,7 @@ export class DynamicBatcher {
   }
 
   private pump(): void {
-    const maxInFlight = this.o.maxInFlight ?? 1;
+    const maxInFlight = this.options.maxInFlight ?? 1;
     while (this.queue.length > 0 && this.inFlight < maxInFlight && !this.closedWith) {
       const waited = performance.now() - this.queue[0]!.at;
       const full = this.queuedRows >= this.limits.maxBatchSize;
@@ -147,7 +147,7 @@ export class DynamicBatcher {
     if (batch.length === 1) {
       input = batch[0]!.input;
     } else {
-      input = new Float32Array(rows * this.o.rowSize);
+      input = new Float32Array(rows * this.options.rowSize);
       let off = 0;
       for (const p of batch) {
         input.set(p.input, off);
@@ -162,17 +162,17 @@ export class DynamicBatcher {
       this.running -= batch.length;
       this.pump();
     };
-    this.o.run(input, rows).then(
+    this.options.run(input, rows).then(
       (r) => {
-        const expected = rows * this.o.outRowSize;
+        const expected = rows * this.options.outRowSize;
         if (r.output.length !== expected) {
           const e = new InferenceError('INTERNAL', `batcher: the model returned ${r.output.length} values for ${rows} rows, expected ${expected}`);
           for (const p of batch) p.reject(e);
         } else {
-          this.o.onBatch?.({ rows, requests: batch.length, computeMs: r.computeMs });
+          this.options.onBatch?.({ rows, requests: batch.length, computeMs: r.computeMs });
           let row = 0;
           for (const p of batch) {
-            const output = r.output.subarray(row * this.o.outRowSize, (row + p.rows) * this.o.outRowSize);
+            const output = r.output.subarray(row * this.options.outRowSize, (row + p.rows) * this.options.outRowSize);
             row += p.rows;
             p.resolve({ output, queueMs: started - p.at, computeMs: r.computeMs, batchRows: rows });
           }

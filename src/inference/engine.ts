@@ -87,14 +87,14 @@ export class InferenceEngine {
   private closing = false;
 
   private constructor(
-    private readonly o: EngineOptions,
+    private readonly options: EngineOptions,
     /** The tfjs backend the threads run (wasm here; tensorflow where tfjs-node loads). */
     public backend: string,
   ) {}
 
-  static async start(o: EngineOptions = {}): Promise<InferenceEngine> {
-    const engine = new InferenceEngine(o, '');
-    const n = Math.max(1, o.threads ?? 1);
+  static async start(options: EngineOptions = {}): Promise<InferenceEngine> {
+    const engine = new InferenceEngine(options, '');
+    const n = Math.max(1, options.threads ?? 1);
     engine.threads = Array.from({ length: n }, () => engine.spawn());
     try {
       engine.backend = (await Promise.all(engine.threads.map((t) => t.ready)))[0]!;
@@ -102,7 +102,7 @@ export class InferenceEngine {
       await engine.close();
       throw e;
     }
-    o.log?.(`inference: ${n} thread(s), tensor backend ${engine.backend}`);
+    options.log?.(`inference: ${n} thread(s), tensor backend ${engine.backend}`);
     return engine;
   }
 
@@ -113,12 +113,12 @@ export class InferenceEngine {
   private spawn(): InferenceThread {
     return new InferenceThread((dead, why) => {
       if (this.closing) return;
-      this.o.log?.(`${why}; starting a new one`);
+      this.options.log?.(`${why}; starting a new one`);
       const fresh = this.spawn();
       this.threads = this.threads.map((t) => (t === dead ? fresh : t));
       void fresh.ready.then(
         () => Promise.all([...this.loaded].map(([key, artifactPath]) => fresh.request({ kind: 'load', key, artifactPath }))),
-        (e: Error) => this.o.log?.(`inference thread failed to start: ${e.message}`),
+        (e: Error) => this.options.log?.(`inference thread failed to start: ${e.message}`),
       );
     });
   }

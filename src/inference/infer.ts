@@ -39,7 +39,7 @@ export interface InferOptions {
   readonly metrics?: InferenceMetrics;
 }
 
-export async function infer(repo: ModelRepository, req: InferRequest, protocol: Protocol, o: InferOptions): Promise<InferResponse> {
+export async function infer(repo: ModelRepository, req: InferRequest, protocol: Protocol, options: InferOptions): Promise<InferResponse> {
   let version = req.version;
   try {
     req.check?.();
@@ -56,12 +56,12 @@ export async function infer(repo: ModelRepository, req: InferRequest, protocol: 
       if (name !== served.output.name) throw new InferenceError('INVALID_INPUT', `unexpected inference output '${name}' for model '${req.model}'`);
     }
     const { rows, datatype } = checkInput(req.model, served.input, input);
-    if (rows > o.maxRequestRows) {
-      throw new InferenceError('BATCH_TOO_LARGE', `inference request batch-size must be <= ${o.maxRequestRows} for '${req.model}'`);
+    if (rows > options.maxRequestRows) {
+      throw new InferenceError('BATCH_TOO_LARGE', `inference request batch-size must be <= ${options.maxRequestRows} for '${req.model}'`);
     }
     const data = input.decode(req.model, { name: input.name, shape: input.shape, datatype });
     const result = await served.batcher.submit(data, rows);
-    o.metrics?.succeeded(req.model, version, protocol, result.queueMs);
+    options.metrics?.succeeded(req.model, version, protocol, result.queueMs);
     return {
       model: req.model,
       version,
@@ -70,7 +70,7 @@ export async function infer(repo: ModelRepository, req: InferRequest, protocol: 
     };
   } catch (e) {
     const err = toInferenceError(e);
-    o.metrics?.failed(req.model, version, protocol, err.code);
+    options.metrics?.failed(req.model, version, protocol, err.code);
     throw err === e ? err : Object.assign(err, { cause: e });
   }
 }

@@ -99,13 +99,13 @@ export class ModelRepository {
   private lastMissRefresh = 0;
   private closed = false;
 
-  constructor(private readonly o: RepositoryOptions) {}
+  constructor(private readonly options: RepositoryOptions) {}
 
   /** Read the index and load what is served; the server is ready when this resolves. */
   async start(): Promise<void> {
     await this.refresh();
-    await this.o.changes?.subscribe(() => void this.refresh().catch((e: Error) => this.o.log?.(`model index refresh failed: ${e.message}`)));
-    this.timer = setInterval(() => void this.refresh().catch((e: Error) => this.o.log?.(`model index refresh failed: ${e.message}`)), this.o.refreshMs ?? 5000);
+    await this.options.changes?.subscribe(() => void this.refresh().catch((e: Error) => this.options.log?.(`model index refresh failed: ${e.message}`)));
+    this.timer = setInterval(() => void this.refresh().catch((e: Error) => this.options.log?.(`model index refresh failed: ${e.message}`)), this.options.refreshMs ?? 5000);
     this.timer.unref();
     this.ready = true;
   }
@@ -124,7 +124,7 @@ export class ModelRepository {
       try {
         do {
           this.refreshAgain = false;
-          await this.apply(await this.o.source.servingIndex());
+          await this.apply(await this.options.source.servingIndex());
         } while (this.refreshAgain && !this.closed);
       } finally {
         this.refreshing = null;
@@ -177,23 +177,23 @@ export class ModelRepository {
     e.state = 'loading';
     e.loading = (async () => {
       try {
-        const sig = await this.o.engine.load(keyOf(m.name, e.version), e.artifactPath);
+        const sig = await this.options.engine.load(keyOf(m.name, e.version), e.artifactPath);
         const served = this.serve(m, e.version, sig);
         if (!m.loaded || this.closed) {
           // Unloaded while it was loading.
           served.batcher.close(notReady(m.name, e.version, 'unloaded on request'));
-          await this.o.engine.unload(keyOf(m.name, e.version));
+          await this.options.engine.unload(keyOf(m.name, e.version));
           e.state = 'unloaded';
           return;
         }
         e.served = served;
         e.state = 'ready';
         e.reason = null;
-        this.o.log?.(`serving ${m.name} version ${e.version} (input ${JSON.stringify(served.input.shape)}, output ${JSON.stringify(served.output.shape)})`);
+        this.options.log?.(`serving ${m.name} version ${e.version} (input ${JSON.stringify(served.input.shape)}, output ${JSON.stringify(served.output.shape)})`);
       } catch (err) {
         e.state = 'failed';
         e.reason = (err as Error).message;
-        this.o.log?.(`could not load ${m.name} version ${e.version}: ${e.reason}`);
+        this.options.log?.(`could not load ${m.name} version ${e.version}: ${e.reason}`);
       } finally {
         e.loading = null;
       }
@@ -210,9 +210,9 @@ export class ModelRepository {
       ...effectiveLimits(m.limits, sig),
       rowSize,
       outRowSize,
-      maxInFlight: this.o.engine.threadCount,
-      run: (input, rows) => this.o.engine.run(key, input, rows),
-      onBatch: (b) => this.o.metrics?.batchRan(m.name, v, b.rows, b.computeMs),
+      maxInFlight: this.options.engine.threadCount,
+      run: (input, rows) => this.options.engine.run(key, input, rows),
+      onBatch: (b) => this.options.metrics?.batchRan(m.name, v, b.rows, b.computeMs),
     });
     return {
       model: m.name,
@@ -232,8 +232,8 @@ export class ModelRepository {
     e.reason = why;
     if (served) {
       served.batcher.close(notReady(m.name, e.version, why));
-      await this.o.engine.unload(keyOf(m.name, e.version)).catch(() => undefined);
-      this.o.log?.(`unloaded ${m.name} version ${e.version} (${why})`);
+      await this.options.engine.unload(keyOf(m.name, e.version)).catch(() => undefined);
+      this.options.log?.(`unloaded ${m.name} version ${e.version} (${why})`);
     }
   }
 
@@ -308,12 +308,12 @@ export class ModelRepository {
   }
 
   private async persist(name: string, settings: ServingSettings): Promise<void> {
-    if (!(await this.o.source.setServing(name, settings))) throw modelNotFound(name);
+    if (!(await this.options.source.setServing(name, settings))) throw modelNotFound(name);
   }
 
   private async changed(): Promise<void> {
     await this.refresh();
-    await this.o.changes?.notify();
+    await this.options.changes?.notify();
   }
 
   /** Every known version and its state (the repository index). */

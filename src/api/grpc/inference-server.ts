@@ -42,14 +42,14 @@ export function loadInferenceDefinition(): protoLoader.PackageDefinition {
 }
 
 /** Add the inference service to `server`. */
-export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions, definition = loadInferenceDefinition()): void {
+export function addInferenceService(server: grpc.Server, options: InferenceGrpcOptions, definition = loadInferenceDefinition()): void {
   const pkg = grpc.loadPackageDefinition(definition) as unknown as { inference: { GRPCInferenceService: grpc.ServiceClientConstructor } };
-  const repo = o.repository;
+  const repo = options.repository;
 
   /** Errors as gRPC statuses; unexpected ones are logged and sent as an opaque INTERNAL. */
   const fail = (cb: grpc.sendUnaryData<unknown>, e: unknown) => {
     const err = toInferenceError(e);
-    if (err.code === 'INTERNAL') o.log?.(`inference error: ${(e as Error)?.stack ?? String(e)}`);
+    if (err.code === 'INTERNAL') options.log?.(`inference error: ${(e as Error)?.stack ?? String(e)}`);
     cb({ code: GRPC_STATUS[err.code], details: err.message });
   };
 
@@ -71,7 +71,7 @@ export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions
       shape: t.shape,
       decode: (model, checked) => (raw ? fromRaw(model, checked, r.raw_input_contents[i]!) : fromTyped(model, checked, t.contents ?? {})),
     }));
-    const res = await infer(repo, { model: r.model_name, version: r.model_version, id: r.id, inputs, outputs: r.outputs.map((x) => x.name), check }, 'grpc', o);
+    const res = await infer(repo, { model: r.model_name, version: r.model_version, id: r.id, inputs, outputs: r.outputs.map((x) => x.name), check }, 'grpc', options);
     return {
       model_name: res.model,
       model_version: res.version,
@@ -110,7 +110,7 @@ export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions
         },
         (e: unknown) => {
           const err = toInferenceError(e);
-          if (err.code === 'INTERNAL') o.log?.(`inference error: ${(e as Error)?.stack ?? String(e)}`);
+          if (err.code === 'INTERNAL') options.log?.(`inference error: ${(e as Error)?.stack ?? String(e)}`);
           if (!call.cancelled) write({ error_message: err.message, infer_response: { model_name: r.model_name, model_version: r.model_version, id: r.id } });
           settle();
         },
@@ -142,7 +142,7 @@ export function addInferenceService(server: grpc.Server, o: InferenceGrpcOptions
     ServerLive: ((_call, cb) => cb(null, { live: true })) as Unary<unknown>,
     ServerReady: ((_call, cb) => cb(null, { ready: repo.isReady() })) as Unary<unknown>,
     ModelReady: ((call, cb) => cb(null, { ready: repo.modelReady(call.request.name, call.request.version) })) as Unary<NameVersionMsg>,
-    ServerMetadata: ((_call, cb) => cb(null, { name: o.identity.name, version: o.identity.version, extensions: [...o.identity.extensions] })) as Unary<unknown>,
+    ServerMetadata: ((_call, cb) => cb(null, { name: options.identity.name, version: options.identity.version, extensions: [...options.identity.extensions] })) as Unary<unknown>,
     ModelMetadata: ((call, cb) => {
       repo.metadata(call.request.name, call.request.version).then(
         (m) =>
@@ -217,12 +217,12 @@ export interface StartGrpcOptions extends InferenceGrpcOptions {
 }
 
 /** Serve inference, health and reflection on one port. */
-export async function startInferenceGrpcServer(o: StartGrpcOptions): Promise<InferenceGrpcServer> {
-  const maxBytes = o.maxMessageBytes ?? 32 * 1024 * 1024;
+export async function startInferenceGrpcServer(options: StartGrpcOptions): Promise<InferenceGrpcServer> {
+  const maxBytes = options.maxMessageBytes ?? 32 * 1024 * 1024;
   // channelz off: it records every call and message (what grpc-js costs per call, here for nothing).
   const server = new grpc.Server({ 'grpc.max_receive_message_length': maxBytes, 'grpc.max_send_message_length': -1, 'grpc.enable_channelz': 0 });
   const definition = loadInferenceDefinition();
-  addInferenceService(server, o, definition);
+  addInferenceService(server, options, definition);
 
   // NOT_SERVING until the repository is read and loaded (`setServing`), so a probe does
   // not send traffic to a server still loading its models (triton#7014).
@@ -235,11 +235,11 @@ export async function startInferenceGrpcServer(o: StartGrpcOptions): Promise<Inf
   // Reflection describes both services it serves.
   new ReflectionService({ ...definition, ...protoLoader.loadSync(healthProtoPath, PROTO_OPTIONS) }).addToServer(server);
 
-  const host = o.host.includes(':') ? `[${o.host}]` : o.host;
-  const port = await new Promise<number>((resolve, reject) => server.bindAsync(`${host}:${o.port}`, serverCredentials(o.tls), (err, p) => (err ? reject(err) : resolve(p))));
+  const host = options.host.includes(':') ? `[${options.host}]` : options.host;
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync(`${host}:${options.port}`, serverCredentials(options.tls), (err, p) => (err ? reject(err) : resolve(p))));
   return {
     port,
-    address: `${o.host === '0.0.0.0' ? '127.0.0.1' : o.host}:${port}`,
+    address: `${options.host === '0.0.0.0' ? '127.0.0.1' : options.host}:${port}`,
     setServing,
     close: () =>
       new Promise<void>((resolve) => {

@@ -17,8 +17,8 @@ export interface PrometheusOptions {
   readonly registry?: Registry;
 }
 
-export function registerPrometheus(app: FastifyInstance, o: PrometheusOptions): Registry {
-  const registry = o.registry ?? new Registry();
+export function registerPrometheus(app: FastifyInstance, options: PrometheusOptions): Registry {
+  const registry = options.registry ?? new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'tas_process_' });
   const requests = new Counter({ name: 'tas_http_requests_total', help: 'HTTP requests by route, method and status', labelNames: ['route', 'method', 'status'] as const, registers: [registry] });
   const duration = new Histogram({
@@ -34,7 +34,7 @@ export function registerPrometheus(app: FastifyInstance, o: PrometheusOptions): 
     labelNames: ['status'] as const,
     registers: [registry],
     async collect() {
-      const rows = await o.prisma.job.groupBy({ by: ['status'], _count: { _all: true } });
+      const rows = await options.prisma.job.groupBy({ by: ['status'], _count: { _all: true } });
       this.reset();
       for (const r of rows) this.set({ status: r.status }, r._count._all);
     },
@@ -45,8 +45,8 @@ export function registerPrometheus(app: FastifyInstance, o: PrometheusOptions): 
     labelNames: ['state', 'device_kind'] as const,
     registers: [registry],
     async collect() {
-      const rows = await o.prisma.worker.findMany({ select: { state: true, deviceKind: true, lastSeenAt: true } });
-      const stale = Date.now() - STALE_PROBES * o.probeIntervalMs;
+      const rows = await options.prisma.worker.findMany({ select: { state: true, deviceKind: true, lastSeenAt: true } });
+      const stale = Date.now() - STALE_PROBES * options.probeIntervalMs;
       this.reset();
       for (const state of ['idle', 'busy', 'draining', 'offline']) for (const kind of ['gpu', 'cpu']) this.set({ state, device_kind: kind }, 0);
       for (const w of rows) this.inc({ state: w.state !== 'offline' && w.lastSeenAt.getTime() < stale ? 'offline' : w.state, device_kind: w.deviceKind });
@@ -58,7 +58,7 @@ export function registerPrometheus(app: FastifyInstance, o: PrometheusOptions): 
     labelNames: ['state'] as const,
     registers: [registry],
     async collect() {
-      const d = await o.queue.depth();
+      const d = await options.queue.depth();
       this.set({ state: 'waiting' }, d.waiting);
       this.set({ state: 'active' }, d.active);
     },

@@ -414,18 +414,18 @@ export class GrpcH2Server extends EventEmitter {
     super();
   }
 
-  static async listen(path: string, alloc: Alloc, o: ListenOptions): Promise<GrpcH2Server> {
+  static async listen(path: string, alloc: Alloc, options: ListenOptions): Promise<GrpcH2Server> {
     const s = new GrpcH2Server(path, alloc);
     try {
-      if (o.port !== undefined || !o.unixPath) s.port = await s.bind(o.tls, (srv, cb) => srv.listen(o.port ?? 0, o.host ?? '0.0.0.0', cb));
-      if (o.unixPath) {
+      if (options.port !== undefined || !options.unixPath) s.port = await s.bind(options.tls, (srv, cb) => srv.listen(options.port ?? 0, options.host ?? '0.0.0.0', cb));
+      if (options.unixPath) {
         try {
-          unlinkSync(o.unixPath);
+          unlinkSync(options.unixPath);
         } catch {
           /* not there */
         }
-        await s.bind(o.tls, (srv, cb) => srv.listen(o.unixPath, cb));
-        s.unixPath = o.unixPath;
+        await s.bind(options.tls, (srv, cb) => srv.listen(options.unixPath, cb));
+        s.unixPath = options.unixPath;
       }
     } catch (e) {
       s.forceShutdown();

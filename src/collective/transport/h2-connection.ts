@@ -372,23 +372,23 @@ export class H2Connection extends EventEmitter {
     this.socket.cork();
     try {
       while (s.queue.length > 0) {
-        const o = s.queue[0];
-        if ('end' in o) {
+        const next = s.queue[0];
+        if ('end' in next) {
           s.queue.shift();
           s.localEnded = true;
           const onFinish = () => {
             s.emit('finish');
             this.maybeClose(s);
           };
-          if (o.trailers) {
-            this.writeHeaders(s.id, o.trailers, true, (e) => !e && onFinish());
+          if (next.trailers) {
+            this.writeHeaders(s.id, next.trailers, true, (e) => !e && onFinish());
           } else this.writeFrame(T.DATA, END_STREAM, s.id, undefined, (e) => !e && onFinish());
           continue;
         }
-        const left = o.data.byteLength - o.off;
+        const left = next.data.byteLength - next.off;
         if (left === 0) {
           s.queue.shift();
-          if (o.cb) this.socket.write(Buffer.alloc(0), o.cb);
+          if (next.cb) this.socket.write(Buffer.alloc(0), next.cb);
           continue;
         }
         const n = Math.min(left, this.connSendWindow, s.sendWindow, this.peerMaxFrame, SEND_MAX_FRAME);
@@ -396,13 +396,13 @@ export class H2Connection extends EventEmitter {
           if (this.connSendWindow <= 0) this.blocked.add(s);
           return;
         }
-        const done = o.off + n === o.data.byteLength;
-        const view = o.off === 0 && done ? o.data : o.data.subarray(o.off, o.off + n);
-        o.off += n;
+        const done = next.off + n === next.data.byteLength;
+        const view = next.off === 0 && done ? next.data : next.data.subarray(next.off, next.off + n);
+        next.off += n;
         this.connSendWindow -= n;
         s.sendWindow -= n;
         if (done) s.queue.shift();
-        this.writeFrame(T.DATA, 0, s.id, view, done ? o.cb : undefined);
+        this.writeFrame(T.DATA, 0, s.id, view, done ? next.cb : undefined);
       }
     } finally {
       this.socket.uncork();
@@ -417,7 +417,7 @@ export class H2Connection extends EventEmitter {
     this.streams.delete(s.id);
     this.blocked.delete(s);
     const err = new Error(code === -1 ? 'connection closed' : `stream reset (HTTP/2 code ${code})`);
-    for (const o of s.queue.splice(0)) if ('data' in o && o.cb) o.cb(err);
+    for (const next of s.queue.splice(0)) if ('data' in next && next.cb) next.cb(err);
     s.emit('close');
     if ((this.closing || this.goawayReceived) && this.streams.size === 0) this.finishClose();
   }
@@ -634,7 +634,7 @@ export class H2Connection extends EventEmitter {
         if (sid !== 0) throw new ProtocolError('SETTINGS on a stream');
         if (flags & ACK) return;
         if (p.length % 6 !== 0) throw new ProtocolError('SETTINGS length not a multiple of 6', H2Error.FRAME_SIZE_ERROR);
-        for (let o = 0; o < p.length; o += 6) this.setting(p.readUInt16BE(o), p.readUInt32BE(o + 2));
+        for (let next = 0; next < p.length; next += 6) this.setting(p.readUInt16BE(next), p.readUInt32BE(next + 2));
         this.writeFrame(T.SETTINGS, ACK, 0);
         for (const s of this.streams.values()) this.pump(s);
         return;

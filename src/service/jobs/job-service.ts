@@ -81,9 +81,9 @@ export class JobService {
   private readonly viewBuilds = new SingleFlight<string, TaggedView>();
   private readonly views = new Map<string, { version: string; tagged: TaggedView }>();
 
-  constructor(private readonly o: JobServiceOptions) {
-    this.repo = new JobRepository(o.prisma);
-    this.models = new ModelStore(o.prisma);
+  constructor(private readonly options: JobServiceOptions) {
+    this.repo = new JobRepository(options.prisma);
+    this.models = new ModelStore(options.prisma);
   }
 
   async submit(body: unknown, idempotencyKey?: string): Promise<SubmitResult> {
@@ -92,7 +92,7 @@ export class JobService {
     const service = validateAgainst<{ priority?: number; max_restarts?: number }>('job-request.schema.json', { priority, max_restarts }, '');
     const spec = resolveTrainSpec(trainSpec);
     await this.checkDataFiles(spec.data);
-    const capacity = gangCapacity(await poolCounts(this.o.prisma, this.o.probeIntervalMs));
+    const capacity = gangCapacity(await poolCounts(this.options.prisma, this.options.probeIntervalMs));
     if (spec.workers > capacity) {
       throw new ServiceError('TAS_ERR_POOL_TOO_SMALL', `workers: the job asks for ${spec.workers} workers but the pool has at most ${capacity} online workers of one device kind`, { field: 'workers' });
     }
@@ -105,11 +105,11 @@ export class JobService {
       ...(idempotencyKey !== undefined ? { idempotencyKey } : {}),
     });
     if (created) {
-      await appendJobLog(this.o.prisma, job.id, 'info', `queued: ${spec.workers} workers, global batch ${spec.globalBatch} (${spec.localBatchSizes.join(' + ')}), ${spec.epochs} epochs`);
+      await appendJobLog(this.options.prisma, job.id, 'info', `queued: ${spec.workers} workers, global batch ${spec.globalBatch} (${spec.localBatchSizes.join(' + ')}), ${spec.epochs} epochs`);
     }
     // Also for a replay: if the first request died between the insert and the queue,
     // this queues it now (adding an existing queue id is a no-op).
-    if (!isTerminal(job.status)) await this.o.queue.enqueue(job.id, job.priority);
+    if (!isTerminal(job.status)) await this.options.queue.enqueue(job.id, job.priority);
     return { job: await this.view(job), created };
   }
 
@@ -141,11 +141,11 @@ export class JobService {
 
   private async version(id: string): Promise<string | null> {
     if (!/^[0-9a-f-]{36}$/i.test(id)) return null;
-    const row = await this.o.prisma.job.findUnique({ where: { id }, select: { updatedAt: true, status: true } });
+    const row = await this.options.prisma.job.findUnique({ where: { id }, select: { updatedAt: true, status: true } });
     if (!row) return null;
     let v = `${row.updatedAt.getTime()}:${row.status}`;
     if (row.status === 'queued' || row.status === 'retrying') {
-      const c = await this.versionReads.run('\0pool', async () => JSON.stringify(await poolCounts(this.o.prisma, this.o.probeIntervalMs)));
+      const c = await this.versionReads.run('\0pool', async () => JSON.stringify(await poolCounts(this.options.prisma, this.options.probeIntervalMs)));
       v += `:${c}`;
     }
     return v;
@@ -161,17 +161,17 @@ export class JobService {
     const job = await this.repo.getJob(id);
     if (isTerminal(job.status)) throw new ServiceError('TAS_ERR_CONFLICT', `job ${id} already ${job.status}; only unfinished jobs can be cancelled`);
     await this.repo.transition(id, 'cancelled', 'cancelled by request');
-    await appendJobLog(this.o.prisma, id, 'info', `cancel requested (was ${job.status})`);
-    await this.o.queue.removeWaiting(id).catch(() => false);
-    await this.o.redis.publish(CANCEL_CHANNEL, id);
+    await appendJobLog(this.options.prisma, id, 'info', `cancel requested (was ${job.status})`);
+    await this.options.queue.removeWaiting(id).catch(() => false);
+    await this.options.redis.publish(CANCEL_CHANNEL, id);
     return this.get(id);
   }
 
   async metrics(id: string, options: { maxPoints?: number } = {}): Promise<JobMetricsView> {
     const job = await this.repo.getJob(id);
     const [rows, version] = await Promise.all([
-      this.o.prisma.jobMetric.findMany({ where: { jobId: id }, orderBy: [{ step: 'asc' }, { id: 'asc' }] }),
-      this.o.prisma.modelVersion.findFirst({ where: { jobId: id }, orderBy: { createdAt: 'desc' }, select: { metadata: true } }),
+      this.options.prisma.jobMetric.findMany({ where: { jobId: id }, orderBy: [{ step: 'asc' }, { id: 'asc' }] }),
+      this.options.prisma.modelVersion.findFirst({ where: { jobId: id }, orderBy: { createdAt: 'desc' }, select: { metadata: true } }),
     ]);
     const meta = version?.metadata as { bn_final?: unknown } | undefined;
     return summariseMetrics(job.id, rows, meta?.bn_final ?? null, options.maxPoints ?? 1000);
@@ -184,7 +184,7 @@ export class JobService {
       if (!/^\d{1,19}$/.test(after)) throw new ServiceError('TAS_ERR_BAD_REQUEST', `after: must be a log line id, got ${JSON.stringify(after)}`, { field: 'after' });
       afterId = BigInt(after);
     }
-    const lines = await readJobLog(this.o.prisma, id, afterId, limit);
+    const lines = await readJobLog(this.options.prisma, id, afterId, limit);
     return { lines, next_after: lines.length > 0 ? lines[lines.length - 1]!.id : after ?? null };
   }
 
@@ -193,8 +193,8 @@ export class JobService {
     const files: Array<[string, string]> =
       data.type === 'csv' ? [['data.path', data.path]] : data.type === 'npy' ? [['data.x', data.x], ['data.y', data.y]] : data.type === 'idx' ? [['data.images', data.images], ['data.labels', data.labels]] : [];
     for (const [field, path] of files) {
-      const full = resolve(this.o.dataDir, path);
-      const rel = relative(resolve(this.o.dataDir), full);
+      const full = resolve(this.options.dataDir, path);
+      const rel = relative(resolve(this.options.dataDir), full);
       if (rel.startsWith('..') || isAbsolute(rel)) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}" is outside the data directory`, field);
       const ok = await stat(full).then((s) => s.isFile(), () => false);
       if (!ok) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}": no such file in the data directory (upload it with POST /v1/datasets)`, field);
@@ -204,15 +204,15 @@ export class JobService {
   private async view(job: Job, opts: { brief?: boolean } = {}): Promise<JobView> {
     const waiting = job.status === 'queued' || job.status === 'retrying';
     const [attempts, workers, versions, transitions, counts] = await Promise.all([
-      this.o.prisma.jobAttempt.findMany({ where: { jobId: job.id }, orderBy: { number: 'asc' } }),
-      this.o.prisma.worker.findMany({ where: { currentJobId: job.id }, orderBy: { id: 'asc' } }),
+      this.options.prisma.jobAttempt.findMany({ where: { jobId: job.id }, orderBy: { number: 'asc' } }),
+      this.options.prisma.worker.findMany({ where: { currentJobId: job.id }, orderBy: { id: 'asc' } }),
       this.models.byJob(job.id),
-      opts.brief ? Promise.resolve([]) : this.o.prisma.jobTransition.findMany({ where: { jobId: job.id }, orderBy: { id: 'asc' } }),
-      waiting ? poolCounts(this.o.prisma, this.o.probeIntervalMs) : Promise.resolve(null),
+      opts.brief ? Promise.resolve([]) : this.options.prisma.jobTransition.findMany({ where: { jobId: job.id }, orderBy: { id: 'asc' } }),
+      waiting ? poolCounts(this.options.prisma, this.options.probeIntervalMs) : Promise.resolve(null),
     ]);
     const last = attempts[attempts.length - 1];
     // The devices: the gang holding the job now, else the last attempt's workers.
-    const held = workers.length > 0 ? workers : last ? await this.o.prisma.worker.findMany({ where: { id: { in: last.workerIds } }, orderBy: { id: 'asc' } }) : [];
+    const held = workers.length > 0 ? workers : last ? await this.options.prisma.worker.findMany({ where: { id: { in: last.workerIds } }, orderBy: { id: 'asc' } }) : [];
     const w = counts ? waitingFor(job.workers, counts) : null;
     return {
       id: job.id,

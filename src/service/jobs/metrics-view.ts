@@ -59,20 +59,20 @@ export function thinIndices(n: number, max: number): number[] {
  */
 export function normaliseBnStats(v: unknown): BnLayerStats | null {
   if (typeof v !== 'object' || v === null) return null;
-  const o = v as Record<string, unknown>;
+  const fields = v as Record<string, unknown>;
   const num = (x: unknown) => (typeof x === 'number' ? x : Number(x));
-  if (typeof o.layer !== 'string') return null;
-  if (typeof o.mean === 'object' && o.mean !== null && typeof o.var === 'object' && o.var !== null) {
-    const m = o.mean as Record<string, unknown>;
-    const s = o.var as Record<string, unknown>;
-    return { layer: o.layer, channels: num(o.channels), mean: { mean: num(m.mean), min: num(m.min), max: num(m.max), l2: num(m.l2) }, var: { mean: num(s.mean), min: num(s.min), max: num(s.max) } };
+  if (typeof fields.layer !== 'string') return null;
+  if (typeof fields.mean === 'object' && fields.mean !== null && typeof fields.var === 'object' && fields.var !== null) {
+    const m = fields.mean as Record<string, unknown>;
+    const s = fields.var as Record<string, unknown>;
+    return { layer: fields.layer, channels: num(fields.channels), mean: { mean: num(m.mean), min: num(m.min), max: num(m.max), l2: num(m.l2) }, var: { mean: num(s.mean), min: num(s.min), max: num(s.max) } };
   }
-  if ('mean_mean' in o) {
+  if ('mean_mean' in fields) {
     return {
-      layer: o.layer,
-      channels: num(o.channels),
-      mean: { mean: num(o.mean_mean), min: num(o.mean_min), max: num(o.mean_max), l2: num(o.mean_l2) },
-      var: { mean: num(o.var_mean), min: num(o.var_min), max: num(o.var_max) },
+      layer: fields.layer,
+      channels: num(fields.channels),
+      mean: { mean: num(fields.mean_mean), min: num(fields.mean_min), max: num(fields.mean_max), l2: num(fields.mean_l2) },
+      var: { mean: num(fields.var_mean), min: num(fields.var_min), max: num(fields.var_max) },
     };
   }
   return null;

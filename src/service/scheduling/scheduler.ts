@@ -77,30 +77,30 @@ export class Scheduler {
   private reconcileTimer: NodeJS.Timeout | null = null;
   private readonly log: (message: string) => void;
 
-  constructor(private readonly o: SchedulerOptions) {
-    this.repo = new JobRepository(o.prisma);
-    this.models = new ModelStore(o.prisma);
-    this.queue = new JobQueue(o.connection, o.queueName ?? DEFAULT_QUEUE_NAME);
-    this.log = o.log ?? (() => undefined);
+  constructor(private readonly options: SchedulerOptions) {
+    this.repo = new JobRepository(options.prisma);
+    this.models = new ModelStore(options.prisma);
+    this.queue = new JobQueue(options.connection, options.queueName ?? DEFAULT_QUEUE_NAME);
+    this.log = options.log ?? (() => undefined);
   }
 
   async start(): Promise<void> {
-    await this.o.subscriber.subscribe(CANCEL_CHANNEL);
-    this.o.subscriber.on('message', (channel: string, jobId: string) => {
+    await this.options.subscriber.subscribe(CANCEL_CHANNEL);
+    this.options.subscriber.on('message', (channel: string, jobId: string) => {
       if (channel === CANCEL_CHANNEL) this.running.get(jobId)?.abort('cancel' satisfies AbortWhy);
     });
     await this.reconcile();
-    const lockDuration = this.o.lockDurationMs ?? 30_000;
-    this.worker = new BullWorker<QueuedJob>(this.o.queueName ?? DEFAULT_QUEUE_NAME, (job) => this.process(job), {
-      connection: this.o.connection,
-      concurrency: this.o.concurrency ?? 32,
+    const lockDuration = this.options.lockDurationMs ?? 30_000;
+    this.worker = new BullWorker<QueuedJob>(this.options.queueName ?? DEFAULT_QUEUE_NAME, (job) => this.process(job), {
+      connection: this.options.connection,
+      concurrency: this.options.concurrency ?? 32,
       lockDuration,
       stalledInterval: Math.max(1000, Math.floor(lockDuration / 2)),
       // A job stalls when its scheduler dies; the database counts its real attempts.
       maxStalledCount: 100,
     });
     this.worker.on('error', (e) => this.log(`queue error: ${e.message}`));
-    this.reconcileTimer = setInterval(() => void this.reconcile().catch((e: Error) => this.log(`reconcile failed: ${e.message}`)), this.o.reconcileIntervalMs ?? 15_000);
+    this.reconcileTimer = setInterval(() => void this.reconcile().catch((e: Error) => this.log(`reconcile failed: ${e.message}`)), this.options.reconcileIntervalMs ?? 15_000);
     this.reconcileTimer.unref();
   }
 
@@ -110,12 +110,12 @@ export class Scheduler {
     for (const ctl of this.running.values()) ctl.abort('shutdown' satisfies AbortWhy);
     await this.worker?.close();
     await this.queue.close();
-    await this.o.subscriber.unsubscribe(CANCEL_CHANNEL).catch(() => undefined);
+    await this.options.subscriber.unsubscribe(CANCEL_CHANNEL).catch(() => undefined);
   }
 
   /** Re-queue every unfinished job the database has (idempotent: the queue id is the job id). */
   async reconcile(): Promise<number> {
-    const open = await this.o.prisma.job.findMany({
+    const open = await this.options.prisma.job.findMany({
       where: { status: { in: ['queued', 'scheduled', 'running', 'retrying'] } },
       select: { id: true, priority: true },
     });
@@ -137,7 +137,7 @@ export class Scheduler {
       throw e;
     } finally {
       this.running.delete(jobId);
-      await this.o.registry.release(jobId).catch(() => undefined);
+      await this.options.registry.release(jobId).catch(() => undefined);
     }
   }
 
@@ -146,7 +146,7 @@ export class Scheduler {
     if (isTerminal(job.status)) return job.status;
     if (job.status === 'scheduled' || job.status === 'running') {
       // The scheduler that ran this attempt stopped (crash or shutdown).
-      await this.o.registry.release(jobId);
+      await this.options.registry.release(jobId);
       await this.endOpenAttempts(jobId, 'failed', 'the scheduler running this attempt stopped');
       job = await this.repo.transition(jobId, 'retrying', 'the scheduler running this job stopped; resuming from the latest checkpoint');
       await this.jobLog(jobId, 'warn', 'the scheduler running this job stopped; resuming from the latest checkpoint');
@@ -165,25 +165,25 @@ export class Scheduler {
       job = await this.repo.transition(jobId, 'scheduled', `placed on ${gang.map((g) => g.address).join(', ')}`);
       const attemptNo = job.attempts;
       const addresses = gang.map((g) => g.address);
-      await this.o.prisma.jobAttempt.create({ data: { jobId, number: attemptNo, generation: attemptNo, workerIds: gang.map((g) => g.id), addresses } });
+      await this.options.prisma.jobAttempt.create({ data: { jobId, number: attemptNo, generation: attemptNo, workerIds: gang.map((g) => g.id), addresses } });
       job = await this.repo.transition(jobId, 'running', `attempt ${attemptNo}`);
       await this.jobLog(jobId, 'info', `attempt ${attemptNo} (generation ${attemptNo}) on ${addresses.length} workers: ${addresses.join(', ')}${attemptNo > 1 ? '; resuming from the latest checkpoint' : ''}`);
 
-      const sink = new ProgressSink(this.o.prisma, jobId);
+      const sink = new ProgressSink(this.options.prisma, jobId);
       try {
         const result = await runJobOnWorkers(job.spec, addresses, {
           jobId,
           generation: attemptNo,
-          outDir: join(this.o.dataDir, 'jobs', jobId),
-          dataDir: this.o.dataDir,
+          outDir: join(this.options.dataDir, 'jobs', jobId),
+          dataDir: this.options.dataDir,
           resume: true,
-          timeoutMs: this.o.collectiveTimeoutMs ?? 5000,
+          timeoutMs: this.options.collectiveTimeoutMs ?? 5000,
           signal,
-          ...(this.o.tls ? { tls: this.o.tls } : {}),
+          ...(this.options.tls ? { tls: this.options.tls } : {}),
           onStep: (s) => sink.push(s),
           onStart: (infos) => {
             const backends = [...new Set(infos.map((i) => i.backend))].join(',');
-            void this.o.prisma.job.update({ where: { id: jobId }, data: { backend: backends, updatedAt: new Date() } }).catch(() => undefined);
+            void this.options.prisma.job.update({ where: { id: jobId }, data: { backend: backends, updatedAt: new Date() } }).catch(() => undefined);
           },
         });
         await sink.flush();
@@ -202,7 +202,7 @@ export class Scheduler {
           } as Prisma.InputJsonValue,
         });
         // Before the job shows succeeded, so a client that sees it can call the new version.
-        await this.o.onModelPublished?.(name, version).catch((e: Error) => this.log(`model ${name} version ${version}: could not notify the inference servers (${e.message}); they pick it up within seconds`));
+        await this.options.onModelPublished?.(name, version).catch((e: Error) => this.log(`model ${name} version ${version}: could not notify the inference servers (${e.message}); they pick it up within seconds`));
         await this.repo.transition(jobId, 'succeeded', `model ${name} version ${version}`);
         await this.jobLog(jobId, 'info', `succeeded after ${Number(result.done.global_steps)} steps; published model ${name} version ${version}`);
         return 'succeeded';
@@ -217,8 +217,8 @@ export class Scheduler {
         await this.finishAttempt(jobId, attemptNo, 'failed', message);
         await this.jobLog(jobId, 'error', `attempt ${attemptNo} failed: ${message}`);
         // Dead workers go offline before the gang is released, so no job is placed on them.
-        await this.o.registry.probeAll();
-        await this.o.registry.release(jobId);
+        await this.options.registry.probeAll();
+        await this.options.registry.release(jobId);
         if (e instanceof TrainerError && FINAL_ERRORS.has(e.code)) {
           await this.repo.transition(jobId, 'failed', message);
           return 'failed';
@@ -232,22 +232,22 @@ export class Scheduler {
   private async waitForGang(job: Job, signal: AbortSignal): Promise<ReservedWorker[] | null> {
     let logged = false;
     while (!signal.aborted) {
-      const gang = await this.o.registry.reserve(job.id, job.workers);
+      const gang = await this.options.registry.reserve(job.id, job.workers);
       if (gang) return gang;
       if (!logged) {
-        const c = await this.o.registry.counts();
+        const c = await this.options.registry.counts();
         await this.jobLog(job.id, 'info', `waiting for ${job.workers} free workers (free: ${Math.max(c.idle.cpu, c.idle.gpu)})`);
         logged = true;
       }
       // Woken by a release in this process; the timeout covers other processes' changes.
-      await this.o.registry.changed(this.o.registry.probeIntervalMs, signal);
+      await this.options.registry.changed(this.options.registry.probeIntervalMs, signal);
     }
     return null;
   }
 
   /** After an abort: a cancel was recorded by the API; a shutdown leaves the job to resume. */
   private async stopped(jobId: string, signal: AbortSignal): Promise<string> {
-    await this.o.registry.release(jobId);
+    await this.options.registry.release(jobId);
     if (signal.reason === 'shutdown') {
       const job = await this.repo.getJob(jobId);
       if (job.status === 'running' || job.status === 'scheduled') {
@@ -262,23 +262,23 @@ export class Scheduler {
   private async finishAttempt(jobId: string, number: number, status: 'succeeded' | 'failed' | 'cancelled', error: string | null): Promise<void> {
     const now = new Date();
     // The job's updated_at is its status version (pollers' ETags): an attempt's end moves it.
-    await this.o.prisma.$transaction([
-      this.o.prisma.jobAttempt.update({ where: { jobId_number: { jobId, number } }, data: { status, error, endedAt: now } }),
-      this.o.prisma.job.update({ where: { id: jobId }, data: { updatedAt: now } }),
+    await this.options.prisma.$transaction([
+      this.options.prisma.jobAttempt.update({ where: { jobId_number: { jobId, number } }, data: { status, error, endedAt: now } }),
+      this.options.prisma.job.update({ where: { id: jobId }, data: { updatedAt: now } }),
     ]);
   }
 
   private async endOpenAttempts(jobId: string, status: 'failed', error: string): Promise<void> {
     const now = new Date();
-    await this.o.prisma.$transaction([
-      this.o.prisma.jobAttempt.updateMany({ where: { jobId, status: 'running' }, data: { status, error, endedAt: now } }),
-      this.o.prisma.job.update({ where: { id: jobId }, data: { updatedAt: now } }),
+    await this.options.prisma.$transaction([
+      this.options.prisma.jobAttempt.updateMany({ where: { jobId, status: 'running' }, data: { status, error, endedAt: now } }),
+      this.options.prisma.job.update({ where: { id: jobId }, data: { updatedAt: now } }),
     ]);
   }
 
   private async jobLog(jobId: string, level: LogLevel, message: string): Promise<void> {
     this.log(`job ${jobId}: ${message}`);
-    await appendJobLog(this.o.prisma, jobId, level, message).catch(() => undefined);
+    await appendJobLog(this.options.prisma, jobId, level, message).catch(() => undefined);
   }
 }
 

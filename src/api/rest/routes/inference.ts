@@ -66,15 +66,15 @@ export function batchingFromConfig(config: string): { maxBatchSize?: number; max
   } catch {
     throw new InferenceError('INVALID_INPUT', 'parameters.config: not valid JSON');
   }
-  const o = (typeof c === 'object' && c !== null ? c : {}) as { max_batch_size?: unknown; dynamic_batching?: { max_queue_delay_microseconds?: unknown } };
+  const fields = (typeof c === 'object' && c !== null ? c : {}) as { max_batch_size?: unknown; dynamic_batching?: { max_queue_delay_microseconds?: unknown } };
   const out: { maxBatchSize?: number; maxQueueDelayMs?: number } = {};
-  if (o.max_batch_size !== undefined) {
-    if (!Number.isInteger(o.max_batch_size) || (o.max_batch_size as number) < 1 || (o.max_batch_size as number) > 65536) {
+  if (fields.max_batch_size !== undefined) {
+    if (!Number.isInteger(fields.max_batch_size) || (fields.max_batch_size as number) < 1 || (fields.max_batch_size as number) > 65536) {
       throw new InferenceError('INVALID_INPUT', 'parameters.config.max_batch_size: must be an integer from 1 to 65536');
     }
-    out.maxBatchSize = o.max_batch_size as number;
+    out.maxBatchSize = fields.max_batch_size as number;
   }
-  const delay = o.dynamic_batching?.max_queue_delay_microseconds;
+  const delay = fields.dynamic_batching?.max_queue_delay_microseconds;
   if (delay !== undefined) {
     if (!Number.isInteger(delay) || (delay as number) < 0 || (delay as number) > 10_000_000) {
       throw new InferenceError('INVALID_INPUT', 'parameters.config.dynamic_batching.max_queue_delay_microseconds: must be an integer from 0 to 10000000');
@@ -84,8 +84,8 @@ export function batchingFromConfig(config: string): { maxBatchSize?: number; max
   return out;
 }
 
-export const inferenceRoutes: FastifyPluginAsync<InferenceRestOptions> = async (app, o) => {
-  const repo = o.repository;
+export const inferenceRoutes: FastifyPluginAsync<InferenceRestOptions> = async (app, options) => {
+  const repo = options.repository;
 
   // This plugin's errors are the protocol's: {"error": "..."}.
   app.setErrorHandler((err: FastifyError | InferenceError, request, reply) => {
@@ -95,9 +95,9 @@ export const inferenceRoutes: FastifyPluginAsync<InferenceRestOptions> = async (
     }
     const fe = err as FastifyError;
     if (fe.validation) return reply.status(400).send({ error: `${fe.validationContext ?? 'body'}${fe.validation[0]?.instancePath ?? ''} ${fe.validation[0]?.message ?? 'is invalid'}`.trim() });
-    if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return reply.status(413).send({ error: `request body larger than ${o.maxBodyBytes ?? 32 * 1024 * 1024} bytes` });
+    if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return reply.status(413).send({ error: `request body larger than ${options.maxBodyBytes ?? 32 * 1024 * 1024} bytes` });
     if (fe.statusCode && fe.statusCode < 500) return reply.status(fe.statusCode).send({ error: fe.message });
-    o.log?.(`inference REST error: ${fe.stack ?? fe.message}`);
+    options.log?.(`inference REST error: ${fe.stack ?? fe.message}`);
     return reply.status(500).send({ error: 'internal error' });
   });
 
@@ -106,7 +106,7 @@ export const inferenceRoutes: FastifyPluginAsync<InferenceRestOptions> = async (
 
   app.get('/v2/health/live', { schema: { tags, summary: 'Liveness (the process answers)' } }, async () => ({ live: true }));
   app.get('/v2/health/ready', { schema: { tags, summary: 'Readiness: the model repository is read and loaded (400 when not)' } }, async (_q, reply) => ready(reply, repo.isReady()));
-  app.get('/v2', { schema: { tags, summary: 'Server metadata' } }, async () => ({ name: o.identity.name, version: o.identity.version, extensions: o.identity.extensions }));
+  app.get('/v2', { schema: { tags, summary: 'Server metadata' } }, async () => ({ name: options.identity.name, version: options.identity.version, extensions: options.identity.extensions }));
 
   const metadata = async (p: NameParams) => {
     const m = await repo.metadata(p.model, p.version ?? '');
@@ -130,7 +130,7 @@ export const inferenceRoutes: FastifyPluginAsync<InferenceRestOptions> = async (
         outputs: (body.outputs ?? []).map((x) => x.name),
       },
       'rest',
-      o,
+      options,
     );
     return {
       model_name: res.model,
@@ -139,7 +139,7 @@ export const inferenceRoutes: FastifyPluginAsync<InferenceRestOptions> = async (
       outputs: res.outputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape, data: Array.from(t.data) })),
     };
   };
-  const bodyLimit = o.maxBodyBytes ?? 32 * 1024 * 1024;
+  const bodyLimit = options.maxBodyBytes ?? 32 * 1024 * 1024;
   app.post<{ Params: NameParams; Body: InferBody }>('/v2/models/:model/infer', { bodyLimit, schema: { tags, summary: 'Inference (default version)', body: inferBodySchema } }, async (q) => runInfer(q.params, q.body));
   app.post<{ Params: NameParams; Body: InferBody }>('/v2/models/:model/versions/:version/infer', { bodyLimit, schema: { tags, summary: 'Inference', body: inferBodySchema } }, async (q) => runInfer(q.params, q.body));
 
