@@ -2,6 +2,8 @@
 // trainer's eval-mode forward, the golden fixtures' PyTorch eval logits, the BatchNorm
 // nodes' initializers and epsilons read back from the bytes, typed refusals, and the
 // /onnx route over a real PostgreSQL (fresh migrated schema) with artifacts on disk.
+// Long because each exported layer type is built, exported, run and compared here: one
+// exporter, one test file.
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -16,6 +16,12 @@
  * Sending: DATA frames are written as [9-byte header, view of the caller's bytes], no copy;
  * a write's callback runs when its bytes reached the socket (net.Socket's write callback),
  * or with an error when the connection dies first.
+ *
+ * Why one file of this length: it is one state machine. The frame parser, the flow-control
+ * windows of the connection and of each stream, the streams' send queues and the socket
+ * reads placed into the receiver's buffers all change the same connection state in the
+ * same turn; cut apart, each piece would need the others' internals. The HPACK codec, the
+ * one part with a clean interface, is already its own file (hpack.ts).
  */
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';

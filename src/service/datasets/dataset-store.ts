@@ -37,6 +37,10 @@
  * paging need (name, format, path = the dataset's directory, bytes, samples, sample
  * shape); the manifest keeps what the table has no column for (the parsing options that
  * make up the data block).
+ *
+ * The store is long (about 600 lines, most of it this page and the upload protocol's
+ * steps) because the steps above share one directory layout and its crash-safety rules;
+ * receiving a body (upload-stream.ts) and checking files (dataset-check.ts) are apart.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
