@@ -1,7 +1,7 @@
 /**
  * Inference serving assembled: the inference threads, the model repository mirroring the
  * database, metrics, the gRPC server (Open Inference Protocol, health, reflection) and
- * the REST routes to register on the API's fastify app. `src/service/service.ts` starts
+ * the REST routes to register on the API's fastify app. `src/cli/serve.ts` starts
  * it beside the REST API.
  */
 import type { FastifyInstance } from 'fastify';

@@ -1,6 +1,6 @@
 // The dataset store against the real PostgreSQL (a fresh migrated schema) and a temp
 // data directory: what is left on disk after each kind of failure, racing completions of
-// one pending upload, expiry, the sweep. HTTP is covered by src/api/routes/datasets.test.ts.
+// one pending upload, expiry, the sweep. HTTP is covered by src/api/rest/routes/datasets.test.ts.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';

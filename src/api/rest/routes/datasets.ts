@@ -1,6 +1,6 @@
 /**
  * /v1/datasets: upload (the file is the raw request body, streamed to disk, never
- * buffered), list, get. The store (src/service/datasets.ts) does the work; this module
+ * buffered), list, get. The store (src/service/datasets/dataset-store.ts) does the work; this module
  * maps HTTP onto it:
  *
  *   curl --data-binary @iris.csv -H 'content-type: text/csv' \
