@@ -17,13 +17,13 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { buildApp } from '../src/api/app.js';
-import { JobQueue, redisConnection } from '../src/gpu-pool/queue.js';
+import { buildApp } from '../src/api/rest/app.js';
+import { JobQueue, redisConnection } from '../src/service/scheduling/job-queue.js';
 import { createPrismaClient } from '../src/service/db/client.js';
 import { migrate } from '../src/service/db/migrate.js';
 import { createFreshSchema } from '../src/service/db/testing/fresh-schema.js';
-import { JobService } from '../src/service/job-service.js';
-import { ModelStore } from '../src/service/models.js';
+import { JobService } from '../src/service/jobs/job-service.js';
+import { ModelStore } from '../src/service/models/model-store.js';
 
 interface LoadArgs {
   url: string;

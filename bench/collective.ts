@@ -24,8 +24,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { SUM_BACKEND } from '../src/gpu-pool/collective-math.js';
-import { GrpcCollective, listenCollectiveServer } from '../src/gpu-pool/grpc-collective.js';
+import { SUM_BACKEND } from '../src/collective/collective-math.js';
+import { GrpcCollective, listenCollectiveServer } from '../src/collective/grpc-collective.js';
 import { WORKER_MALLOC_ENV, workerEnv, workerNodeFlags } from '../src/gpu-pool/worker-env.js';
 
 const SELF = fileURLToPath(import.meta.url);

@@ -20,10 +20,10 @@ const SELF = fileURLToPath(import.meta.url);
 
 async function serve(url: string, dataDir: string, maxUploadBytes: number): Promise<void> {
   const { createPrismaClient } = await import('../src/service/db/client.js');
-  const { DatasetStore } = await import('../src/service/datasets.js');
-  const { createBaseApp } = await import('../src/api/app.js');
-  const { addSharedSchemas } = await import('../src/api/schemas.js');
-  const { datasetRoutes } = await import('../src/api/routes/datasets.js');
+  const { DatasetStore } = await import('../src/service/datasets/dataset-store.js');
+  const { createBaseApp } = await import('../src/api/rest/app.js');
+  const { addSharedSchemas } = await import('../src/api/rest/schemas.js');
+  const { datasetRoutes } = await import('../src/api/rest/routes/datasets.js');
   const prisma = createPrismaClient(url);
   const app = createBaseApp();
   addSharedSchemas(app);

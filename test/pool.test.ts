@@ -15,7 +15,7 @@ import { runLocalJob } from '../src/trainer/engine/local-job.js';
 import { TrainerError } from '../src/trainer/errors.js';
 import type { StepMsg } from '../src/gpu-pool/messages.js';
 import { WorkerClient } from '../src/gpu-pool/worker-client.js';
-import { hasOpenssl, makeTestCerts } from '../src/gpu-pool/testing/tls.js';
+import { hasOpenssl, makeTestCerts } from '../src/grpc/testing/tls.js';
 import { runJobOnWorkers, startLocalWorkers, stopLocalWorkers, type LocalWorker } from '../src/gpu-pool/pool.js';
 
 const dirs: string[] = [];

@@ -1,14 +1,25 @@
 /**
- * The local workers of a pool, supervised: one process per device, registered with the
- * registry; a worker that dies (a crash, an OOM kill, SIGKILL) is marked offline at once
+ * The local workers of a pool, supervised: one process per device, each announced to a
+ * `WorkerDirectory` (the scheduler's worker registry, which keeps them in the database);
+ * a worker that dies (a crash, an OOM kill, SIGKILL) is marked offline at once
  * and replaced by a fresh process on the same device, which registers under its new
  * address. The job it served fails its attempt fast (the collective notices) and
  * restarts from its checkpoint on a fresh gang.
  */
 import { assignDevices, type DeviceAssignment } from './device.js';
-import type { TlsFiles } from './tls-files.js';
+import type { TlsFiles } from '../grpc/tls-files.js';
 import { startLocalWorker, stopLocalWorkers, type LocalWorker } from './pool.js';
-import type { WorkerRegistry } from './registry.js';
+
+/**
+ * Where the pool announces its workers: the service's worker registry implements it. The
+ * pool owns this interface so that it needs nothing from the layers above it.
+ */
+export interface WorkerDirectory {
+  /** A worker is up at `address` (the directory probes it and records it). */
+  add(address: string): Promise<unknown>;
+  /** The worker at `address` is gone (stopped, or its process exited). */
+  remove(address: string): Promise<unknown>;
+}
 
 export interface LocalPoolOptions {
   readonly host?: string;
@@ -25,13 +36,13 @@ export class LocalPool {
   private hostWorkers = 1;
 
   private constructor(
-    private readonly registry: WorkerRegistry,
-    private readonly o: LocalPoolOptions,
+    private readonly directory: WorkerDirectory,
+    private readonly options: LocalPoolOptions,
   ) {}
 
-  /** Start `count` workers (default: one per GPU, else 2 CPU workers) and register them. */
-  static async start(count: number | undefined, registry: WorkerRegistry, o: LocalPoolOptions = {}): Promise<LocalPool> {
-    const pool = new LocalPool(registry, o);
+  /** Start `count` workers (default: one per GPU, else 2 CPU workers) and announce them to the directory. */
+  static async start(count: number | undefined, directory: WorkerDirectory, options: LocalPoolOptions = {}): Promise<LocalPool> {
+    const pool = new LocalPool(directory, options);
     const devices = assignDevices(count);
     pool.hostWorkers = devices.length;
     try {
@@ -51,27 +62,27 @@ export class LocalPool {
   async stop(): Promise<void> {
     this.stopping = true;
     const all = this.list();
-    await Promise.all(all.map((w) => this.registry.remove(w.address).catch(() => undefined)));
+    await Promise.all(all.map((w) => this.directory.remove(w.address).catch(() => undefined)));
     await stopLocalWorkers(all);
   }
 
   private async spawn(slot: number, device: DeviceAssignment): Promise<void> {
-    const w = await startLocalWorker(device, { ...(this.o.host ? { host: this.o.host } : {}), ...(this.o.tls ? { tls: this.o.tls } : {}), hostWorkers: this.hostWorkers });
+    const w = await startLocalWorker(device, { ...(this.options.host ? { host: this.options.host } : {}), ...(this.options.tls ? { tls: this.options.tls } : {}), hostWorkers: this.hostWorkers });
     this.workers.set(slot, w);
     w.process.once('exit', (code, signal) => void this.onExit(slot, w, code, signal));
-    await this.registry.add(w.address);
-    this.o.log?.(`worker ${w.address} (${device.kind} ${device.index}, pid ${w.process.pid}) ready`);
+    await this.directory.add(w.address);
+    this.options.log?.(`worker ${w.address} (${device.kind} ${device.index}, pid ${w.process.pid}) ready`);
   }
 
   private async onExit(slot: number, w: LocalWorker, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
     if (this.stopping) return;
-    this.o.log?.(`worker ${w.address} exited (${signal ?? `code ${code}`})`);
-    await this.registry.remove(w.address).catch(() => undefined);
-    if (this.o.respawn === false) return;
+    this.options.log?.(`worker ${w.address} exited (${signal ?? `code ${code}`})`);
+    await this.directory.remove(w.address).catch(() => undefined);
+    if (this.options.respawn === false) return;
     try {
       await this.spawn(slot, w.device);
     } catch (e) {
-      this.o.log?.(`could not replace worker ${w.address}: ${(e as Error).message}`);
+      this.options.log?.(`could not replace worker ${w.address}: ${(e as Error).message}`);
     }
   }
 }

@@ -14,7 +14,7 @@ import * as grpc from '@grpc/grpc-js';
 import { TrainerError, type TrainerErrorCode } from '../trainer/errors.js';
 import { assignDevices, type DeviceAssignment } from './device.js';
 import type { DoneMsg, StepMsg, WorkerInfoMsg } from './messages.js';
-import type { TlsFiles } from './grpc-collective.js';
+import type { TlsFiles } from '../grpc/tls-files.js';
 import { WorkerClient } from './worker-client.js';
 import { workerEnv, workerNodeFlags } from './worker-env.js';
 
@@ -142,12 +142,12 @@ export function collectivePeers(rank: number, infos: readonly WorkerInfoMsg[], a
  * peer's address; the first failure cancels the other ranks and is reported with the rank
  * it came from.
  */
-export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: PoolJobOptions): Promise<PoolJobResult> {
-  const jobId = o.jobId ?? randomUUID();
-  const clients = addresses.map((a) => new WorkerClient(a, o.tls));
+export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], options: PoolJobOptions): Promise<PoolJobResult> {
+  const jobId = options.jobId ?? randomUUID();
+  const clients = addresses.map((a) => new WorkerClient(a, options.tls));
   try {
     const infos = await Promise.all(clients.map((c) => c.info()));
-    o.onStart?.(infos);
+    options.onStart?.(infos);
     const specJson = JSON.stringify(rawSpec);
     // The first failure in time is the cause (a dead worker's dropped stream, say); the
     // other ranks then fail because of it, so it is the one reported.
@@ -158,17 +158,17 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: 
         .run(
           {
             job_id: jobId,
-            generation: o.generation ?? 1,
+            generation: options.generation ?? 1,
             rank,
             world_size: clients.length,
             peers: collectivePeers(rank, infos, addresses),
             spec_json: specJson,
-            out_dir: o.outDir,
-            data_dir: o.dataDir ?? process.cwd(),
-            resume: o.resume ?? true,
-            timeout_ms: o.timeoutMs ?? 5000,
+            out_dir: options.outDir,
+            data_dir: options.dataDir ?? process.cwd(),
+            resume: options.resume ?? true,
+            timeout_ms: options.timeoutMs ?? 5000,
           },
-          rank === 0 ? o.onStep : undefined,
+          rank === 0 ? options.onStep : undefined,
         )
         .catch((e: Error) => {
           if (!first) {
@@ -178,10 +178,10 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], o: 
           throw e;
         }),
     );
-    o.signal?.addEventListener('abort', cancelAll, { once: true });
-    if (o.signal?.aborted) cancelAll();
-    const settled = await Promise.allSettled(runs).finally(() => o.signal?.removeEventListener('abort', cancelAll));
-    if (o.signal?.aborted) throw new TrainerError('TAS_ERR_CANCELLED', `job ${jobId} cancelled`);
+    options.signal?.addEventListener('abort', cancelAll, { once: true });
+    if (options.signal?.aborted) cancelAll();
+    const settled = await Promise.allSettled(runs).finally(() => options.signal?.removeEventListener('abort', cancelAll));
+    if (options.signal?.aborted) throw new TrainerError('TAS_ERR_CANCELLED', `job ${jobId} cancelled`);
     if (first) throw poolError(first, addresses);
     return { jobId, workers: infos, done: (settled[0] as PromiseFulfilledResult<DoneMsg>).value };
   } finally {

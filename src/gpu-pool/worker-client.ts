@@ -2,8 +2,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { TrainerError } from '../trainer/errors.js';
 import type { DoneMsg, RunEventMsg, RunRequestMsg, StepMsg, WorkerInfoMsg } from './messages.js';
-import { channelCredentials, type TlsFiles } from './tls-files.js';
-import { workerProto } from './proto.js';
+import { channelCredentials, type TlsFiles } from '../grpc/tls-files.js';
+import { workerProto } from '../grpc/proto.js';
 
 interface RawWorkerClient extends grpc.Client {
   Info(req: object, cb: (err: grpc.ServiceError | null, res: WorkerInfoMsg) => void): void;

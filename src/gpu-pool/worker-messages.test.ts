@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { BnLayerSummary } from '../trainer/math/bn-summary.js';
 import type { RunEventMsg } from './messages.js';
-import { workerProto } from './proto.js';
+import { workerProto } from '../grpc/proto.js';
 import { bnLayerStatsMsg } from './worker-service.js';
 
 const run = workerProto().service.Run;

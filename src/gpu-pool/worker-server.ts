@@ -12,8 +12,8 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { initBackend, type BackendInfo } from '../trainer/backend.js';
 import { assignDevices, listGpus, type DeviceAssignment } from './device.js';
-import { GrpcCollective, listenCollectiveServer } from './grpc-collective.js';
-import { serverCredentials, type TlsFiles } from './tls-files.js';
+import { GrpcCollective, listenCollectiveServer } from '../collective/grpc-collective.js';
+import { serverCredentials, type TlsFiles } from '../grpc/tls-files.js';
 import { hostId } from './host-id.js';
 import { addWorkerService } from './worker-service.js';
 
@@ -42,32 +42,32 @@ export interface WorkerServer {
   close(): Promise<void>;
 }
 
-function deviceFor(o: WorkerServerOptions): DeviceAssignment {
-  const index = o.deviceIndex ?? 0;
-  if (o.deviceKind === 'gpu') {
+function deviceFor(options: WorkerServerOptions): DeviceAssignment {
+  const index = options.deviceIndex ?? 0;
+  if (options.deviceKind === 'gpu') {
     const g = listGpus().find((x) => x.index === index);
     return { kind: 'gpu', index, name: g?.name ?? 'gpu', memoryMiB: g?.memoryMiB ?? 0, env: {} };
   }
-  if (o.deviceKind === 'cpu') return { ...assignDevices(1, [])[0], index };
+  if (options.deviceKind === 'cpu') return { ...assignDevices(1, [])[0], index };
   return assignDevices(1)[0];
 }
 
-export async function startWorkerServer(o: WorkerServerOptions = {}): Promise<WorkerServer> {
-  const log = o.log ?? ((m: string) => process.stderr.write(`[tas worker] ${m}\n`));
+export async function startWorkerServer(options: WorkerServerOptions = {}): Promise<WorkerServer> {
+  const log = options.log ?? ((m: string) => process.stderr.write(`[tas worker] ${m}\n`));
   const backend = await initBackend(undefined, log);
-  const device = deviceFor(o);
-  const host = o.host ?? '127.0.0.1';
+  const device = deviceFor(options);
+  const host = options.host ?? '127.0.0.1';
   const shown = host === '0.0.0.0' ? '127.0.0.1' : host;
   const unixPath = join(tmpdir(), `tas-collective-${process.pid}-${randomBytes(4).toString('hex')}.sock`);
-  const coll = await listenCollectiveServer({ host, port: o.collectivePort ?? 0, unixPath, tls: o.tls });
+  const coll = await listenCollectiveServer({ host, port: options.collectivePort ?? 0, unixPath, tls: options.tls });
   const server = new grpc.Server({ 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': -1 });
   addWorkerService(server, {
     device,
     collective: { port: coll.port, unixPath: coll.unixPath, hostId: hostId() },
-    connectCollective: (req) => GrpcCollective.connect({ ...req, server: coll.server, log, ...(o.tls ? { tls: o.tls } : {}) }),
+    connectCollective: (req) => GrpcCollective.connect({ ...req, server: coll.server, log, ...(options.tls ? { tls: options.tls } : {}) }),
   });
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${o.port ?? 0}`, serverCredentials(o.tls), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${options.port ?? 0}`, serverCredentials(options.tls), (err, p) => (err ? reject(err) : resolve(p))),
   );
   const address = `${shown}:${port}`;
   return {

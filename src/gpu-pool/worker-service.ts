@@ -19,7 +19,7 @@ import type { BnLayerSummary } from '../trainer/math/bn-summary.js';
 import { join } from 'node:path';
 import type { DeviceAssignment } from './device.js';
 import type { BnLayerStatsMsg, RunEventMsg, RunRequestMsg, WorkerInfoMsg } from './messages.js';
-import { workerProto } from './proto.js';
+import { workerProto } from '../grpc/proto.js';
 
 export interface CollectiveRequest {
   jobId: string;
@@ -38,8 +38,13 @@ export interface WorkerDeps {
   connectCollective(req: CollectiveRequest): Promise<Collective>;
 }
 
-/** TrainerError codes to gRPC status codes (one catalogue per boundary). */
-const STATUS: Record<TrainerErrorCode, grpc.status> = {
+/**
+ * The worker control plane's mapping: the gRPC status a failed `Run` ends with for each
+ * TrainerError code (the code itself travels in the details, `CODE: message`, and the
+ * pool's client rebuilds the TrainerError from it). The public gRPC boundary, inference,
+ * has its own table (src/api/grpc/grpc-status.ts); docs/ERRORS.md lists both.
+ */
+export const WORKER_GRPC_STATUS: Readonly<Record<TrainerErrorCode, grpc.status>> = {
   TAS_ERR_INVALID_SPEC: grpc.status.INVALID_ARGUMENT,
   TAS_ERR_SHAPE: grpc.status.INVALID_ARGUMENT,
   TAS_ERR_BN_SINGLE_VALUE: grpc.status.INVALID_ARGUMENT,
@@ -52,7 +57,7 @@ const STATUS: Record<TrainerErrorCode, grpc.status> = {
 };
 
 export function toStatus(e: unknown): Partial<grpc.StatusObject> {
-  if (e instanceof TrainerError) return { code: STATUS[e.code], details: `${e.code}: ${e.message}` };
+  if (e instanceof TrainerError) return { code: WORKER_GRPC_STATUS[e.code], details: `${e.code}: ${e.message}` };
   // Anything unexpected is UNKNOWN with its message; the stack stays in the worker's log.
   process.stderr.write(`[tas worker] unexpected error: ${(e as Error).stack ?? String(e)}\n`);
   return { code: grpc.status.UNKNOWN, details: (e as Error).message ?? String(e) };

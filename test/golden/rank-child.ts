@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { initBackend } from '../../src/trainer/backend.js';
-import { GrpcCollective, listenCollectiveServer } from '../../src/gpu-pool/grpc-collective.js';
+import { GrpcCollective, listenCollectiveServer } from '../../src/collective/grpc-collective.js';
 import { caseFor } from './run-case.js';
 import { useLauncher, type RankLauncher } from './cases.js';
 

@@ -8,12 +8,12 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { decodeSafetensors, type SafetensorsTensor } from '../../src/trainer/artifact/safetensors.js';
 import { parseArtifact } from '../../src/trainer/artifact/artifact.js';
-import { INFERENCE_PROTO } from '../../src/serving/grpc-server.js';
-import { predict, servable } from '../../src/serving/predict.js';
+import { INFERENCE_PROTO } from '../../src/api/grpc/inference-server.js';
+import { predict, servable } from '../../src/inference/predict.js';
 import '../setup-backend.js';
 import { summariseBnBuffers } from '../../src/trainer/math/bn-summary.js';
 import { databaseUnavailable } from '../../src/service/db/testing/fresh-schema.js';
-import type { JobMetricsView } from '../../src/service/metrics-view.js';
+import type { JobMetricsView } from '../../src/service/jobs/metrics-view.js';
 import { getJson, postJson, serviceEnvironment, startServe, TERMINAL, waitFor, type JobStatusView, type Served } from './harness.js';
 
 const unavailable = await databaseUnavailable();

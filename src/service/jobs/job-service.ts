@@ -1,0 +1,248 @@
+/**
+ * Jobs as the REST API sees them: submission (validation, pool-size check, idempotency,
+ * queueing), the status view a dashboard polls, metrics for plots, logs, and cancel.
+ * No HTTP here: routes translate requests to these calls and errors to statuses.
+ */
+import { stat } from 'node:fs/promises';
+import { isAbsolute, relative, resolve } from 'node:path';
+import type { Redis } from 'ioredis';
+import { gangCapacity, waitingFor } from '../../gpu-pool/gang.js';
+import { CANCEL_CHANNEL, type JobQueue } from '../scheduling/job-queue.js';
+import { poolCounts } from '../scheduling/worker-registry.js';
+import { resolveTrainSpec } from '../../trainer/engine/job-spec.js';
+import { TrainerError } from '../../trainer/errors.js';
+import { validateAgainst } from '../../trainer/schema.js';
+import type { DataSource } from '../../trainer/data/load.js';
+import type { Prisma, PrismaClient } from '../db/client.js';
+import { DbError } from '../db/errors.js';
+import { ServiceError } from '../errors.js';
+import { isTerminal, type JobStatus } from '../db/job-states.js';
+import { JobRepository, type Job } from '../db/jobs.js';
+import { appendJobLog, readJobLog, type JobLogLine } from './job-log.js';
+import { summariseMetrics, type JobMetricsView } from './metrics-view.js';
+import { ModelStore } from '../models/model-store.js';
+import { SingleFlight } from './single-flight.js';
+import { createHash } from 'node:crypto';
+
+export interface JobServiceOptions {
+  readonly prisma: PrismaClient;
+  readonly queue: JobQueue;
+  /** For publishing cancels (a plain command connection). */
+  readonly redis: Redis;
+  readonly dataDir: string;
+  /** The registry's probe interval (workers silent for 3 of them count as offline). */
+  readonly probeIntervalMs: number;
+}
+
+export interface SubmitResult {
+  readonly job: JobView;
+  /** False when the Idempotency-Key named a job submitted before. */
+  readonly created: boolean;
+}
+
+export interface JobView {
+  id: string;
+  name: string;
+  status: JobStatus;
+  priority: number;
+  workers: number;
+  max_restarts: number;
+  attempts: number;
+  progress: { step: number; total_steps: number | null; epoch: number; fraction: number | null };
+  latest: { loss: number | null; accuracy: number | null };
+  backend: string | null;
+  devices: Array<{ worker: string; device_kind: string; device_name: string | null; backend: string | null }>;
+  attempt_history: Array<{ number: number; generation: number; status: string; workers: string[]; error: string | null; started_at: string; ended_at: string | null }>;
+  waiting_for: { requested_workers: number; free_workers: number; online_workers: number; reason: string } | null;
+  error: string | null;
+  model: { name: string; version: number } | null;
+  transitions: Array<{ from: string | null; to: string; reason: string | null; at: string }>;
+  created_at: string;
+  updated_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+}
+
+/** A status view with its ETag, as the polling path serves it. */
+export interface TaggedView {
+  readonly etag: string;
+  readonly view: JobView;
+  /** The view serialised once, sent as is to every poller. */
+  readonly json: string;
+}
+
+/** Views kept for polling (the most recently built per job). */
+const VIEW_CACHE_SIZE = 2000;
+
+export class JobService {
+  readonly repo: JobRepository;
+  private readonly models: ModelStore;
+  private readonly versionReads = new SingleFlight<string, string | null>();
+  private readonly viewBuilds = new SingleFlight<string, TaggedView>();
+  private readonly views = new Map<string, { version: string; tagged: TaggedView }>();
+
+  constructor(private readonly options: JobServiceOptions) {
+    this.repo = new JobRepository(options.prisma);
+    this.models = new ModelStore(options.prisma);
+  }
+
+  async submit(body: unknown, idempotencyKey?: string): Promise<SubmitResult> {
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ServiceError('TAS_ERR_BAD_REQUEST', 'body: must be a JSON object (a training spec)', { field: 'body' });
+    const { priority, max_restarts, ...trainSpec } = body as Record<string, unknown>;
+    const service = validateAgainst<{ priority?: number; max_restarts?: number }>('job-request.schema.json', { priority, max_restarts }, '');
+    const spec = resolveTrainSpec(trainSpec);
+    await this.checkDataFiles(spec.data);
+    const capacity = gangCapacity(await poolCounts(this.options.prisma, this.options.probeIntervalMs));
+    if (spec.workers > capacity) {
+      throw new ServiceError('TAS_ERR_POOL_TOO_SMALL', `workers: the job asks for ${spec.workers} workers but the pool has at most ${capacity} online workers of one device kind`, { field: 'workers' });
+    }
+    const { job, created } = await this.repo.createJob({
+      name: spec.name,
+      spec: trainSpec as Prisma.InputJsonValue,
+      workers: spec.workers,
+      priority: service.priority ?? 0,
+      maxRestarts: service.max_restarts ?? 5,
+      ...(idempotencyKey !== undefined ? { idempotencyKey } : {}),
+    });
+    if (created) {
+      await appendJobLog(this.options.prisma, job.id, 'info', `queued: ${spec.workers} workers, global batch ${spec.globalBatch} (${spec.localBatchSizes.join(' + ')}), ${spec.epochs} epochs`);
+    }
+    // Also for a replay: if the first request died between the insert and the queue,
+    // this queues it now (adding an existing queue id is a no-op).
+    if (!isTerminal(job.status)) await this.options.queue.enqueue(job.id, job.priority);
+    return { job: await this.view(job), created };
+  }
+
+  async get(id: string): Promise<JobView> {
+    return this.view(await this.repo.getJob(id));
+  }
+
+  /**
+   * The status view and its ETag, cheaply: one small read of the job's version (its
+   * `updated_at`, which every change the view shows moves forward, plus the pool's
+   * counts while the job waits), shared by concurrent pollers; the view itself is built
+   * only when that version changed. This is the path a polling dashboard takes.
+   */
+  async getTagged(id: string): Promise<TaggedView> {
+    const version = await this.versionReads.run(id, () => this.version(id));
+    if (version === null) throw new DbError('TAS_ERR_NOT_FOUND', `no job with id ${JSON.stringify(id)}`);
+    const cached = this.views.get(id);
+    if (cached && cached.version === version) return cached.tagged;
+    return this.viewBuilds.run(`${id}@${version}`, async () => {
+      const view = await this.get(id);
+      const json = JSON.stringify(view);
+      const tagged = { etag: `W/"${createHash('sha1').update(json).digest('base64url')}"`, view, json };
+      this.views.delete(id);
+      this.views.set(id, { version, tagged });
+      if (this.views.size > VIEW_CACHE_SIZE) this.views.delete(this.views.keys().next().value!);
+      return tagged;
+    });
+  }
+
+  private async version(id: string): Promise<string | null> {
+    if (!/^[0-9a-f-]{36}$/i.test(id)) return null;
+    const row = await this.options.prisma.job.findUnique({ where: { id }, select: { updatedAt: true, status: true } });
+    if (!row) return null;
+    let v = `${row.updatedAt.getTime()}:${row.status}`;
+    if (row.status === 'queued' || row.status === 'retrying') {
+      const c = await this.versionReads.run('\0pool', async () => JSON.stringify(await poolCounts(this.options.prisma, this.options.probeIntervalMs)));
+      v += `:${c}`;
+    }
+    return v;
+  }
+
+  async list(options: { status?: JobStatus[]; limit?: number; cursor?: string }): Promise<{ jobs: JobView[]; next_cursor: string | null }> {
+    const page = await this.repo.listJobs(options);
+    return { jobs: await Promise.all(page.jobs.map((j) => this.view(j, { brief: true }))), next_cursor: page.nextCursor };
+  }
+
+  /** Cancel: final at once in the database; the scheduler stops every rank and frees the gang. */
+  async cancel(id: string): Promise<JobView> {
+    const job = await this.repo.getJob(id);
+    if (isTerminal(job.status)) throw new ServiceError('TAS_ERR_CONFLICT', `job ${id} already ${job.status}; only unfinished jobs can be cancelled`);
+    await this.repo.transition(id, 'cancelled', 'cancelled by request');
+    await appendJobLog(this.options.prisma, id, 'info', `cancel requested (was ${job.status})`);
+    await this.options.queue.removeWaiting(id).catch(() => false);
+    await this.options.redis.publish(CANCEL_CHANNEL, id);
+    return this.get(id);
+  }
+
+  async metrics(id: string, options: { maxPoints?: number } = {}): Promise<JobMetricsView> {
+    const job = await this.repo.getJob(id);
+    const [rows, version] = await Promise.all([
+      this.options.prisma.jobMetric.findMany({ where: { jobId: id }, orderBy: [{ step: 'asc' }, { id: 'asc' }] }),
+      this.options.prisma.modelVersion.findFirst({ where: { jobId: id }, orderBy: { createdAt: 'desc' }, select: { metadata: true } }),
+    ]);
+    const meta = version?.metadata as { bn_final?: unknown } | undefined;
+    return summariseMetrics(job.id, rows, meta?.bn_final ?? null, options.maxPoints ?? 1000);
+  }
+
+  async logs(id: string, after: string | undefined, limit: number): Promise<{ lines: JobLogLine[]; next_after: string | null }> {
+    await this.repo.getJob(id);
+    let afterId: bigint | null = null;
+    if (after !== undefined) {
+      if (!/^\d{1,19}$/.test(after)) throw new ServiceError('TAS_ERR_BAD_REQUEST', `after: must be a log line id, got ${JSON.stringify(after)}`, { field: 'after' });
+      afterId = BigInt(after);
+    }
+    const lines = await readJobLog(this.options.prisma, id, afterId, limit);
+    return { lines, next_after: lines.length > 0 ? lines[lines.length - 1]!.id : after ?? null };
+  }
+
+  /** Relative data files must exist in the data directory now, not fail minutes later. */
+  private async checkDataFiles(data: DataSource): Promise<void> {
+    const files: Array<[string, string]> =
+      data.type === 'csv' ? [['data.path', data.path]] : data.type === 'npy' ? [['data.x', data.x], ['data.y', data.y]] : data.type === 'idx' ? [['data.images', data.images], ['data.labels', data.labels]] : [];
+    for (const [field, path] of files) {
+      const full = resolve(this.options.dataDir, path);
+      const rel = relative(resolve(this.options.dataDir), full);
+      if (rel.startsWith('..') || isAbsolute(rel)) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}" is outside the data directory`, field);
+      const ok = await stat(full).then((s) => s.isFile(), () => false);
+      if (!ok) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}": no such file in the data directory (upload it with POST /v1/datasets)`, field);
+    }
+  }
+
+  private async view(job: Job, opts: { brief?: boolean } = {}): Promise<JobView> {
+    const waiting = job.status === 'queued' || job.status === 'retrying';
+    const [attempts, workers, versions, transitions, counts] = await Promise.all([
+      this.options.prisma.jobAttempt.findMany({ where: { jobId: job.id }, orderBy: { number: 'asc' } }),
+      this.options.prisma.worker.findMany({ where: { currentJobId: job.id }, orderBy: { id: 'asc' } }),
+      this.models.byJob(job.id),
+      opts.brief ? Promise.resolve([]) : this.options.prisma.jobTransition.findMany({ where: { jobId: job.id }, orderBy: { id: 'asc' } }),
+      waiting ? poolCounts(this.options.prisma, this.options.probeIntervalMs) : Promise.resolve(null),
+    ]);
+    const last = attempts[attempts.length - 1];
+    // The devices: the gang holding the job now, else the last attempt's workers.
+    const held = workers.length > 0 ? workers : last ? await this.options.prisma.worker.findMany({ where: { id: { in: last.workerIds } }, orderBy: { id: 'asc' } }) : [];
+    const w = counts ? waitingFor(job.workers, counts) : null;
+    return {
+      id: job.id,
+      name: job.name,
+      status: job.status,
+      priority: job.priority,
+      workers: job.workers,
+      max_restarts: job.maxRestarts,
+      attempts: job.attempts,
+      progress: { step: job.step, total_steps: job.totalSteps, epoch: job.epoch, fraction: job.totalSteps ? job.step / job.totalSteps : null },
+      latest: { loss: job.loss, accuracy: job.accuracy },
+      backend: job.backend,
+      devices: held.map((x) => ({ worker: x.address, device_kind: x.deviceKind, device_name: x.deviceName, backend: x.backend })),
+      attempt_history: attempts.map((a) => ({
+        number: a.number,
+        generation: a.generation,
+        status: a.status,
+        workers: a.addresses,
+        error: a.error,
+        started_at: a.startedAt.toISOString(),
+        ended_at: a.endedAt?.toISOString() ?? null,
+      })),
+      waiting_for: w ? { requested_workers: w.requestedWorkers, free_workers: w.freeWorkers, online_workers: w.onlineWorkers, reason: w.reason } : null,
+      error: job.error,
+      model: versions[versions.length - 1] ? { name: versions[versions.length - 1]!.model, version: versions[versions.length - 1]!.version } : null,
+      transitions: transitions.map((t) => ({ from: t.from, to: t.to, reason: t.reason, at: t.at.toISOString() })),
+      created_at: job.createdAt.toISOString(),
+      updated_at: job.updatedAt.toISOString(),
+      started_at: job.startedAt?.toISOString() ?? null,
+      finished_at: job.finishedAt?.toISOString() ?? null,
+    };
+  }
+}

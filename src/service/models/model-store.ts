@@ -1,0 +1,117 @@
+/**
+ * Trained models and their versions. A job that succeeds publishes its artifact (the
+ * safetensors file with the BN running statistics) as the next version of the model
+ * named by the job; versions are numbered 1, 2, ... per model, and the newest is the
+ * default. Metadata keeps what a user needs to trust the version: the job, its
+ * evaluation, its recalibration record, the final BN statistics, the backend.
+ */
+import { stat } from 'node:fs/promises';
+import type { ModelRecord, RepositorySource, ServingSettings } from '../../inference/repository.js';
+import { Prisma, type PrismaClient } from '../db/client.js';
+import { DbError } from '../db/errors.js';
+
+export interface ModelVersionView {
+  readonly model: string;
+  readonly version: number;
+  readonly jobId: string | null;
+  readonly createdAt: string;
+  readonly artifactBytes: number | null;
+  readonly metadata: Prisma.JsonValue;
+}
+
+export interface ModelView {
+  readonly name: string;
+  readonly createdAt: string;
+  readonly latestVersion: number | null;
+  readonly versions: number;
+  readonly serving: { readonly loaded: boolean; readonly maxBatchSize: number; readonly maxQueueDelayUs: number };
+}
+
+export interface PublishInput {
+  readonly name: string;
+  /** The job that trained it; null for an artifact imported without a job. */
+  readonly jobId: string | null;
+  readonly artifactPath: string;
+  readonly metadata: Prisma.InputJsonValue;
+}
+
+export class ModelStore implements RepositorySource {
+  constructor(private readonly prisma: PrismaClient) {}
+
+  /** Record `artifactPath` as the next version of model `name`; returns the version. */
+  async publish(input: PublishInput): Promise<number> {
+    // Two jobs of one model finishing together race for the same next number; the
+    // unique (model_id, version) index makes the loser retry with the next one.
+    for (let tries = 0; ; tries++) {
+      try {
+        return await this.prisma.$transaction(async (tx) => {
+          const model = await tx.model.upsert({ where: { name: input.name }, create: { name: input.name }, update: {} });
+          const last = await tx.modelVersion.findFirst({ where: { modelId: model.id }, orderBy: { version: 'desc' }, select: { version: true } });
+          const version = (last?.version ?? 0) + 1;
+          await tx.modelVersion.create({ data: { modelId: model.id, version, jobId: input.jobId, artifactPath: input.artifactPath, metadata: input.metadata } });
+          return version;
+        });
+      } catch (err) {
+        if (tries < 5 && err instanceof Prisma.PrismaClientKnownRequestError && err.code === 'P2002') continue;
+        throw err;
+      }
+    }
+  }
+
+  async list(): Promise<ModelView[]> {
+    const models = await this.prisma.model.findMany({
+      orderBy: { name: 'asc' },
+      include: { versions: { select: { version: true }, orderBy: { version: 'desc' } } },
+    });
+    return models.map((m) => ({
+      name: m.name,
+      createdAt: m.createdAt.toISOString(),
+      latestVersion: m.versions[0]?.version ?? null,
+      versions: m.versions.length,
+      serving: { loaded: m.servingLoaded, maxBatchSize: m.maxBatchSize, maxQueueDelayUs: m.maxQueueDelayUs },
+    }));
+  }
+
+  /** Every model with its serving settings and versions: what the inference server mirrors. */
+  async servingIndex(): Promise<ModelRecord[]> {
+    const models = await this.prisma.model.findMany({
+      select: { name: true, servingLoaded: true, maxBatchSize: true, maxQueueDelayUs: true, versions: { select: { version: true, artifactPath: true }, orderBy: { version: 'asc' } } },
+    });
+    return models.map((m) => ({ name: m.name, loaded: m.servingLoaded, maxBatchSize: m.maxBatchSize, maxQueueDelayUs: m.maxQueueDelayUs, versions: m.versions }));
+  }
+
+  async setServing(name: string, settings: ServingSettings): Promise<boolean> {
+    const data = {
+      ...(settings.loaded !== undefined ? { servingLoaded: settings.loaded } : {}),
+      ...(settings.maxBatchSize !== undefined ? { maxBatchSize: settings.maxBatchSize } : {}),
+      ...(settings.maxQueueDelayUs !== undefined ? { maxQueueDelayUs: settings.maxQueueDelayUs } : {}),
+    };
+    return (await this.prisma.model.updateMany({ where: { name }, data })).count > 0;
+  }
+
+  /** Version `version` of `name`; "latest" (or undefined) is the newest. */
+  async version(name: string, version: number | 'latest'): Promise<ModelVersionView & { artifactPath: string }> {
+    const row = await this.prisma.modelVersion.findFirst({
+      where: { model: { name }, ...(version === 'latest' ? {} : { version }) },
+      orderBy: { version: 'desc' },
+      include: { model: { select: { name: true } } },
+    });
+    if (!row) throw new DbError('TAS_ERR_NOT_FOUND', version === 'latest' ? `no model named ${JSON.stringify(name)}` : `model ${JSON.stringify(name)} has no version ${version}`);
+    const bytes = await stat(row.artifactPath).then((s) => s.size, () => null);
+    return {
+      model: row.model.name,
+      version: row.version,
+      jobId: row.jobId,
+      createdAt: row.createdAt.toISOString(),
+      artifactBytes: bytes,
+      metadata: row.metadata,
+      artifactPath: row.artifactPath,
+    };
+  }
+
+  /** The versions a job published (normally one). */
+  async byJob(jobId: string): Promise<Array<{ model: string; version: number }>> {
+    const rows = await this.prisma.modelVersion.findMany({ where: { jobId }, include: { model: { select: { name: true } } }, orderBy: { createdAt: 'asc' } });
+    return rows.map((r) => ({ model: r.model.name, version: r.version }));
+  }
+}
