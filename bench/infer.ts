@@ -30,6 +30,8 @@
  * (events from BENCH_PERF_EVENTS, default syscalls and context switches) on the server
  * over the window, BENCH_PERF=record `perf record -g` to /tmp/perf.data;
  * BENCH_QUEUE_DELAY_MS sets the batched cases' max queue delay (default 0).
+ * Last, the tensor backends side by side on a larger model (BENCH_BACKENDS, default
+ * native,wasm; empty skips them; BENCH_CASES=backends runs only them): see backendCases.
  */
 import { fork, spawn, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -56,6 +58,7 @@ import { exportOnnx } from '../src/inference/onnx-export.js';
 import { readArtifact } from '../src/trainer/artifact/artifact.js';
 import { initBackend } from '../src/trainer/backend.js';
 import { runLocalJob } from '../src/trainer/engine/local-job.js';
+import { MLP } from './train/models.js';
 
 interface LoadArgs {
   /**
@@ -428,6 +431,53 @@ async function runLoad(args: LoadArgs): Promise<LoadResult & { serverCpuMs: numb
   });
 }
 
+/**
+ * The same serving path on each tensor backend (BENCH_BACKENDS, default native,wasm),
+ * with a model whose forward is compute, not bookkeeping: bench:train's MLP
+ * 784-512-512-10 with BatchNorm. The inference threads take the backend from
+ * TAS_BACKEND when they start, so each backend gets a service of its own. ModelStreamInfer
+ * (the least per-request overhead) at concurrency 1 and 64, dynamic batching on.
+ */
+async function backendCases(store: ModelStore, seconds: number, dir: string): Promise<void> {
+  const name = 'bench-mlp-784';
+  const trained = await runLocalJob(
+    {
+      name,
+      model: MLP.spec,
+      data: { type: 'synthetic', generator: 'blobs', features: 784, n: 512, classes: 10, seed: 1 },
+      optimizer: { type: 'sgd', lr: 0.01 },
+      epochs: 1,
+      workers: 1,
+      batch_size: 256,
+    },
+    { outDir: join(dir, 'train-mlp'), resume: false },
+  );
+  await store.publish({ name, jobId: null, artifactPath: trained.artifactPath!, metadata: {} });
+  const requested = (process.env.BENCH_BACKENDS ?? 'native,wasm').split(',').map((b) => b.trim());
+  const before = process.env.TAS_BACKEND;
+  for (const b of requested) {
+    process.env.TAS_BACKEND = b;
+    let service: Awaited<ReturnType<typeof startInferenceService>>;
+    try {
+      service = await startInferenceService({ source: store, registry: new Registry(), grpc: { host: '127.0.0.1', port: 0 } });
+    } catch (e) {
+      console.log(JSON.stringify({ bench: 'infer', model: name, backend: b, skipped: (e as Error).message.split('\n')[0] }));
+      continue;
+    }
+    try {
+      await service.repository.configure(name, { maxBatchSize: 64, maxQueueDelayMs: 0 });
+      for (const concurrency of [1, 64]) {
+        const s = summary(await runLoad({ transport: 'grpc-stream', target: service.grpc!.address, model: name, concurrency, seconds, features: 784, outFloats: 10 }));
+        console.log(JSON.stringify({ bench: 'infer', case: 'backend', model: name, rpc: 'ModelStreamInfer', backend: service.engine.backend, dynamic_batching: true, concurrency, ...s }));
+      }
+    } finally {
+      await service.close();
+    }
+  }
+  if (before === undefined) delete process.env.TAS_BACKEND;
+  else process.env.TAS_BACKEND = before;
+}
+
 if (process.env.TAS_BENCH_LOAD) {
   // Disconnect only once the result is written: a large message would be cut off.
   const result = await load(JSON.parse(process.env.TAS_BENCH_LOAD) as LoadArgs);
@@ -520,6 +570,7 @@ if (process.env.TAS_BENCH_LOAD) {
       await app.close();
       await service.close();
     }
+    if ((!only || only.includes('backends')) && process.env.BENCH_BACKENDS !== '') await backendCases(store, seconds, dir);
     if (!only) {
       // The peer again, now that the server is closed: this machine's speed drifts over a
       // run, so the checks compare with the mean of the two peer measurements.
