@@ -84,12 +84,12 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         description: 'Body: a training spec (schemas/train.schema.json) plus `priority` and `max_restarts`. With an `Idempotency-Key` header, a retried submission returns the job the first one created (200 instead of 201).',
         headers: { type: 'object', properties: { 'idempotency-key': { type: 'string', minLength: 1, maxLength: 200 } } },
         body: { type: 'object', additionalProperties: true },
-        response: { 200: { $ref: 'Job#' }, 201: { $ref: 'Job#' }, 400: errorResponse, 409: errorResponse },
+        response: { 200: { $ref: 'Job#' }, 201: { $ref: 'Job#' }, 400: errorResponse, 403: errorResponse, 409: errorResponse, 429: errorResponse },
       },
     },
     async (request, reply) => {
       const key = request.headers['idempotency-key'];
-      const { job, created } = await jobs.submit(request.body, typeof key === 'string' ? key : undefined);
+      const { job, created } = await jobs.submit(request.principal, request.body, typeof key === 'string' ? key : undefined);
       return reply.code(created ? 201 : 200).header('location', `/v1/jobs/${job.id}`).send(job);
     },
   );
@@ -120,7 +120,7 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         const bad = status.find((s) => !(JOB_STATUSES as readonly string[]).includes(s));
         if (bad !== undefined) throw new ApiError('TAS_ERR_BAD_REQUEST', `status: unknown status ${JSON.stringify(bad)} (one of ${JOB_STATUSES.join(', ')})`, 'status');
       }
-      const page = await jobs.list({ ...(status ? { status } : {}), ...(q.limit !== undefined ? { limit: q.limit } : {}), ...(q.cursor !== undefined ? { cursor: q.cursor } : {}) });
+      const page = await jobs.list(request.principal, { ...(status ? { status } : {}), ...(q.limit !== undefined ? { limit: q.limit } : {}), ...(q.cursor !== undefined ? { cursor: q.cursor } : {}) });
       return sendWithEtag(request, reply, page);
     },
   );
@@ -136,7 +136,7 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         response: { 200: { $ref: 'Job#' }, 404: errorResponse },
       },
     },
-    async (request, reply) => sendTaggedWhenChanged(request, reply, () => jobs.getTagged(request.params.id), request.query.wait),
+    async (request, reply) => sendTaggedWhenChanged(request, reply, () => jobs.getTagged(request.principal, request.params.id), request.query.wait),
   );
 
   app.get<{ Params: { id: string }; Querystring: { max_points?: number } }>(
@@ -149,7 +149,7 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         querystring: { type: 'object', properties: { max_points: { type: 'integer', minimum: 2, maximum: 100000, default: 1000 } }, additionalProperties: false },
       },
     },
-    async (request, reply) => sendWithEtag(request, reply, await jobs.metrics(request.params.id, { ...(request.query.max_points ? { maxPoints: request.query.max_points } : {}) })),
+    async (request, reply) => sendWithEtag(request, reply, await jobs.metrics(request.principal, request.params.id, { ...(request.query.max_points ? { maxPoints: request.query.max_points } : {}) })),
   );
 
   app.get<{ Params: { id: string }; Querystring: { after?: string; limit?: number } }>(
@@ -162,7 +162,7 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         querystring: { type: 'object', properties: { after: { type: 'string', maxLength: 20 }, limit: { type: 'integer', minimum: 1, maximum: 5000, default: 500 } }, additionalProperties: false },
       },
     },
-    async (request) => jobs.logs(request.params.id, request.query.after, request.query.limit ?? 500),
+    async (request) => jobs.logs(request.principal, request.params.id, request.query.after, request.query.limit ?? 500),
   );
 
   app.post<{ Params: { id: string } }>(
@@ -175,6 +175,6 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         response: { 200: { $ref: 'Job#' }, 404: errorResponse, 409: errorResponse },
       },
     },
-    async (request) => jobs.cancel(request.params.id),
+    async (request) => jobs.cancel(request.principal, request.params.id),
   );
 };
