@@ -258,6 +258,7 @@ async function serve(v: Values, parts: ServiceParts): Promise<number> {
         grpc: svc.grpcAddress,
         database: svc.embeddedDatabase ? 'embedded' : 'external',
         redis: svc.redisUrl,
+        queue: svc.names.queue,
         data_dir: config.dataDir,
         workers: svc.localPool?.list().map((w) => ({ address: w.address, device: w.device.kind, index: w.device.index, pid: w.process.pid })) ?? [],
       },

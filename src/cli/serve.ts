@@ -11,7 +11,7 @@ import { Registry } from 'prom-client';
 import { buildApp } from '../api/rest/app.js';
 import { datasetRoutes } from '../api/rest/routes/datasets.js';
 import { LocalPool } from '../gpu-pool/local-pool.js';
-import { JobQueue, redisConnection } from '../service/scheduling/job-queue.js';
+import { identityPrefix, JobQueue, queueNames, redisConnection, type QueueNames } from '../service/scheduling/job-queue.js';
 import { WorkerRegistry } from '../service/scheduling/worker-registry.js';
 import { Scheduler } from '../service/scheduling/scheduler.js';
 import type { TlsFiles } from '../grpc/tls-files.js';
@@ -22,7 +22,8 @@ import { DatasetStore } from '../service/datasets/dataset-store.js';
 import { startEmbeddedPostgres } from '../service/startup/embedded-postgres.js';
 import { JobService } from '../service/jobs/job-service.js';
 import { startInferenceService, type InferenceService } from '../api/inference-service.js';
-import { modelChangesChannel, redisModelChanges } from '../service/models/model-changes.js';
+import { redisModelChanges } from '../service/models/model-changes.js';
+import { databaseIdentity } from '../service/db/identity.js';
 import { ModelStore } from '../service/models/model-store.js';
 import { ensureRedis } from '../service/startup/redis-server.js';
 
@@ -42,6 +43,8 @@ export interface RunningService {
   readonly grpcAddress: string | null;
   readonly databaseUrl: string;
   readonly redisUrl: string;
+  /** The Redis queue and channel names this service uses. */
+  readonly names: QueueNames;
   readonly embeddedDatabase: boolean;
   readonly prisma: PrismaClient;
   readonly app: FastifyInstance | null;
@@ -78,6 +81,9 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     if (migrated.applied.length > 0) log(`migrations applied: ${migrated.applied.join(', ')}`);
     const prisma = createPrismaClient(databaseUrl, maxConnections !== undefined ? { maxConnections } : {});
     stops.push(() => prisma.$disconnect());
+    // Redis names from the database's identity: services share work only when they share a database.
+    const names = queueNames(config.queuePrefix ?? identityPrefix(await databaseIdentity(prisma)));
+    log(`queue: ${names.queue}${config.queuePrefix === null ? " (named after this database's identity)" : ' (TAS_QUEUE_PREFIX)'}`);
 
     const redis = await ensureRedis(config.redisUrl, { startIfMissing: true, dataDir: config.dataDir });
     stops.push(() => redis.stop());
@@ -87,12 +93,12 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     stops.push(async () => commands.quit());
     const queueConnection = redisConnection(redis.url);
     stops.push(async () => queueConnection.quit());
-    const queue = new JobQueue(queueConnection, config.queueName);
+    const queue = new JobQueue(queueConnection, names.queue);
     stops.push(() => queue.close());
     // Model-repository change notices: schedulers publish versions, APIs (un)load models.
     const changesSubscriber = redisConnection(redis.url);
     stops.push(async () => changesSubscriber.quit());
-    const modelChanges = redisModelChanges(commands, changesSubscriber, modelChangesChannel(config.queueName));
+    const modelChanges = redisModelChanges(commands, changesSubscriber, names.modelsChannel);
 
     const registry = new WorkerRegistry(prisma, { probeIntervalMs: config.probeIntervalMs, ...(options.tls ? { tls: options.tls } : {}), log });
     let localPool: LocalPool | null = null;
@@ -117,7 +123,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         registry,
         connection: schedulerConnection,
         subscriber,
-        queueName: config.queueName,
+        names,
         dataDir: config.dataDir,
         collectiveTimeoutMs: config.collectiveTimeoutMs,
         lockDurationMs: config.lockDurationMs,
@@ -153,7 +159,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
       const datasets = new DatasetStore({ prisma, dataDir: config.dataDir });
       app = await buildApp({
         prisma,
-        jobs: new JobService({ prisma, queue, redis: commands, dataDir: config.dataDir, probeIntervalMs: config.probeIntervalMs }),
+        jobs: new JobService({ prisma, queue, redis: commands, cancelChannel: names.cancelChannel, dataDir: config.dataDir, probeIntervalMs: config.probeIntervalMs }),
         models: new ModelStore(prisma),
         queue,
         probeIntervalMs: config.probeIntervalMs,
@@ -172,7 +178,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
       log(`REST API on ${httpUrl} (OpenAPI at ${httpUrl}/docs)`);
     }
 
-    return { httpUrl, grpcAddress, databaseUrl, redisUrl: redis.url, embeddedDatabase: config.databaseUrl === null, prisma, app, localPool, stop };
+    return { httpUrl, grpcAddress, databaseUrl, redisUrl: redis.url, names, embeddedDatabase: config.databaseUrl === null, prisma, app, localPool, stop };
   } catch (e) {
     await stop();
     throw e;

@@ -57,7 +57,7 @@ export async function startServe(env: ServeEnv, opts: { workers?: number; lockDu
       ...process.env,
       DATABASE_URL: env.databaseUrl,
       REDIS_URL: env.redisUrl,
-      TAS_QUEUE: env.queue,
+      TAS_QUEUE_PREFIX: env.queue,
       TAS_DATA_DIR: env.dataDir,
       TAS_HTTP_PORT: '0',
       TAS_GRPC_PORT: '0',

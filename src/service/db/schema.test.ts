@@ -85,6 +85,11 @@ describe('schema.prisma and the migrations agree', { skip: unavailable ?? false 
       (err: unknown) => err instanceof Prisma.PrismaClientKnownRequestError && err.code === 'P2002',
     );
 
+    // The database's identity: one row, made by the migration (queue names derive from it).
+    const identities = await prisma.serviceIdentity.findMany();
+    assert.equal(identities.length, 1);
+    assert.match(identities[0]!.id, /^[0-9a-f-]{36}$/);
+
     // Deleting the job: its attempts, transitions and metrics go; the worker and the
     // model version stay, no longer pointing at it.
     await prisma.job.delete({ where: { id: job.id } });

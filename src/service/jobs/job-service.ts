@@ -7,7 +7,7 @@ import { stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve } from 'node:path';
 import type { Redis } from 'ioredis';
 import { gangCapacity, waitingFor } from '../../gpu-pool/gang.js';
-import { CANCEL_CHANNEL, type JobQueue } from '../scheduling/job-queue.js';
+import type { JobQueue } from '../scheduling/job-queue.js';
 import { poolCounts } from '../scheduling/worker-registry.js';
 import { resolveTrainSpec } from '../../trainer/engine/job-spec.js';
 import { TrainerError } from '../../trainer/errors.js';
@@ -29,6 +29,8 @@ export interface JobServiceOptions {
   readonly queue: JobQueue;
   /** For publishing cancels (a plain command connection). */
   readonly redis: Redis;
+  /** The channel cancels are published on (`QueueNames.cancelChannel`). */
+  readonly cancelChannel: string;
   readonly dataDir: string;
   /** The registry's probe interval (workers silent for 3 of them count as offline). */
   readonly probeIntervalMs: number;
@@ -163,7 +165,7 @@ export class JobService {
     await this.repo.transition(id, 'cancelled', 'cancelled by request');
     await appendJobLog(this.options.prisma, id, 'info', `cancel requested (was ${job.status})`);
     await this.options.queue.removeWaiting(id).catch(() => false);
-    await this.options.redis.publish(CANCEL_CHANNEL, id);
+    await this.options.redis.publish(this.options.cancelChannel, id);
     return this.get(id);
   }
 

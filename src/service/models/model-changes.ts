@@ -2,15 +2,11 @@
  * Model-repository change notices between processes, on a Redis pub/sub channel: a
  * scheduler that published a model version, or an API that loaded or unloaded a model,
  * publishes; every inference server re-reads its index at once instead of at its next
- * backstop refresh. The channel is named after the queue, so services sharing one Redis
- * with different queues (tests, staging) do not hear each other.
+ * backstop refresh. The channel is one of the service's queue names (`QueueNames`), so
+ * services sharing one Redis but not a database do not hear each other.
  */
 import type { Redis } from 'ioredis';
 import type { RepositoryChanges } from '../../inference/repository.js';
-
-export function modelChangesChannel(queueName: string): string {
-  return `tas:${queueName}:models`;
-}
 
 /** `publisher` is a plain command connection; `subscriber` is given over to subscriber mode. */
 export function redisModelChanges(publisher: Redis, subscriber: Redis, channel: string): RepositoryChanges {

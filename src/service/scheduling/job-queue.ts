@@ -6,12 +6,32 @@
  *
  * Cancellation crosses processes on a Redis pub/sub channel: the API publishes the job
  * id, and the scheduler running it aborts every rank.
+ *
+ * Names: the queue and the channels share one prefix, by default derived from the
+ * database's identity (`queueNames`), so services that share a Redis but not a database
+ * never see each other's jobs, cancels or model notices.
  */
 import { Queue, type ConnectionOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 
-export const DEFAULT_QUEUE_NAME = 'tas-jobs';
-export const CANCEL_CHANNEL = 'tas:cancel';
+/** The Redis names of one service (one database): its queue and its pub/sub channels. */
+export interface QueueNames {
+  /** The BullMQ queue. */
+  readonly queue: string;
+  /** Job ids to cancel (API → scheduler). */
+  readonly cancelChannel: string;
+  /** Model-repository change notices (scheduler, API → every inference server). */
+  readonly modelsChannel: string;
+}
+
+/** The prefix a database's identity gives (TAS_QUEUE_PREFIX replaces it). */
+export function identityPrefix(identity: string): string {
+  return `tas-${identity.replace(/-/g, '').slice(0, 16).toLowerCase()}`;
+}
+
+export function queueNames(prefix: string): QueueNames {
+  return { queue: `${prefix}-jobs`, cancelChannel: `${prefix}:cancel`, modelsChannel: `${prefix}:models` };
+}
 
 /** The API's priorities: higher runs first. */
 export const MIN_PRIORITY = -1000;
@@ -45,7 +65,7 @@ export function redisConnection(url: string): Redis {
 export class JobQueue {
   readonly queue: Queue<QueuedJob>;
 
-  constructor(connection: ConnectionOptions, name = DEFAULT_QUEUE_NAME) {
+  constructor(connection: ConnectionOptions, name: string) {
     this.queue = new Queue<QueuedJob>(name, { connection });
   }
 

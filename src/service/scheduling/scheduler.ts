@@ -29,7 +29,7 @@ import { TrainerError, type TrainerErrorCode } from '../../trainer/errors.js';
 import type { TlsFiles } from '../../grpc/tls-files.js';
 import { runJobOnWorkers } from '../../gpu-pool/pool.js';
 import { ProgressSink } from './progress.js';
-import { CANCEL_CHANNEL, DEFAULT_QUEUE_NAME, JobQueue, type QueuedJob } from './job-queue.js';
+import { JobQueue, type QueueNames, type QueuedJob } from './job-queue.js';
 import type { ReservedWorker, WorkerRegistry } from './worker-registry.js';
 
 export interface SchedulerOptions {
@@ -39,7 +39,8 @@ export interface SchedulerOptions {
   readonly connection: ConnectionOptions;
   /** A connection for the cancel channel (subscriber mode). */
   readonly subscriber: Redis;
-  readonly queueName?: string;
+  /** The service's queue and channel names. */
+  readonly names: QueueNames;
   /** Job outputs go to `<dataDir>/jobs/<id>/`; relative data paths resolve here. */
   readonly dataDir: string;
   /** A collective peer silent this long fails the attempt. @defaultValue 5000 */
@@ -80,18 +81,19 @@ export class Scheduler {
   constructor(private readonly options: SchedulerOptions) {
     this.repo = new JobRepository(options.prisma);
     this.models = new ModelStore(options.prisma);
-    this.queue = new JobQueue(options.connection, options.queueName ?? DEFAULT_QUEUE_NAME);
+    this.queue = new JobQueue(options.connection, options.names.queue);
     this.log = options.log ?? (() => undefined);
   }
 
   async start(): Promise<void> {
-    await this.options.subscriber.subscribe(CANCEL_CHANNEL);
+    const cancels = this.options.names.cancelChannel;
+    await this.options.subscriber.subscribe(cancels);
     this.options.subscriber.on('message', (channel: string, jobId: string) => {
-      if (channel === CANCEL_CHANNEL) this.running.get(jobId)?.abort('cancel' satisfies AbortWhy);
+      if (channel === cancels) this.running.get(jobId)?.abort('cancel' satisfies AbortWhy);
     });
     await this.reconcile();
     const lockDuration = this.options.lockDurationMs ?? 30_000;
-    this.worker = new BullWorker<QueuedJob>(this.options.queueName ?? DEFAULT_QUEUE_NAME, (job) => this.process(job), {
+    this.worker = new BullWorker<QueuedJob>(this.options.names.queue, (job) => this.process(job), {
       connection: this.options.connection,
       concurrency: this.options.concurrency ?? 32,
       lockDuration,
@@ -110,7 +112,7 @@ export class Scheduler {
     for (const ctl of this.running.values()) ctl.abort('shutdown' satisfies AbortWhy);
     await this.worker?.close();
     await this.queue.close();
-    await this.options.subscriber.unsubscribe(CANCEL_CHANNEL).catch(() => undefined);
+    await this.options.subscriber.unsubscribe(this.options.names.cancelChannel).catch(() => undefined);
   }
 
   /** Re-queue every unfinished job the database has (idempotent: the queue id is the job id). */
