@@ -38,13 +38,24 @@ export interface PublishInput {
 export class ModelStore implements RepositorySource {
   constructor(private readonly prisma: PrismaClient) {}
 
-  /** Record `artifactPath` as the next version of model `name`; returns the version. */
+  /**
+   * Record `artifactPath` as the next version of model `name`; returns the version.
+   * Idempotent per job: a job that already published (a run that was thought lost and
+   * finished after all, beside its retry) gets its first version back, and no second
+   * version is made.
+   */
   async publish(input: PublishInput): Promise<number> {
     // Two jobs of one model finishing together race for the same next number; the
     // unique (model_id, version) index makes the loser retry with the next one.
     for (let tries = 0; ; tries++) {
       try {
         return await this.prisma.$transaction(async (tx) => {
+          if (input.jobId !== null) {
+            // The job's row lock orders two publications of one job: the second sees the first.
+            await tx.$queryRaw`SELECT id FROM jobs WHERE id = ${input.jobId}::uuid FOR UPDATE`;
+            const published = await tx.modelVersion.findFirst({ where: { jobId: input.jobId }, orderBy: { version: 'asc' }, select: { version: true } });
+            if (published) return published.version;
+          }
           const model = await tx.model.upsert({ where: { name: input.name }, create: { name: input.name }, update: {} });
           const last = await tx.modelVersion.findFirst({ where: { modelId: model.id }, orderBy: { version: 'desc' }, select: { version: true } });
           const version = (last?.version ?? 0) + 1;
