@@ -35,7 +35,7 @@ describe('schema.prisma and the migrations agree', { skip: unavailable ?? false 
     assert.equal(job.createdAt.getTime(), at.getTime(), 'timestamps keep milliseconds');
 
     const attempt = await prisma.jobAttempt.create({
-      data: { jobId: job.id, number: 1, generation: 3, workerIds: ['w0', 'w1'], addresses: ['127.0.0.1:5001', '127.0.0.1:5002'], status: 'failed', error: 'rank 1 unreachable', startedAt: at, endedAt: at },
+      data: { jobId: job.id, number: 1, generation: 3, workerIds: ['w0', 'w1'], addresses: ['127.0.0.1:5001', '127.0.0.1:5002'], status: 'failed', error: 'rank 1 unreachable', startedAt: at, endedAt: at, schedulerId: 'host:42:ab', leaseUntil: at },
     });
     assert.deepEqual(await prisma.jobAttempt.findUniqueOrThrow({ where: { jobId_number: { jobId: job.id, number: 1 } } }), attempt);
     await assert.rejects(

@@ -16,6 +16,8 @@
  * up to the job's `maxRestarts`; errors that a restart cannot fix (an invalid spec, a
  * malformed dataset, a NaN loss) fail the job at once.
  */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Worker as BullWorker, type ConnectionOptions, type Job as BullJob } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -31,6 +33,7 @@ import { runJobOnWorkers } from '../../gpu-pool/pool.js';
 import { ProgressSink } from './progress.js';
 import { JobQueue, type QueueNames, type QueuedJob } from './job-queue.js';
 import type { ReservedWorker, WorkerRegistry } from './worker-registry.js';
+import type { RedisHealth } from './redis-health.js';
 
 export interface SchedulerOptions {
   readonly prisma: PrismaClient;
@@ -55,6 +58,8 @@ export interface SchedulerOptions {
   readonly log?: (message: string) => void;
   /** Told after a job published a model version (the inference servers load it). */
   readonly onModelPublished?: (model: string, version: number) => Promise<void>;
+  /** Whether Redis answers: errors are not logged while it is known to be down, and every unfinished job is queued again when it is back. */
+  readonly redisHealth?: Pick<RedisHealth, 'up' | 'onUp'>;
 }
 
 /** Errors a restart cannot fix. */
@@ -76,13 +81,19 @@ export class Scheduler {
   private worker: BullWorker<QueuedJob> | null = null;
   private readonly running = new Map<string, AbortController>();
   private reconcileTimer: NodeJS.Timeout | null = null;
+  private reconciling: Promise<number> | null = null;
   private readonly log: (message: string) => void;
+  /** This scheduler's name on the attempts it runs (their lease holder). */
+  readonly id = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+  /** How long an attempt's lease holds without renewal (renewed every third of it). */
+  private readonly leaseMs: number;
 
   constructor(private readonly options: SchedulerOptions) {
     this.repo = new JobRepository(options.prisma);
     this.models = new ModelStore(options.prisma);
     this.queue = new JobQueue(options.connection, options.names.queue);
     this.log = options.log ?? (() => undefined);
+    this.leaseMs = options.lockDurationMs ?? 30_000;
   }
 
   async start(): Promise<void> {
@@ -101,9 +112,24 @@ export class Scheduler {
       // A job stalls when its scheduler dies; the database counts its real attempts.
       maxStalledCount: 100,
     });
-    this.worker.on('error', (e) => this.log(`queue error: ${e.message}`));
-    this.reconcileTimer = setInterval(() => void this.reconcile().catch((e: Error) => this.log(`reconcile failed: ${e.message}`)), this.options.reconcileIntervalMs ?? 15_000);
+    // While Redis is known to be down, RedisHealth has said so once; BullMQ's errors for
+    // each reconnection attempt would only repeat it.
+    this.worker.on('error', (e) => {
+      if (this.options.redisHealth?.up !== false) this.log(`queue error: ${e.message}`);
+    });
+    const reconcile = () =>
+      void this.reconcile().catch((e: Error) => {
+        if (this.options.redisHealth?.up !== false) this.log(`reconcile failed: ${e.message}`);
+      });
+    this.reconcileTimer = setInterval(reconcile, this.options.reconcileIntervalMs ?? 15_000);
     this.reconcileTimer.unref();
+    // A Redis that comes back may have lost its data (a restarted private server keeps
+    // nothing): queue every unfinished job again at once. Jobs this scheduler runs are
+    // left alone when they come back (process() sees them in `running`).
+    this.options.redisHealth?.onUp(() => {
+      this.log('redis is back: queueing every unfinished job again (jobs running here carry on)');
+      reconcile();
+    });
   }
 
   /** Stops taking jobs; running attempts stop and resume on the next scheduler. */
@@ -115,22 +141,32 @@ export class Scheduler {
     await this.options.subscriber.unsubscribe(this.options.names.cancelChannel).catch(() => undefined);
   }
 
-  /** Re-queue every unfinished job the database has (idempotent: the queue id is the job id). */
-  async reconcile(): Promise<number> {
-    const open = await this.options.prisma.job.findMany({
-      where: { status: { in: ['queued', 'scheduled', 'running', 'retrying'] } },
-      select: { id: true, priority: true },
-    });
-    for (const j of open) await this.queue.enqueue(j.id, j.priority);
-    return open.length;
+  /**
+   * Re-queue every unfinished job the database has (idempotent: the queue id is the job
+   * id). One at a time; skipped while Redis is known to be down (its commands would wait).
+   */
+  reconcile(): Promise<number> {
+    if (this.options.redisHealth?.up === false) return Promise.resolve(0);
+    this.reconciling ??= (async () => {
+      const open = await this.options.prisma.job.findMany({
+        where: { status: { in: ['queued', 'scheduled', 'running', 'retrying'] } },
+        select: { id: true, priority: true },
+      });
+      for (const j of open) await this.queue.enqueue(j.id, j.priority);
+      return open.length;
+    })().finally(() => (this.reconciling = null));
+    return this.reconciling;
   }
 
   private async process(bull: BullJob<QueuedJob>): Promise<string> {
     const jobId = bull.data.jobId;
+    // The same job again while this scheduler runs it: Redis lost its queue and the job
+    // was queued again by reconciliation. The run here carries on and records the outcome.
+    if (this.running.has(jobId)) return 'already running in this scheduler';
     const ctl = new AbortController();
     this.running.set(jobId, ctl);
     try {
-      return await this.runJob(jobId, ctl.signal);
+      return await this.runJob(jobId, ctl);
     } catch (e) {
       // A cancel that raced a transition, or the database went away: the job's state in
       // the database is what it is; log and let reconciliation pick it up if unfinished.
@@ -143,8 +179,15 @@ export class Scheduler {
     }
   }
 
-  private async runJob(jobId: string, signal: AbortSignal): Promise<string> {
+  private async runJob(jobId: string, ctl: AbortController): Promise<string> {
+    const signal = ctl.signal;
     let job = await this.repo.getJob(jobId);
+    if (job.status === 'scheduled' || job.status === 'running') {
+      // Another scheduler may still be running it (its lease holds): wait until it ends
+      // the attempt or stops renewing, never run the job beside it.
+      if (!(await this.waitForLease(jobId, signal))) return 'interrupted';
+      job = await this.repo.getJob(jobId);
+    }
     if (isTerminal(job.status)) return job.status;
     if (job.status === 'scheduled' || job.status === 'running') {
       // The scheduler that ran this attempt stopped (crash or shutdown).
@@ -167,11 +210,14 @@ export class Scheduler {
       job = await this.repo.transition(jobId, 'scheduled', `placed on ${gang.map((g) => g.address).join(', ')}`);
       const attemptNo = job.attempts;
       const addresses = gang.map((g) => g.address);
-      await this.options.prisma.jobAttempt.create({ data: { jobId, number: attemptNo, generation: attemptNo, workerIds: gang.map((g) => g.id), addresses } });
+      await this.options.prisma.jobAttempt.create({
+        data: { jobId, number: attemptNo, generation: attemptNo, workerIds: gang.map((g) => g.id), addresses, schedulerId: this.id, leaseUntil: new Date(Date.now() + this.leaseMs) },
+      });
       job = await this.repo.transition(jobId, 'running', `attempt ${attemptNo}`);
       await this.jobLog(jobId, 'info', `attempt ${attemptNo} (generation ${attemptNo}) on ${addresses.length} workers: ${addresses.join(', ')}${attemptNo > 1 ? '; resuming from the latest checkpoint' : ''}`);
 
       const sink = new ProgressSink(this.options.prisma, jobId);
+      const lease = this.holdLease(jobId, attemptNo, ctl);
       try {
         const result = await runJobOnWorkers(job.spec, addresses, {
           jobId,
@@ -209,6 +255,7 @@ export class Scheduler {
         await this.jobLog(jobId, 'info', `succeeded after ${Number(result.done.global_steps)} steps; published model ${name} version ${version}`);
         return 'succeeded';
       } catch (e) {
+        lease.stop();
         await sink.flush().catch(() => undefined);
         if (signal.aborted) {
           await this.finishAttempt(jobId, attemptNo, 'cancelled', String(signal.reason));
@@ -226,8 +273,63 @@ export class Scheduler {
           return 'failed';
         }
         job = await this.repo.transition(jobId, 'retrying', message);
+      } finally {
+        lease.stop();
       }
     }
+  }
+
+  /**
+   * Keep this attempt's lease alive while it runs, and watch the job's row: a cancel
+   * recorded while Redis could not carry its notice still stops the ranks within a third
+   * of the lease.
+   */
+  private holdLease(jobId: string, number: number, ctl: AbortController): { stop(): void } {
+    let failing = false;
+    const renew = async () => {
+      try {
+        await this.options.prisma.jobAttempt.updateMany({ where: { jobId, number, status: 'running' }, data: { leaseUntil: new Date(Date.now() + this.leaseMs) } });
+        const row = await this.options.prisma.job.findUnique({ where: { id: jobId }, select: { status: true } });
+        if (row?.status === 'cancelled') ctl.abort('cancel' satisfies AbortWhy);
+        if (failing) this.log(`job ${jobId}: attempt ${number}'s lease renewed again`);
+        failing = false;
+      } catch (e) {
+        if (!failing) this.log(`job ${jobId}: could not renew attempt ${number}'s lease (${(e as Error).message}); retrying`);
+        failing = true;
+      }
+    };
+    const timer = setInterval(() => void renew(), Math.max(100, Math.floor(this.leaseMs / 3)));
+    timer.unref();
+    return { stop: () => clearInterval(timer) };
+  }
+
+  /**
+   * Resolves true once no other scheduler holds a live lease on the job's running attempt
+   * (it ended the attempt, or stopped renewing: it died); false when aborted first.
+   */
+  private async waitForLease(jobId: string, signal: AbortSignal): Promise<boolean> {
+    let logged = false;
+    while (!signal.aborted) {
+      const job = await this.repo.getJob(jobId);
+      if (job.status !== 'scheduled' && job.status !== 'running') return true;
+      const a = await this.options.prisma.jobAttempt.findFirst({ where: { jobId, status: 'running' }, orderBy: { number: 'desc' }, select: { number: true, schedulerId: true, leaseUntil: true } });
+      const left = a?.leaseUntil ? a.leaseUntil.getTime() - Date.now() : 0;
+      if (!a || a.schedulerId === this.id || left <= 0) return true;
+      if (!logged) {
+        this.log(`job ${jobId}: attempt ${a.number} is held by scheduler ${a.schedulerId} for ${left} ms more; waiting for it to end or lapse`);
+        logged = true;
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, Math.min(left + 50, this.leaseMs));
+        function done(): void {
+          clearTimeout(timer);
+          signal.removeEventListener('abort', done);
+          resolve();
+        }
+        signal.addEventListener('abort', done, { once: true });
+      });
+    }
+    return false;
   }
 
   /** Reserve a gang, waiting while none is free; null when aborted. */
