@@ -11,7 +11,8 @@ import { Registry } from 'prom-client';
 import { buildApp } from '../api/rest/app.js';
 import { datasetRoutes } from '../api/rest/routes/datasets.js';
 import { LocalPool } from '../gpu-pool/local-pool.js';
-import { identityPrefix, JobQueue, queueNames, redisConnection, type QueueNames } from '../service/scheduling/job-queue.js';
+import { identityPrefix, JobQueue, queueNames, redisCommandConnection, redisConnection, type QueueNames } from '../service/scheduling/job-queue.js';
+import { RedisHealth } from '../service/scheduling/redis-health.js';
 import { WorkerRegistry } from '../service/scheduling/worker-registry.js';
 import { Scheduler } from '../service/scheduling/scheduler.js';
 import type { TlsFiles } from '../grpc/tls-files.js';
@@ -85,13 +86,16 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     const names = queueNames(config.queuePrefix ?? identityPrefix(await databaseIdentity(prisma)));
     log(`queue: ${names.queue}${config.queuePrefix === null ? " (named after this database's identity)" : ' (TAS_QUEUE_PREFIX)'}`);
 
-    const redis = await ensureRedis(config.redisUrl, { startIfMissing: true, dataDir: config.dataDir });
+    const redis = await ensureRedis(config.redisUrl, { startIfMissing: true, dataDir: config.dataDir, log });
     stops.push(() => redis.stop());
     log(redis.started ? `redis: none answered at ${config.redisUrl}; started a private redis-server at ${redis.url}` : `redis: ${redactUrl(redis.url)}`);
 
-    const commands = redisConnection(redis.url);
+    // Commands that must not wait for Redis (submissions, cancels, notices, readiness),
+    // and one log line per change of Redis's state.
+    const commands = redisCommandConnection(redis.url);
     stops.push(async () => commands.quit());
-    const queueConnection = redisConnection(redis.url);
+    const redisHealth = new RedisHealth(commands, log);
+    const queueConnection = redisCommandConnection(redis.url);
     stops.push(async () => queueConnection.quit());
     const queue = new JobQueue(queueConnection, names.queue);
     stops.push(() => queue.close());
@@ -130,6 +134,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         ...(options.tls ? { tls: options.tls } : {}),
         log,
         onModelPublished: () => modelChanges.notify(),
+        redisHealth,
       });
       await scheduler.start();
       stops.push(async () => {
@@ -159,7 +164,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
       const datasets = new DatasetStore({ prisma, dataDir: config.dataDir });
       app = await buildApp({
         prisma,
-        jobs: new JobService({ prisma, queue, redis: commands, cancelChannel: names.cancelChannel, dataDir: config.dataDir, probeIntervalMs: config.probeIntervalMs }),
+        jobs: new JobService({ prisma, queue, redis: commands, cancelChannel: names.cancelChannel, dataDir: config.dataDir, probeIntervalMs: config.probeIntervalMs, redisHealth, log }),
         models: new ModelStore(prisma),
         queue,
         probeIntervalMs: config.probeIntervalMs,

@@ -22,6 +22,7 @@ import { appendJobLog, readJobLog, type JobLogLine } from './job-log.js';
 import { summariseMetrics, type JobMetricsView } from './metrics-view.js';
 import { ModelStore } from '../models/model-store.js';
 import { SingleFlight } from './single-flight.js';
+import { within } from '../scheduling/redis-health.js';
 import { createHash } from 'node:crypto';
 
 export interface JobServiceOptions {
@@ -34,7 +35,13 @@ export interface JobServiceOptions {
   readonly dataDir: string;
   /** The registry's probe interval (workers silent for 3 of them count as offline). */
   readonly probeIntervalMs: number;
+  /** Whether Redis answers: while it does not, a submission answers 503 at once (nothing is written). */
+  readonly redisHealth?: { readonly up: boolean; readonly reason: string };
+  readonly log?: (message: string) => void;
 }
+
+/** How long a submission waits for the queue before leaving the job to the scheduler's reconciliation. */
+const ENQUEUE_TIMEOUT_MS = 2000;
 
 export interface SubmitResult {
   readonly job: JobView;
@@ -98,6 +105,9 @@ export class JobService {
     if (spec.workers > capacity) {
       throw new ServiceError('TAS_ERR_POOL_TOO_SMALL', `workers: the job asks for ${spec.workers} workers but the pool has at most ${capacity} online workers of one device kind`, { field: 'workers' });
     }
+    // Redis down: refuse now, before anything is written, rather than hang on the queue.
+    const redis = this.options.redisHealth;
+    if (redis && !redis.up) throw new ServiceError('TAS_ERR_UNAVAILABLE', `the job queue (Redis) is unreachable (${redis.reason}); nothing was submitted, try again later`);
     const { job, created } = await this.repo.createJob({
       name: spec.name,
       spec: trainSpec as Prisma.InputJsonValue,
@@ -110,8 +120,14 @@ export class JobService {
       await appendJobLog(this.options.prisma, job.id, 'info', `queued: ${spec.workers} workers, global batch ${spec.globalBatch} (${spec.localBatchSizes.join(' + ')}), ${spec.epochs} epochs`);
     }
     // Also for a replay: if the first request died between the insert and the queue,
-    // this queues it now (adding an existing queue id is a no-op).
-    if (!isTerminal(job.status)) await this.options.queue.enqueue(job.id, job.priority);
+    // this queues it now (adding an existing queue id is a no-op). The job is recorded:
+    // if Redis went away just now, the scheduler's reconciliation queues it when Redis is
+    // back, so the answer is still the job.
+    if (!isTerminal(job.status)) {
+      await within(this.options.queue.enqueue(job.id, job.priority), ENQUEUE_TIMEOUT_MS, () => new Error(`no answer from Redis within ${ENQUEUE_TIMEOUT_MS} ms`)).catch((e: Error) =>
+        this.options.log?.(`job ${job.id}: recorded but not queued (${e.message}); the scheduler queues it when Redis answers`),
+      );
+    }
     return { job: await this.view(job), created };
   }
 
@@ -164,8 +180,10 @@ export class JobService {
     if (isTerminal(job.status)) throw new ServiceError('TAS_ERR_CONFLICT', `job ${id} already ${job.status}; only unfinished jobs can be cancelled`);
     await this.repo.transition(id, 'cancelled', 'cancelled by request');
     await appendJobLog(this.options.prisma, id, 'info', `cancel requested (was ${job.status})`);
-    await this.options.queue.removeWaiting(id).catch(() => false);
-    await this.options.redis.publish(this.options.cancelChannel, id);
+    // Recorded: the notice below stops the ranks at once; without Redis the scheduler
+    // finds the cancel in the database at its next lease renewal.
+    await within(this.options.queue.removeWaiting(id), ENQUEUE_TIMEOUT_MS, () => new Error('timeout')).catch(() => false);
+    await within(this.options.redis.publish(this.options.cancelChannel, id), ENQUEUE_TIMEOUT_MS, () => new Error('timeout')).catch(() => 0);
     return this.get(id);
   }
 

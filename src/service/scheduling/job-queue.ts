@@ -53,11 +53,27 @@ export function bullPriority(priority: number): number {
   return MAX_PRIORITY + 1 - priority;
 }
 
-/** An ioredis connection as BullMQ wants it (no per-command retry limit; see BullMQ's guide). */
+/**
+ * An ioredis connection as BullMQ's workers want it (no per-command retry limit; see
+ * BullMQ's guide): while Redis is away, commands wait for it to come back. For the
+ * scheduler's blocking connection and for subscribers.
+ */
 export function redisConnection(url: string): Redis {
   const redis = new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, lazyConnect: false });
-  // Connection errors are retried by ioredis and surface through readiness checks; an
-  // unhandled 'error' event would crash the process.
+  // Connection errors are retried by ioredis and surface through RedisHealth and the
+  // readiness checks; an unhandled 'error' event would crash the process.
+  redis.on('error', () => undefined);
+  return redis;
+}
+
+/**
+ * A connection for requests that must not wait for Redis (BullMQ's advice for a Queue
+ * that producers use): while Redis is away a command fails at once instead of queueing,
+ * so a submission, a readiness check or /metrics answers instead of hanging. It still
+ * reconnects in the background.
+ */
+export function redisCommandConnection(url: string): Redis {
+  const redis = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false, enableReadyCheck: true, lazyConnect: false, commandTimeout: 5000 });
   redis.on('error', () => undefined);
   return redis;
 }
