@@ -87,11 +87,11 @@ function intOption(v: Values, name: 'workers' | 'port' | 'collective-port' | 'de
   return n;
 }
 
-/** Resolves on SIGINT/SIGTERM. */
-function untilSignal(): Promise<void> {
+/** Resolves with the first SIGINT or SIGTERM. */
+function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
-    process.once('SIGINT', () => resolve());
-    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
   });
 }
 
@@ -264,10 +264,21 @@ async function serve(v: Values, parts: ServiceParts): Promise<number> {
       },
     }),
   );
-  await untilSignal();
-  log('stopping: running attempts resume from their checkpoints at the next start');
+  const signal = await untilSignal();
+  // Bounded: whatever hangs (a Redis that is gone, a worker that does not answer), the
+  // process exits within TAS_SHUTDOWN_TIMEOUT_MS; a second signal exits at once.
+  const seconds = config.shutdownTimeoutMs / 1000;
+  log(`${signal}: stopping within ${seconds} s: no new work; running jobs go back to the queue and resume from their latest checkpoints at the next start`);
+  const now = (why: string, code: number) => {
+    log(why);
+    process.exit(code);
+  };
+  setTimeout(() => now(`stop did not finish within ${seconds} s; exiting anyway`, 1), config.shutdownTimeoutMs).unref();
+  for (const s of ['SIGINT', 'SIGTERM'] as const) process.once(s, () => now(`${s} again: exiting now`, 130));
   await svc.stop();
-  return 0;
+  log('stopped');
+  // Nothing is left to do: leave now rather than wait for what a part left behind.
+  process.exit(0);
 }
 
 async function main(argv: string[]): Promise<number> {

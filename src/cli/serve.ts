@@ -12,7 +12,7 @@ import { buildApp } from '../api/rest/app.js';
 import { datasetRoutes } from '../api/rest/routes/datasets.js';
 import { LocalPool } from '../gpu-pool/local-pool.js';
 import { identityPrefix, JobQueue, queueNames, redisCommandConnection, redisConnection, type QueueNames } from '../service/scheduling/job-queue.js';
-import { RedisHealth } from '../service/scheduling/redis-health.js';
+import { RedisHealth, within } from '../service/scheduling/redis-health.js';
 import { WorkerRegistry } from '../service/scheduling/worker-registry.js';
 import { Scheduler } from '../service/scheduling/scheduler.js';
 import type { TlsFiles } from '../grpc/tls-files.js';
@@ -27,6 +27,9 @@ import { redisModelChanges } from '../service/models/model-changes.js';
 import { databaseIdentity } from '../service/db/identity.js';
 import { ModelStore } from '../service/models/model-store.js';
 import { ensureRedis } from '../service/startup/redis-server.js';
+
+/** The longest one part may take to stop (the whole stop is bounded by the caller). */
+const STOP_STEP_MS = 8000;
 
 export interface ServiceParts {
   /** Serve the REST API, and inference (REST /v2 on the same port, gRPC on TAS_GRPC_PORT). */
@@ -60,9 +63,17 @@ export interface StartOptions {
 
 export async function startService(config: ServiceConfig, parts: ServiceParts, options: StartOptions = {}): Promise<RunningService> {
   const log = options.log ?? (() => undefined);
-  const stops: Array<() => Promise<unknown>> = [];
+  // Stopped in reverse order of start, each part bounded (a part that hangs, waiting
+  // for a Redis that is gone, say, is left behind): what must happen first, the jobs
+  // handed back to the database, happens whatever comes after.
+  const stops: Array<{ what: string; fn: () => Promise<unknown> }> = [];
+  const onStop = (what: string, fn: () => Promise<unknown>) => void stops.push({ what, fn });
+  let localPool: LocalPool | null = null;
   const stop = async () => {
-    for (const s of stops.reverse()) await s().catch((e: Error) => log(`stop: ${e.message}`));
+    localPool?.stopRespawning();
+    for (const { what, fn } of stops.reverse()) {
+      await within(fn(), STOP_STEP_MS, () => new Error(`did not stop within ${STOP_STEP_MS} ms; left behind`)).catch((e: Error) => log(`stop ${what}: ${e.message}`));
+    }
   };
   try {
     await mkdir(config.dataDir, { recursive: true });
@@ -71,7 +82,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     let maxConnections: number | undefined;
     if (databaseUrl === null) {
       const pg = await startEmbeddedPostgres({ dataDir: config.dataDir });
-      stops.push(() => pg.stop());
+      onStop('embedded PostgreSQL', () => pg.stop());
       databaseUrl = pg.url;
       maxConnections = pg.maxConnections;
       log(`database: embedded PostgreSQL (PGlite) in ${config.dataDir}/pglite (set DATABASE_URL for a server)`);
@@ -81,36 +92,36 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     const migrated = await migrate(databaseUrl);
     if (migrated.applied.length > 0) log(`migrations applied: ${migrated.applied.join(', ')}`);
     const prisma = createPrismaClient(databaseUrl, maxConnections !== undefined ? { maxConnections } : {});
-    stops.push(() => prisma.$disconnect());
+    onStop('database client', () => prisma.$disconnect());
     // Redis names from the database's identity: services share work only when they share a database.
     const names = queueNames(config.queuePrefix ?? identityPrefix(await databaseIdentity(prisma)));
     log(`queue: ${names.queue}${config.queuePrefix === null ? " (named after this database's identity)" : ' (TAS_QUEUE_PREFIX)'}`);
 
     const redis = await ensureRedis(config.redisUrl, { startIfMissing: true, dataDir: config.dataDir, log });
-    stops.push(() => redis.stop());
+    onStop('redis', () => redis.stop());
     log(redis.started ? `redis: none answered at ${config.redisUrl}; started a private redis-server at ${redis.url}` : `redis: ${redactUrl(redis.url)}`);
 
     // Commands that must not wait for Redis (submissions, cancels, notices, readiness),
     // and one log line per change of Redis's state.
     const commands = redisCommandConnection(redis.url);
-    stops.push(async () => commands.quit());
+    onStop('redis connection', async () => commands.disconnect());
     const redisHealth = new RedisHealth(commands, log);
+    onStop('redis health', async () => redisHealth.close());
     const queueConnection = redisCommandConnection(redis.url);
-    stops.push(async () => queueConnection.quit());
+    onStop('queue connection', async () => queueConnection.disconnect());
     const queue = new JobQueue(queueConnection, names.queue);
-    stops.push(() => queue.close());
+    onStop('queue', () => queue.close());
     // Model-repository change notices: schedulers publish versions, APIs (un)load models.
     const changesSubscriber = redisConnection(redis.url);
-    stops.push(async () => changesSubscriber.quit());
+    onStop('model notices', async () => changesSubscriber.disconnect());
     const modelChanges = redisModelChanges(commands, changesSubscriber, names.modelsChannel);
 
     const registry = new WorkerRegistry(prisma, { probeIntervalMs: config.probeIntervalMs, ...(options.tls ? { tls: options.tls } : {}), log });
-    let localPool: LocalPool | null = null;
     if (parts.scheduler) {
       if (parts.localWorkers) {
         localPool = await LocalPool.start(config.workers ?? undefined, registry, { log, ...(options.tls ? { tls: options.tls } : {}) });
         const pool = localPool;
-        stops.push(() => pool.stop());
+        onStop('local workers', () => pool.stop());
       }
       for (const address of config.workersAt) {
         await registry.add(address).then(
@@ -119,7 +130,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         );
       }
       registry.start();
-      stops.push(() => registry.stop());
+      onStop('worker registry', () => registry.stop());
       const subscriber = redisConnection(redis.url);
       const schedulerConnection = redisConnection(redis.url);
       const scheduler = new Scheduler({
@@ -137,10 +148,10 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         redisHealth,
       });
       await scheduler.start();
-      stops.push(async () => {
+      onStop('scheduler', async () => {
         await scheduler.close();
-        await subscriber.quit();
-        await schedulerConnection.quit();
+        subscriber.disconnect();
+        schedulerConnection.disconnect();
       });
     }
 
@@ -159,7 +170,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         grpc: { host: config.host, port: config.grpcPort, ...(options.tls ? { tls: options.tls } : {}) },
         log,
       });
-      stops.push(() => inference.close());
+      onStop('inference', () => inference.close());
       grpcAddress = inference.grpc?.address ?? null;
       const datasets = new DatasetStore({ prisma, dataDir: config.dataDir });
       app = await buildApp({
@@ -177,7 +188,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         registry,
       });
       const server = app;
-      stops.push(() => server.close());
+      onStop('REST API', () => server.close());
       const address = await app.listen({ port: config.httpPort, host: config.host });
       httpUrl = address.replace('0.0.0.0', '127.0.0.1').replace('[::]', '127.0.0.1');
       log(`REST API on ${httpUrl} (OpenAPI at ${httpUrl}/docs)`);

@@ -59,6 +59,11 @@ export class LocalPool {
     return [...this.workers.entries()].sort((a, b) => a[0] - b[0]).map(([, w]) => w);
   }
 
+  /** From now on a worker that exits is not replaced (the first step of stopping the service). */
+  stopRespawning(): void {
+    this.stopping = true;
+  }
+
   async stop(): Promise<void> {
     this.stopping = true;
     const all = this.list();

@@ -51,8 +51,12 @@ export function startLocalWorker(device: DeviceAssignment, opts: { host?: string
   // Node flags and malloc settings for the collective's data path: see worker-env.ts.
   const child = spawn(process.execPath, [...workerNodeFlags(opts.hostWorkers ?? 1), '--import', 'tsx', WORKER_MAIN, '--host', host, '--port', '0', '--device-kind', device.kind, '--device-index', String(device.index), '--exit-with-parent', ...tlsArgs], {
     env: { ...workerEnv(process.env), ...device.env },
-    // stdin stays open as the worker's lifeline (--exit-with-parent).
+    // stdin stays open as the worker's lifeline (--exit-with-parent): the worker stops
+    // when it closes, however this process ends.
     stdio: ['pipe', 'pipe', 'inherit'],
+    // Its own process group: a terminal's Ctrl-C (sent to the whole foreground group)
+    // reaches only this process, which stops the workers itself, in order.
+    detached: true,
   });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -79,14 +83,25 @@ export function startLocalWorker(device: DeviceAssignment, opts: { host?: string
   });
 }
 
+/** How long a worker has to stop after its lifeline closed, before SIGKILL. */
+const WORKER_STOP_MS = 5000;
+
+/**
+ * Stop workers: close each one's lifeline (it cancels its rank and exits), and SIGKILL
+ * one that has not exited after WORKER_STOP_MS. Resolves when every one has exited.
+ */
 export async function stopLocalWorkers(workers: LocalWorker[]): Promise<void> {
   await Promise.all(
     workers.map(
       (w) =>
         new Promise<void>((resolve) => {
           if (w.process.exitCode !== null || w.process.signalCode !== null) return resolve();
-          w.process.once('exit', () => resolve());
-          w.process.kill('SIGTERM');
+          const timer = setTimeout(() => w.process.kill('SIGKILL'), WORKER_STOP_MS);
+          w.process.once('exit', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          w.process.stdin?.end();
         }),
     ),
   );

@@ -35,10 +35,17 @@ const w = await startWorkerServer({
 process.stdout.write(`${JSON.stringify({ ready: { address: w.address, pid: process.pid, device: w.device.kind, index: w.device.index, backend: w.backend.name } })}\n`);
 
 const stop = () => void w.close().then(() => process.exit(0));
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
 if (values['exit-with-parent']) {
+  // A pool's worker is stopped by its pool, which closes this pipe (also when the pool
+  // dies, even by SIGKILL). SIGINT and SIGTERM, which a terminal or a service manager
+  // sends to every process of the service, are left to the pool: it stops its workers in
+  // order and does not replace them, whereas a worker that stopped on its own would be.
+  process.on('SIGTERM', () => undefined);
+  process.on('SIGINT', () => undefined);
   process.stdin.on('end', stop);
   process.stdin.on('error', stop);
   process.stdin.resume();
+} else {
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
 }

@@ -14,6 +14,7 @@ export class RedisHealth {
   private since = Date.now();
   private lastError: string | null = null;
   private readonly upListeners: Array<() => void> = [];
+  private closed = false;
 
   constructor(
     private readonly client: Redis,
@@ -44,8 +45,13 @@ export class RedisHealth {
     this.upListeners.push(fn);
   }
 
+  /** The service is stopping and closes its connections: nothing more to report. */
+  close(): void {
+    this.closed = true;
+  }
+
   private set(next: 'up' | 'down'): void {
-    if (next === this.state) return;
+    if (next === this.state || this.closed) return;
     const was = this.state;
     const seconds = ((Date.now() - this.since) / 1000).toFixed(1);
     this.state = next;

@@ -33,7 +33,7 @@ import { runJobOnWorkers } from '../../gpu-pool/pool.js';
 import { ProgressSink } from './progress.js';
 import { JobQueue, type QueueNames, type QueuedJob } from './job-queue.js';
 import type { ReservedWorker, WorkerRegistry } from './worker-registry.js';
-import type { RedisHealth } from './redis-health.js';
+import { within, type RedisHealth } from './redis-health.js';
 
 export interface SchedulerOptions {
   readonly prisma: PrismaClient;
@@ -74,12 +74,21 @@ const FINAL_ERRORS: ReadonlySet<TrainerErrorCode> = new Set([
 
 type AbortWhy = 'cancel' | 'shutdown';
 
+/** On close: how long running jobs have to stop their ranks and be handed back. */
+const HAND_BACK_MS = 6000;
+/** On close: how long each of BullMQ's own closing steps may wait for Redis. */
+const REDIS_CLOSE_MS = 1000;
+
 export class Scheduler {
   private readonly repo: JobRepository;
   private readonly models: ModelStore;
   private readonly queue: JobQueue;
   private worker: BullWorker<QueuedJob> | null = null;
   private readonly running = new Map<string, AbortController>();
+  /** Jobs whose queue entry Redis lost while they ran here (reported once each). */
+  private readonly lostEntries = new Set<string>();
+  /** process() calls under way (close() waits for them to hand their jobs back). */
+  private readonly processing = new Set<Promise<string>>();
   private reconcileTimer: NodeJS.Timeout | null = null;
   private reconciling: Promise<number> | null = null;
   private readonly log: (message: string) => void;
@@ -115,7 +124,18 @@ export class Scheduler {
     // While Redis is known to be down, RedisHealth has said so once; BullMQ's errors for
     // each reconnection attempt would only repeat it.
     this.worker.on('error', (e) => {
-      if (this.options.redisHealth?.up !== false) this.log(`queue error: ${e.message}`);
+      if (this.options.redisHealth?.up === false) return;
+      // A job whose queue entry went with Redis's data finished here: its outcome is in
+      // the database, and BullMQ can only say that the entry is gone.
+      const lost = /^Missing (?:key|lock) for job ([^ .]+)/.exec(e.message);
+      if (lost) {
+        if (this.lostEntries.has(lost[1]!)) return;
+        this.lostEntries.add(lost[1]!);
+        if (this.lostEntries.size > 1000) this.lostEntries.clear();
+        this.log(`job ${lost[1]}: its queue entry was lost with Redis's data; its outcome is recorded in the database`);
+        return;
+      }
+      this.log(`queue error: ${e.message}`);
     });
     const reconcile = () =>
       void this.reconcile().catch((e: Error) => {
@@ -132,13 +152,24 @@ export class Scheduler {
     });
   }
 
-  /** Stops taking jobs; running attempts stop and resume on the next scheduler. */
+  /**
+   * Stops taking jobs and hands running ones back: every rank is cancelled, the attempt
+   * recorded as stopped and the job `retrying` in the database, to resume from its latest
+   * checkpoint on the next scheduler. That part needs only PostgreSQL and the workers;
+   * what BullMQ does afterwards (it needs Redis, which may be gone) is bounded.
+   */
   async close(): Promise<void> {
     if (this.reconcileTimer) clearInterval(this.reconcileTimer);
+    void this.worker?.pause(true).catch(() => undefined);
     for (const ctl of this.running.values()) ctl.abort('shutdown' satisfies AbortWhy);
-    await this.worker?.close();
-    await this.queue.close();
-    await this.options.subscriber.unsubscribe(this.options.names.cancelChannel).catch(() => undefined);
+    await within(Promise.allSettled([...this.processing]), HAND_BACK_MS, () => new Error('timeout')).catch(() =>
+      this.log(`stop: ${this.running.size} jobs were not handed back within ${HAND_BACK_MS} ms; the next scheduler takes them over when their leases lapse`),
+    );
+    const bounded = (p: Promise<unknown> | undefined) => within(p ?? Promise.resolve(), REDIS_CLOSE_MS, () => new Error('timeout')).catch(() => undefined);
+    await bounded(this.worker?.close());
+    await bounded(this.worker?.close(true));
+    await bounded(this.queue.close());
+    await bounded(this.options.subscriber.unsubscribe(this.options.names.cancelChannel));
   }
 
   /**
@@ -158,8 +189,14 @@ export class Scheduler {
     return this.reconciling;
   }
 
-  private async process(bull: BullJob<QueuedJob>): Promise<string> {
-    const jobId = bull.data.jobId;
+  private process(bull: BullJob<QueuedJob>): Promise<string> {
+    const p = this.processJob(bull.data.jobId);
+    this.processing.add(p);
+    void p.finally(() => this.processing.delete(p)).catch(() => undefined);
+    return p;
+  }
+
+  private async processJob(jobId: string): Promise<string> {
     // The same job again while this scheduler runs it: Redis lost its queue and the job
     // was queued again by reconciliation. The run here carries on and records the outcome.
     if (this.running.has(jobId)) return 'already running in this scheduler';

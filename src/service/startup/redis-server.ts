@@ -265,7 +265,8 @@ function spawnRedis(port: number, dir: string): RedisProcess {
     '--dir', dir,
     '--daemonize', 'no',
   ];
-  const child = spawn('sh', ['-c', WRAPPER, 'tas-redis', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // Its own process group: a terminal's Ctrl-C reaches only the service, which stops it in order.
+  const child = spawn('sh', ['-c', WRAPPER, 'tas-redis', ...args], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
   const lines: string[] = [];
   const collect = (chunk: Buffer) => {
     lines.push(...chunk.toString('utf8').split('\n').filter((l) => l.trim() !== ''));

@@ -7,9 +7,11 @@ import { sendWhenChanged, waitQuery } from './jobs.js';
 export interface PoolRouteOptions {
   readonly prisma: PrismaClient;
   readonly probeIntervalMs: number;
+  /** Aborted when the server closes (long polls answer at once). */
+  readonly closing?: AbortSignal;
 }
 
-export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { prisma, probeIntervalMs }) => {
+export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { prisma, probeIntervalMs, closing }) => {
   const read = async () => {
     const rows = await prisma.worker.findMany({ orderBy: { id: 'asc' } });
     const staleBefore = Date.now() - STALE_PROBES * probeIntervalMs;
@@ -42,6 +44,6 @@ export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { pr
       },
     },
     // The ETag covers last_seen_at and memory too, so a long poll also ends at each probe.
-    async (request, reply) => sendWhenChanged(request, reply, read, request.query.wait),
+    async (request, reply) => sendWhenChanged(request, reply, read, request.query.wait, closing),
   );
 };
