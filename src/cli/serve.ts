@@ -116,7 +116,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     onStop('model notices', async () => changesSubscriber.disconnect());
     const modelChanges = redisModelChanges(commands, changesSubscriber, names.modelsChannel);
 
-    const registry = new WorkerRegistry(prisma, { probeIntervalMs: config.probeIntervalMs, ...(options.tls ? { tls: options.tls } : {}), log });
+    const registry = new WorkerRegistry(prisma, { probeIntervalMs: config.probeIntervalMs, pruneAfterMs: config.workerPruneAfterMs, ...(options.tls ? { tls: options.tls } : {}), log });
     if (parts.scheduler) {
       if (parts.localWorkers) {
         localPool = await LocalPool.start(config.workers ?? undefined, registry, { log, ...(options.tls ? { tls: options.tls } : {}) });

@@ -8,7 +8,11 @@
  *   memory and `last_seen_at`; one that does not answer goes `offline`, and one that
  *   answers again comes back `idle` (or stays `busy` if a job holds it);
  * - `reserve(jobId, n)` takes a whole gang or nothing, in one transaction that locks the
- *   idle rows (see gang.ts for why that cannot deadlock); `release(jobId)` frees them.
+ *   idle rows (see gang.ts for why that cannot deadlock); `release(jobId)` frees them;
+ * - a worker that stopped, or was replaced by a fresh process, leaves the table at once
+ *   (`remove`); one that stays unseen for `pruneAfterMs` (its machine went away, or the
+ *   service that ran it was killed) is pruned, so the pool's counts stay those of the
+ *   workers that exist.
  *
  * `changed()` resolves on the next change this process saw (a release, a worker back
  * online), which wakes jobs waiting for a gang without polling the database in a loop.
@@ -29,6 +33,8 @@ export interface RegistryOptions {
   readonly probeIntervalMs?: number;
   /** How long one probe may take before the worker counts as offline. @defaultValue 1500 */
   readonly probeTimeoutMs?: number;
+  /** A worker unseen this long leaves the table. @defaultValue 600000 */
+  readonly pruneAfterMs?: number;
   readonly tls?: TlsFiles;
   readonly log?: (message: string) => void;
 }
@@ -62,23 +68,33 @@ export class WorkerRegistry {
     return info;
   }
 
-  /** Forget a worker (it stopped on purpose): it shows offline and takes no job. */
+  /** Forget a worker (it stopped, or its process exited and is replaced): it leaves the pool's table. */
   async remove(address: string): Promise<void> {
     this.addresses.delete(address);
-    await this.prisma.worker.updateMany({ where: { id: address }, data: { state: 'offline' } });
+    await this.prisma.worker.deleteMany({ where: { id: address } });
     this.notify();
   }
 
-  /** Marks a worker offline now (its process died), without waiting for a probe. */
-  async markOffline(address: string): Promise<void> {
-    await this.prisma.worker.updateMany({ where: { id: address }, data: { state: 'offline' } });
+  /** Removes the workers unseen for `pruneAfterMs`; returns how many. */
+  async prune(): Promise<number> {
+    const before = new Date(Date.now() - (this.options.pruneAfterMs ?? 600_000));
+    const gone = await this.prisma.worker.findMany({ where: { lastSeenAt: { lt: before } }, select: { id: true } });
+    if (gone.length === 0) return 0;
+    const r = await this.prisma.worker.deleteMany({ where: { id: { in: gone.map((g) => g.id) }, lastSeenAt: { lt: before } } });
+    if (r.count > 0) this.options.log?.(`pruned ${r.count} worker(s) unseen for ${Math.round((this.options.pruneAfterMs ?? 600_000) / 1000)} s: ${gone.map((g) => g.id).join(', ')}`);
+    return r.count;
   }
 
   /** Start probing every registered worker. */
   start(): void {
     if (this.timer) return;
     this.timer = setInterval(() => {
-      if (!this.probing) this.probing = this.probeAll().finally(() => (this.probing = null));
+      if (!this.probing) {
+        this.probing = this.probeAll()
+          .then(() => this.prune())
+          .then(() => undefined, (e: Error) => this.options.log?.(`worker probes: ${e.message}`))
+          .finally(() => (this.probing = null));
+      }
     }, this.probeIntervalMs);
     this.timer.unref();
   }
