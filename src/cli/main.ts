@@ -28,6 +28,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runJobOnWorkers, startLocalWorkers, stopLocalWorkers, type LocalWorker } from '../gpu-pool/pool.js';
 import { startWorkerServer, tlsFrom } from '../gpu-pool/worker-server.js';
+import { ENGINE_FAILURE_EXIT_CODE } from '../gpu-pool/worker-service.js';
 import { ConfigError, loadConfig } from '../service/startup/config.js';
 import { ServiceStartError } from '../service/startup/start-errors.js';
 import { startService, type ServiceParts } from './serve.js';
@@ -232,7 +233,15 @@ async function worker(v: Values): Promise<number> {
   const port = intOption(v, 'port', 0);
   const collectivePort = intOption(v, 'collective-port', 0);
   const index = intOption(v, 'device-index', 0);
+  // A failed engine may be corrupt: exit so that the service manager (systemd's
+  // Restart=, Docker's restart policy) starts a fresh worker; the pool retries the job
+  // elsewhere meanwhile.
+  const restart = (reason: string) => {
+    console.error(`[tas worker] the tensor engine failed (${reason}); exiting with status ${ENGINE_FAILURE_EXIT_CODE} to be restarted`);
+    void w.close().finally(() => process.exit(ENGINE_FAILURE_EXIT_CODE));
+  };
   const w = await startWorkerServer({
+    onEngineFailure: restart,
     host: v.host ?? '127.0.0.1',
     ...(port !== undefined ? { port } : {}),
     ...(collectivePort !== undefined ? { collectivePort } : {}),

@@ -43,14 +43,14 @@ export async function startLocalWorkers(count?: number, opts: { host?: string; s
  * Spawn one worker process for `device`; resolves when it serves its address.
  * `hostWorkers`: how many workers this host runs in all (it picks the GC flags; default 1).
  */
-export function startLocalWorker(device: DeviceAssignment, opts: { host?: string; startTimeoutMs?: number; tls?: TlsFiles; hostWorkers?: number } = {}): Promise<LocalWorker> {
+export function startLocalWorker(device: DeviceAssignment, opts: { host?: string; startTimeoutMs?: number; tls?: TlsFiles; hostWorkers?: number; env?: Record<string, string> } = {}): Promise<LocalWorker> {
   const host = opts.host ?? '127.0.0.1';
   const timeoutMs = opts.startTimeoutMs ?? 60_000;
   const tls = opts.tls;
   const tlsArgs = tls ? ['--tls-cert', tls.cert, '--tls-key', tls.key, '--tls-ca', tls.ca] : [];
   // Node flags and malloc settings for the collective's data path: see worker-env.ts.
   const child = spawn(process.execPath, [...workerNodeFlags(opts.hostWorkers ?? 1), '--import', 'tsx', WORKER_MAIN, '--host', host, '--port', '0', '--device-kind', device.kind, '--device-index', String(device.index), '--exit-with-parent', ...tlsArgs], {
-    env: { ...workerEnv(process.env), ...device.env },
+    env: { ...workerEnv(process.env), ...device.env, ...opts.env },
     // stdin stays open as the worker's lifeline (--exit-with-parent): the worker stops
     // when it closes, however this process ends.
     stdio: ['pipe', 'pipe', 'inherit'],

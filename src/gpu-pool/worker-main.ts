@@ -7,6 +7,7 @@
  */
 import { parseArgs } from 'node:util';
 import { startWorkerServer, tlsFrom } from './worker-server.js';
+import { ENGINE_FAILURE_EXIT_CODE } from './worker-service.js';
 
 const { values } = parseArgs({
   options: {
@@ -25,7 +26,14 @@ const { values } = parseArgs({
 
 const kind = values['device-kind'];
 const tls = tlsFrom(values);
+// An engine that failed may be corrupt: answer what is in flight, then exit; the pool
+// starts a fresh process in this one's place.
+const restart = (reason: string) => {
+  process.stderr.write(`[tas worker] exiting to be restarted: the tensor engine failed (${reason})\n`);
+  void w.close().finally(() => process.exit(ENGINE_FAILURE_EXIT_CODE));
+};
 const w = await startWorkerServer({
+  onEngineFailure: restart,
   host: values.host!,
   port: Number(values.port),
   ...(kind === 'gpu' || kind === 'cpu' ? { deviceKind: kind } : {}),

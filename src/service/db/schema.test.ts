@@ -58,7 +58,7 @@ describe('schema.prisma and the migrations agree', { skip: unavailable ?? false 
     assert.deepEqual(await prisma.jobLog.findUniqueOrThrow({ where: { id: log.id } }), log);
 
     const worker = await prisma.worker.create({
-      data: { id: 'w0', address: '127.0.0.1:5001', deviceKind: 'gpu', deviceIndex: 0, deviceName: 'NVIDIA H100', backend: 'tensorflow', pid: 4242, rssBytes: 6_000_000_000n, deviceMemoryMiB: 81559, state: 'busy', currentJobId: job.id, lastSeenAt: at },
+      data: { id: 'w0', address: '127.0.0.1:5001', deviceKind: 'gpu', deviceIndex: 0, deviceName: 'NVIDIA H100', backend: 'tensorflow', pid: 4242, rssBytes: 6_000_000_000n, deviceMemoryMiB: 81559, memoryLimitBytes: 85_520_809_984n, state: 'busy', currentJobId: job.id, lastSeenAt: at },
     });
     assert.deepEqual(await prisma.worker.findUniqueOrThrow({ where: { id: 'w0' } }), worker);
 

@@ -8,11 +8,12 @@ import { isAbsolute, relative, resolve } from 'node:path';
 import type { Redis } from 'ioredis';
 import { gangCapacity, waitingFor } from '../../gpu-pool/gang.js';
 import type { JobQueue } from '../scheduling/job-queue.js';
-import { poolCounts } from '../scheduling/worker-registry.js';
+import { onlineWorkers, poolCounts } from '../scheduling/worker-registry.js';
+import { admitByMemory, jobMemory } from '../scheduling/admission.js';
 import { resolveTrainSpec } from '../../trainer/engine/job-spec.js';
 import { TrainerError } from '../../trainer/errors.js';
 import { validateAgainst } from '../../trainer/schema.js';
-import type { DataSource } from '../../trainer/data/load.js';
+import { dataFiles, type DataSource } from '../../trainer/data/load.js';
 import type { Prisma, PrismaClient } from '../db/client.js';
 import { DbError } from '../db/errors.js';
 import { ServiceError } from '../errors.js';
@@ -105,6 +106,8 @@ export class JobService {
     if (spec.workers > capacity) {
       throw new ServiceError('TAS_ERR_POOL_TOO_SMALL', `workers: the job asks for ${spec.workers} workers but the pool has at most ${capacity} online workers of one device kind`, { field: 'workers' });
     }
+    // Memory: some gang of one kind must hold the job, else 400 naming the layer.
+    admitByMemory(await jobMemory(spec, this.options.dataDir), spec.workers, await onlineWorkers(this.options.prisma, this.options.probeIntervalMs));
     // Redis down: refuse now, before anything is written, rather than hang on the queue.
     const redis = this.options.redisHealth;
     if (redis && !redis.up) throw new ServiceError('TAS_ERR_UNAVAILABLE', `the job queue (Redis) is unreachable (${redis.reason}); nothing was submitted, try again later`);
@@ -210,9 +213,7 @@ export class JobService {
 
   /** Relative data files must exist in the data directory now, not fail minutes later. */
   private async checkDataFiles(data: DataSource): Promise<void> {
-    const files: Array<[string, string]> =
-      data.type === 'csv' ? [['data.path', data.path]] : data.type === 'npy' ? [['data.x', data.x], ['data.y', data.y]] : data.type === 'idx' ? [['data.images', data.images], ['data.labels', data.labels]] : [];
-    for (const [field, path] of files) {
+    for (const [field, path] of dataFiles(data)) {
       const full = resolve(this.options.dataDir, path);
       const rel = relative(resolve(this.options.dataDir), full);
       if (rel.startsWith('..') || isAbsolute(rel)) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}" is outside the data directory`, field);

@@ -32,7 +32,9 @@ import type { TlsFiles } from '../../grpc/tls-files.js';
 import { runJobOnWorkers } from '../../gpu-pool/pool.js';
 import { ProgressSink } from './progress.js';
 import { JobQueue, type QueueNames, type QueuedJob } from './job-queue.js';
-import type { ReservedWorker, WorkerRegistry } from './worker-registry.js';
+import type { ReserveOptions, ReservedWorker, WorkerRegistry } from './worker-registry.js';
+import { jobMemory } from './admission.js';
+import { resolveTrainSpec } from '../../trainer/engine/job-spec.js';
 import { within, type RedisHealth } from './redis-health.js';
 
 export interface SchedulerOptions {
@@ -70,6 +72,7 @@ const FINAL_ERRORS: ReadonlySet<TrainerErrorCode> = new Set([
   'TAS_ERR_BN_SINGLE_VALUE',
   'TAS_ERR_NUMERIC',
   'TAS_ERR_CHECKPOINT',
+  'TAS_ERR_OUT_OF_MEMORY',
 ]);
 
 type AbortWhy = 'cancel' | 'shutdown';
@@ -234,6 +237,9 @@ export class Scheduler {
       await this.jobLog(jobId, 'warn', 'the scheduler running this job stopped; resuming from the latest checkpoint');
     }
     let lastError = job.error ?? 'unknown error';
+    // Only workers that can hold the job are reserved; a retry avoids the failed attempt's workers while others are free.
+    const memoryNeed = await this.memoryNeed(job);
+    let avoid: string[] = [];
     for (;;) {
       if (job.status === 'retrying' && job.attempts > job.maxRestarts) {
         const reason = `failed after ${job.attempts} attempts (max_restarts ${job.maxRestarts}): ${lastError}`;
@@ -241,7 +247,7 @@ export class Scheduler {
         await this.jobLog(jobId, 'error', reason);
         return 'failed';
       }
-      const gang = await this.waitForGang(job, signal);
+      const gang = await this.waitForGang(job, signal, { avoid, ...(memoryNeed ? { memoryNeed } : {}) });
       if (!gang) return this.stopped(jobId, signal);
 
       job = await this.repo.transition(jobId, 'scheduled', `placed on ${gang.map((g) => g.address).join(', ')}`);
@@ -302,9 +308,11 @@ export class Scheduler {
         lastError = message;
         await this.finishAttempt(jobId, attemptNo, 'failed', message);
         await this.jobLog(jobId, 'error', `attempt ${attemptNo} failed: ${message}`);
-        // Dead workers go offline before the gang is released, so no job is placed on them.
+        // Dead workers go offline, and workers whose engine failed draining, before the
+        // gang is released, so no job is placed on them.
         await this.options.registry.probeAll();
         await this.options.registry.release(jobId);
+        avoid = gang.map((g) => g.id);
         if (e instanceof TrainerError && FINAL_ERRORS.has(e.code)) {
           await this.repo.transition(jobId, 'failed', message);
           return 'failed';
@@ -369,11 +377,21 @@ export class Scheduler {
     return false;
   }
 
+  /** The job's estimated memory on a worker of a backend; undefined when its spec cannot be read (its workers report why). */
+  private async memoryNeed(job: Job): Promise<((backend: string | null) => number) | undefined> {
+    try {
+      const estimate = await jobMemory(resolveTrainSpec(job.spec), this.options.dataDir);
+      return (backend) => estimate(backend).bytes;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Reserve a gang, waiting while none is free; null when aborted. */
-  private async waitForGang(job: Job, signal: AbortSignal): Promise<ReservedWorker[] | null> {
+  private async waitForGang(job: Job, signal: AbortSignal, options: ReserveOptions): Promise<ReservedWorker[] | null> {
     let logged = false;
     while (!signal.aborted) {
-      const gang = await this.options.registry.reserve(job.id, job.workers);
+      const gang = await this.options.registry.reserve(job.id, job.workers, options);
       if (gang) return gang;
       if (!logged) {
         const c = await this.options.registry.counts();

@@ -6,7 +6,9 @@
  * - `add(address)` registers a worker (local or remote) after it answered Info;
  * - a probe loop asks every known worker for Info each `probeIntervalMs`, recording
  *   memory and `last_seen_at`; one that does not answer goes `offline`, and one that
- *   answers again comes back `idle` (or stays `busy` if a job holds it);
+ *   answers again comes back `idle` (or stays `busy` if a job holds it); one whose
+ *   engine failed (Info's `needs_restart`) goes `draining` and takes no job until a
+ *   fresh process replaces it;
  * - `reserve(jobId, n)` takes a whole gang or nothing, in one transaction that locks the
  *   idle rows (see gang.ts for why that cannot deadlock); `release(jobId)` frees them;
  * - a worker that stopped, or was replaced by a fresh process, leaves the table at once
@@ -26,6 +28,21 @@ import { WorkerClient } from '../../gpu-pool/worker-client.js';
 
 export interface ReservedWorker extends GangCandidate {
   readonly backend: string | null;
+  /** The memory a job may use there; null when the worker did not say. */
+  readonly memoryLimitBytes: number | null;
+}
+
+/** What a reservation prefers and requires (gang.ts `pickGang`). */
+export interface ReserveOptions {
+  /** Worker ids to take only when no others are free (a failed attempt's). */
+  readonly avoid?: readonly string[];
+  /** The job's estimated memory on a worker of this backend; workers with less are not taken. */
+  readonly memoryNeed?: (backend: string | null) => number;
+}
+
+/** A worker that can hold a job needing `need(backend)` bytes (one that did not say its limit is taken on trust). */
+export function holds(w: Pick<ReservedWorker, 'backend' | 'memoryLimitBytes'>, need: ((backend: string | null) => number) | undefined): boolean {
+  return need === undefined || w.memoryLimitBytes === null || need(w.backend) <= w.memoryLimitBytes;
 }
 
 export interface RegistryOptions {
@@ -126,18 +143,19 @@ export class WorkerRegistry {
    * Reserve `n` idle workers of one kind for `jobId`, all or none. Returns them, or null
    * when no such gang is free now.
    */
-  async reserve(jobId: string, n: number): Promise<ReservedWorker[] | null> {
+  async reserve(jobId: string, n: number, options: ReserveOptions = {}): Promise<ReservedWorker[] | null> {
     const fresh = new Date(Date.now() - STALE_PROBES * this.probeIntervalMs);
     return this.prisma.$transaction(async (tx) => {
       // Lock the idle rows in one order: concurrent reservations serialise here, and
       // each sees the other's result, so neither can take part of a gang.
-      const idle = await tx.$queryRaw<Array<{ id: string; address: string; device_kind: string; backend: string | null }>>`
-        SELECT id, address, device_kind, backend FROM workers
+      const idle = await tx.$queryRaw<Array<{ id: string; address: string; device_kind: string; backend: string | null; memory_limit_bytes: bigint | null }>>`
+        SELECT id, address, device_kind, backend, memory_limit_bytes FROM workers
         WHERE state = 'idle' AND last_seen_at >= ${fresh}
         ORDER BY id FOR UPDATE`;
       const gang = pickGang(
-        idle.map((r) => ({ id: r.id, address: r.address, deviceKind: r.device_kind as DeviceKind, backend: r.backend })),
+        idle.map((r) => ({ id: r.id, address: r.address, deviceKind: r.device_kind as DeviceKind, backend: r.backend, memoryLimitBytes: r.memory_limit_bytes === null ? null : Number(r.memory_limit_bytes) })),
         n,
+        { avoid: new Set(options.avoid ?? []), fits: (w) => holds(w, options.memoryNeed) },
       );
       if (!gang) return null;
       await tx.worker.updateMany({ where: { id: { in: gang.map((g) => g.id) } }, data: { state: 'busy', currentJobId: jobId } });
@@ -198,13 +216,16 @@ export class WorkerRegistry {
       backend: info.backend,
       pid: Number(info.worker_id.split(':').pop()) || null,
       rssBytes: BigInt(info.rss_bytes),
+      memoryLimitBytes: info.memory_limit_bytes > 0 ? BigInt(info.memory_limit_bytes) : null,
       lastSeenAt: new Date(),
     };
     const before = await this.prisma.worker.findUnique({ where: { id: address }, select: { state: true, currentJobId: true, pid: true } });
     // A worker that restarted (another pid at this address) holds no job any more.
     const restarted = before !== null && before.pid !== null && before.pid !== details.pid;
     const comesBack = before === null || before.state === 'offline' || restarted || registering;
-    const state = comesBack ? (before?.currentJobId && !restarted && !registering ? 'busy' : 'idle') : undefined;
+    // A worker whose engine failed takes no job until a fresh process replaces it.
+    const state = info.needs_restart ? 'draining' : comesBack ? (before?.currentJobId && !restarted && !registering ? 'busy' : 'idle') : undefined;
+    if (info.needs_restart && before?.state !== 'draining') this.options.log?.(`worker ${address}: its tensor engine failed; draining until it is restarted`);
     await this.prisma.worker.upsert({
       where: { id: address },
       create: { id: address, ...details, state: 'idle' },
@@ -212,6 +233,13 @@ export class WorkerRegistry {
     });
     return comesBack;
   }
+}
+
+/** The online workers (idle or busy, probed lately): their kind, backend and memory, for admission. */
+export async function onlineWorkers(prisma: PrismaClient, probeIntervalMs: number): Promise<Array<Pick<ReservedWorker, 'id' | 'deviceKind' | 'backend' | 'memoryLimitBytes'>>> {
+  const fresh = new Date(Date.now() - STALE_PROBES * probeIntervalMs);
+  const rows = await prisma.worker.findMany({ where: { state: { in: ['idle', 'busy'] }, lastSeenAt: { gte: fresh } }, select: { id: true, deviceKind: true, backend: true, memoryLimitBytes: true }, orderBy: { id: 'asc' } });
+  return rows.map((r) => ({ id: r.id, deviceKind: r.deviceKind === 'gpu' ? 'gpu' : 'cpu', backend: r.backend, memoryLimitBytes: r.memoryLimitBytes === null ? null : Number(r.memoryLimitBytes) }));
 }
 
 /** Pool counts straight from the table (the API uses this without a registry). */
