@@ -165,8 +165,11 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
     options.onStart?.(infos);
     const specJson = JSON.stringify(rawSpec);
     // The first failure in time is the cause (a dead worker's dropped stream, say); the
-    // other ranks then fail because of it, so it is the one reported.
+    // other ranks then fail because of it, so it is the one reported. Unless another rank
+    // failed for a reason of its own (an engine that failed, a NaN loss) while the first
+    // only saw its peer leave the collective: the peer's reason is the cause then.
     let first: { rank: number; error: Error & { details?: string; code?: number } } | null = null;
+    const failures: Array<{ rank: number; error: Error & { details?: string; code?: number } }> = [];
     const cancelAll = () => void Promise.all(clients.map((k) => k.cancel(jobId)));
     const runs = clients.map((c, rank) =>
       c
@@ -186,6 +189,7 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
           rank === 0 ? options.onStep : undefined,
         )
         .catch((e: Error) => {
+          failures.push({ rank, error: e });
           if (!first) {
             first = { rank, error: e };
             cancelAll();
@@ -197,11 +201,19 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
     if (options.signal?.aborted) cancelAll();
     const settled = await Promise.allSettled(runs).finally(() => options.signal?.removeEventListener('abort', cancelAll));
     if (options.signal?.aborted) throw new TrainerError('TAS_ERR_CANCELLED', `job ${jobId} cancelled`);
-    if (first) throw poolError(first, addresses);
+    if (first) throw poolError(failures.find((f) => !CONSEQUENCES.has(workerErrorCode(f.error) ?? 'TAS_ERR_COLLECTIVE')) ?? first, addresses);
     return { jobId, workers: infos, done: (settled[0] as PromiseFulfilledResult<DoneMsg>).value };
   } finally {
     clients.forEach((c) => c.close());
   }
+}
+
+/** Codes of a rank that failed because another one did (its peer left, the job was cancelled). */
+const CONSEQUENCES: ReadonlySet<TrainerErrorCode> = new Set(['TAS_ERR_COLLECTIVE', 'TAS_ERR_CANCELLED']);
+
+/** The TrainerError code a worker's status carries (`CODE: message`), if any. */
+function workerErrorCode(e: Error & { details?: string }): TrainerErrorCode | null {
+  return (/^(TAS_ERR_[A-Z_]+): /.exec(e.details ?? e.message)?.[1] as TrainerErrorCode | undefined) ?? null;
 }
 
 /** A rank's failure as the pool reports it: the rank, its worker, and the worker's reason. */
