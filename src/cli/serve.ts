@@ -30,6 +30,8 @@ import { ensureRedis } from '../service/startup/redis-server.js';
 
 /** The longest one part may take to stop (the whole stop is bounded by the caller). */
 const STOP_STEP_MS = 8000;
+/** The longest a part that only talks to Redis may take (Redis may be gone). */
+const REDIS_STOP_MS = 1000;
 
 export interface ServiceParts {
   /** Serve the REST API, and inference (REST /v2 on the same port, gRPC on TAS_GRPC_PORT). */
@@ -66,13 +68,15 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
   // Stopped in reverse order of start, each part bounded (a part that hangs, waiting
   // for a Redis that is gone, say, is left behind): what must happen first, the jobs
   // handed back to the database, happens whatever comes after.
-  const stops: Array<{ what: string; fn: () => Promise<unknown> }> = [];
-  const onStop = (what: string, fn: () => Promise<unknown>) => void stops.push({ what, fn });
+  const stops: Array<{ what: string; fn: () => Promise<unknown>; ms: number }> = [];
+  const onStop = (what: string, fn: () => Promise<unknown>, ms = STOP_STEP_MS) => void stops.push({ what, fn, ms });
   let localPool: LocalPool | null = null;
   const stop = async () => {
     localPool?.stopRespawning();
-    for (const { what, fn } of stops.reverse()) {
-      await within(fn(), STOP_STEP_MS, () => new Error(`did not stop within ${STOP_STEP_MS} ms; left behind`)).catch((e: Error) => log(`stop ${what}: ${e.message}`));
+    for (const { what, fn, ms } of stops.reverse()) {
+      const t0 = Date.now();
+      await within(fn(), ms, () => new Error(`did not stop within ${ms} ms; left behind`)).catch((e: Error) => log(`stop ${what}: ${e.message}`));
+      if (Date.now() - t0 > 1000) log(`stop ${what}: took ${Date.now() - t0} ms`);
     }
   };
   try {
@@ -110,7 +114,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     const queueConnection = redisCommandConnection(redis.url);
     onStop('queue connection', async () => queueConnection.disconnect());
     const queue = new JobQueue(queueConnection, names.queue);
-    onStop('queue', () => queue.close());
+    onStop('queue', () => queue.close(), REDIS_STOP_MS);
     // Model-repository change notices: schedulers publish versions, APIs (un)load models.
     const changesSubscriber = redisConnection(redis.url);
     onStop('model notices', async () => changesSubscriber.disconnect());

@@ -83,6 +83,9 @@ export class JobQueue {
 
   constructor(connection: ConnectionOptions, name: string) {
     this.queue = new Queue<QueuedJob>(name, { connection });
+    // Connection errors, once per reconnection attempt while Redis is away: RedisHealth
+    // reports the outage once. (Without a listener BullMQ prints each with its stack.)
+    this.queue.on('error', () => undefined);
   }
 
   /** Queue `jobId` (idempotent). */
