@@ -170,7 +170,15 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
     // only saw its peer leave the collective: the peer's reason is the cause then.
     let first: { rank: number; error: Error & { details?: string; code?: number } } | null = null;
     const failures: Array<{ rank: number; error: Error & { details?: string; code?: number } }> = [];
-    const cancelAll = () => void Promise.all(clients.map((k) => k.cancel(jobId)));
+    // Once the job is failing or cancelled, every rank gets a grace period to stop and
+    // report; a rank whose worker does not answer by then (a hung process: its stream
+    // would never end) is abandoned, so a hang never holds the attempt up.
+    const abandon = new AbortController();
+    let grace: NodeJS.Timeout | undefined;
+    const cancelAll = () => {
+      void Promise.all(clients.map((k) => k.cancel(jobId)));
+      grace ??= setTimeout(() => abandon.abort(), (options.timeoutMs ?? 5000) + ABANDON_AFTER_MS);
+    };
     const runs = clients.map((c, rank) =>
       c
         .run(
@@ -187,6 +195,7 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
             timeout_ms: options.timeoutMs ?? 5000,
           },
           rank === 0 ? options.onStep : undefined,
+          abandon.signal,
         )
         .catch((e: Error) => {
           failures.push({ rank, error: e });
@@ -199,7 +208,10 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
     );
     options.signal?.addEventListener('abort', cancelAll, { once: true });
     if (options.signal?.aborted) cancelAll();
-    const settled = await Promise.allSettled(runs).finally(() => options.signal?.removeEventListener('abort', cancelAll));
+    const settled = await Promise.allSettled(runs).finally(() => {
+      options.signal?.removeEventListener('abort', cancelAll);
+      clearTimeout(grace);
+    });
     if (options.signal?.aborted) throw new TrainerError('TAS_ERR_CANCELLED', `job ${jobId} cancelled`);
     if (first) throw poolError(failures.find((f) => !CONSEQUENCES.has(workerErrorCode(f.error) ?? 'TAS_ERR_COLLECTIVE')) ?? first, addresses);
     return { jobId, workers: infos, done: (settled[0] as PromiseFulfilledResult<DoneMsg>).value };
@@ -207,6 +219,9 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
     clients.forEach((c) => c.close());
   }
 }
+
+/** After the collective's timeout, how much longer a failing job's ranks have to report before the silent ones are abandoned. */
+const ABANDON_AFTER_MS = 2000;
 
 /** Codes of a rank that failed because another one did (its peer left, the job was cancelled). */
 const CONSEQUENCES: ReadonlySet<TrainerErrorCode> = new Set(['TAS_ERR_COLLECTIVE', 'TAS_ERR_CANCELLED']);
