@@ -63,7 +63,10 @@ export class WorkerRegistry {
   private readonly addresses = new Set<string>();
   private readonly events = new EventEmitter();
   private timer: NodeJS.Timeout | null = null;
+  /** The prune under way. */
   private probing: Promise<void> | null = null;
+  /** Probes under way, by address. */
+  private readonly inFlight = new Map<string, Promise<void>>();
   readonly probeIntervalMs: number;
   private readonly probeTimeoutMs: number;
 
@@ -76,10 +79,10 @@ export class WorkerRegistry {
     this.events.setMaxListeners(0);
   }
 
-  /** Register a worker by address; it must answer Info now. */
+  /** Register a worker by address; rejects when it does not answer Info now (it is probed until it does). */
   async add(address: string): Promise<WorkerInfoMsg> {
-    const info = await this.info(address);
     this.addresses.add(address);
+    const info = await this.info(address);
     await this.upsert(address, info, true);
     this.notify();
     return info;
@@ -92,26 +95,50 @@ export class WorkerRegistry {
     this.notify();
   }
 
-  /** Removes the workers unseen for `pruneAfterMs`; returns how many. */
+  /**
+   * Removes the workers unseen for `pruneAfterMs`, and at once the stale ones that no
+   * registry probes any more (this one does not know them, and one that did would keep
+   * them fresh: they were left by a service that is gone, killed without stopping its
+   * workers). Returns how many.
+   */
   async prune(): Promise<number> {
     const before = new Date(Date.now() - (this.options.pruneAfterMs ?? 600_000));
-    const gone = await this.prisma.worker.findMany({ where: { lastSeenAt: { lt: before } }, select: { id: true } });
+    const orphanedBefore = new Date(Date.now() - 2 * STALE_PROBES * this.probeIntervalMs);
+    const gone = await this.prisma.worker.findMany({
+      where: { OR: [{ lastSeenAt: { lt: before } }, { lastSeenAt: { lt: orphanedBefore }, id: { notIn: [...this.addresses] } }] },
+      select: { id: true, lastSeenAt: true },
+    });
     if (gone.length === 0) return 0;
-    const r = await this.prisma.worker.deleteMany({ where: { id: { in: gone.map((g) => g.id) }, lastSeenAt: { lt: before } } });
-    if (r.count > 0) this.options.log?.(`pruned ${r.count} worker(s) unseen for ${Math.round((this.options.pruneAfterMs ?? 600_000) / 1000)} s: ${gone.map((g) => g.id).join(', ')}`);
+    // Only rows still as old as read (a worker may have answered meanwhile).
+    const r = await this.prisma.worker.deleteMany({ where: { OR: gone.map((g) => ({ id: g.id, lastSeenAt: g.lastSeenAt })) } });
+    if (r.count > 0) {
+      const known = gone.filter((g) => this.addresses.has(g.id)).map((g) => g.id);
+      const orphans = gone.filter((g) => !this.addresses.has(g.id)).map((g) => g.id);
+      if (known.length > 0) this.options.log?.(`pruned ${known.length} worker(s) unseen for ${Math.round((this.options.pruneAfterMs ?? 600_000) / 1000)} s: ${known.join(', ')}`);
+      if (orphans.length > 0) this.options.log?.(`removed ${orphans.length} worker(s) no scheduler probes any more (left by a service that stopped without them): ${orphans.join(', ')}`);
+    }
     return r.count;
   }
 
-  /** Start probing every registered worker. */
+  /**
+   * Start probing every registered worker. Each worker is probed on its own: one that does
+   * not answer (its probe waits `probeTimeoutMs`) never delays the others' probes, whose
+   * `last_seen_at` must stay fresh for them to count as online.
+   */
   start(): void {
     if (this.timer) return;
     this.timer = setInterval(() => {
-      if (!this.probing) {
-        this.probing = this.probeAll()
-          .then(() => this.prune())
-          .then(() => undefined, (e: Error) => this.options.log?.(`worker probes: ${e.message}`))
-          .finally(() => (this.probing = null));
+      for (const address of this.addresses) {
+        if (this.inFlight.has(address)) continue;
+        const p = this.probeOne(address)
+          .then((changed) => void (changed && this.notify()))
+          .catch((e: Error) => this.options.log?.(`worker ${address}: probe failed: ${e.message}`))
+          .finally(() => this.inFlight.delete(address));
+        this.inFlight.set(address, p);
       }
+      this.probing ??= this.prune()
+        .then(() => undefined, (e: Error) => this.options.log?.(`pruning workers: ${e.message}`))
+        .finally(() => (this.probing = null));
     }, this.probeIntervalMs);
     this.timer.unref();
   }
@@ -119,24 +146,25 @@ export class WorkerRegistry {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    await this.probing;
+    await Promise.all([this.probing, ...this.inFlight.values()]);
   }
 
-  /** Probe every registered worker once (also what the loop does). */
+  /** Probe every registered worker once, now. */
   async probeAll(): Promise<void> {
-    let changed = false;
-    await Promise.all(
-      [...this.addresses].map(async (address) => {
-        try {
-          const info = await this.info(address);
-          changed = (await this.upsert(address, info, false)) || changed;
-        } catch {
-          const r = await this.prisma.worker.updateMany({ where: { id: address, NOT: { state: 'offline' } }, data: { state: 'offline' } });
-          if (r.count > 0) this.options.log?.(`worker ${address} stopped answering; marked offline`);
-        }
-      }),
-    );
-    if (changed) this.notify();
+    const changed = await Promise.all([...this.addresses].map((address) => this.probeOne(address)));
+    if (changed.some(Boolean)) this.notify();
+  }
+
+  /** Ask one worker for Info and record the answer, or its silence; true when it came (back) online. */
+  private async probeOne(address: string): Promise<boolean> {
+    try {
+      const info = await this.info(address);
+      return await this.upsert(address, info, false);
+    } catch {
+      const r = await this.prisma.worker.updateMany({ where: { id: address, NOT: { state: 'offline' } }, data: { state: 'offline' } });
+      if (r.count > 0) this.options.log?.(`worker ${address} stopped answering; marked offline`);
+      return false;
+    }
   }
 
   /**
