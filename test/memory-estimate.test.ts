@@ -68,25 +68,32 @@ describe('memory estimate', () => {
     assert.equal(e.bytes - estimateJobMemory(spec, { samples: 1200, dataBytes: 0 }).bytes, 1200 * 3 * 4);
   });
 
-  it("refuses a model that cannot fit, naming the largest layer; a wide first layer's cost shows in the next linear", () => {
-    // The quickstart with layers[0].out 10,000,000: layers[3] then holds 640M weights.
+  it('refuses a model that cannot fit, naming the layer that takes the most, its peak included', () => {
+    // The quickstart with layers[0].out 10,000,000: 10M values per row through layers 0-2
+    // (the eval pass holds 512 rows of them), and layers[3] holds 640M weights.
     const huge = resolveTrainSpec({ ...QUICKSTART, model: { ...(QUICKSTART.model as ModelSpec), layers: (QUICKSTART.model as ModelSpec).layers.map((l, i) => (i === 0 ? { ...l, out: 10_000_000 } : l)) } });
     const e = estimateJobMemory(huge);
     assert.ok(e.bytes > 12 * 2 ** 30, `${e.bytes}`);
-    assert.equal(e.largest?.field, 'model.layers[3]');
+    assert.equal(e.largest?.field, 'model.layers[0]');
+    assert.deepEqual(e.largest?.peak?.what, 'forward');
+    assert.ok(e.layers.find((l) => l.field === 'model.layers[3]')!.bytes > 14 * 2 ** 30);
     assert.throws(
       () => checkMemoryFits(e, 4 * 2 ** 30, 'a cpu worker has'),
       (err: unknown) => {
         assert.ok(err instanceof TrainerError);
         assert.equal(err.code, 'TAS_ERR_OUT_OF_MEMORY');
-        assert.equal(err.field, 'model.layers[3]');
-        assert.match(err.message, /^model\.layers\[3\]: the job needs about \d+\.\d GiB per worker \(32 rows per worker; model\.layers\[3\] \(linear\) alone \d+\.\d GiB: 640,000,000 parameters/);
+        assert.equal(err.field, 'model.layers[0]');
+        assert.match(err.message, /^model\.layers\[0\]: the job needs about \d+\.\d GiB per worker \(32 rows per worker; model\.layers\[0\] \(linear\) alone \d+\.\d GiB: 20,000,000 parameters .* 10,000,000 values per row kept for the backward pass, which the eval pass holds for 512 rows at once\)/);
         assert.match(err.message, /more than the 4\.0 GiB a cpu worker has/);
         return true;
       },
     );
     // The quickstart itself fits easily.
     checkMemoryFits(estimateJobMemory(resolveTrainSpec(QUICKSTART)), 512 * 2 ** 20, 'a cpu worker has');
+    // A model whose parameters dominate: the checkpoint's copies are charged to the layer with most of them.
+    const wide = estimateMemory(input({ input_shape: [4096], layers: [{ type: 'linear', out: 4096 }, { type: 'relu' }, { type: 'linear', out: 10 }] }, { rows: 8, forwardRows: 8 }));
+    assert.equal(wide.largest?.field, 'model.layers[0]');
+    assert.equal(wide.largest?.peak?.what, 'checkpoint');
   });
 
   it('a spec whose shapes do not fit is estimated as far as it goes (the model builder reports the error)', () => {

@@ -89,11 +89,11 @@ describe('worker guards (real worker processes)', () => {
       const info = await client.info();
       assert.equal(info.memory_limit_bytes, 400 * 2 ** 20);
       assert.equal(info.needs_restart, false);
-      // layers[3] then holds 200,000 x 64 weights: well over 400 MiB with its gradients, slots and checkpoint.
+      // 200,000 values per row, held for 512 rows by the eval pass, and 200,000 x 64 weights in layers[3]: well over 400 MiB.
       await assert.rejects(runJobOnWorkers(oneRank('too-big', 2, 200_000), [w.address], { outDir: tmp(), resume: false }), (e: unknown) => {
         assert.ok(e instanceof TrainerError, String(e));
         assert.equal(e.code, 'TAS_ERR_OUT_OF_MEMORY');
-        assert.match(e.message, /model\.layers\[3\]: the job needs about .* more than the 400 MiB this worker \(cpu 0, \w+ backend\) has/);
+        assert.match(e.message, /model\.layers\[0\]: the job needs about .* more than the 400 MiB this worker \(cpu 0, \w+ backend\) has/);
         return true;
       });
       // Nothing was allocated: the worker's memory is what it was, and it trains the next job.

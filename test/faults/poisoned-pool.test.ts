@@ -33,11 +33,14 @@ describe('a poisoned pool', { skip: unavailable ?? false }, () => {
     const r = await postJson<{ error: { code: string; field: string; message: string } }>(`${served.url}/v1/jobs`, huge);
     assert.equal(r.status, 400, JSON.stringify(r.body));
     assert.equal(r.body.error.code, 'TAS_ERR_OUT_OF_MEMORY');
-    assert.equal(r.body.error.field, 'model.layers[3]');
-    assert.match(r.body.error.message, /^model\.layers\[3\]: the job needs about \d+(\.\d)? GiB per worker .* more than the .* a cpu worker \(\w+ backend\) has/);
+    assert.equal(r.body.error.field, 'model.layers[0]');
+    assert.match(r.body.error.message, /^model\.layers\[0\]: the job needs about \d+(\.\d)? GiB per worker .* more than the .* a cpu worker \(\w+ backend\) has/);
     assert.equal((await getJson<{ jobs: unknown[] }>(`${served.url}/v1/jobs`)).body.jobs.length, 0);
     const p = await pool(served);
     assert.equal(p.summary.idle, 4);
+    // Each worker says how much memory a job may use there (what the refusal compared with).
+    const limits = (await getJson<{ workers: Array<{ memory_limit_bytes: number | null }> }>(`${served.url}/v1/pool`)).body.workers.map((w) => w.memory_limit_bytes);
+    assert.ok(limits.every((l) => typeof l === 'number' && l > 0), JSON.stringify(limits));
   });
 
   test('an engine that traps mid-job: that worker is restarted before it is offered again, the retry avoids the failed gang; same weights, run and published once', async () => {

@@ -31,7 +31,7 @@ test('refuses one no gang can hold, naming the layer and the gang that came clos
     (e: unknown) => {
       assert.ok(e instanceof TrainerError);
       assert.equal(e.code, 'TAS_ERR_OUT_OF_MEMORY');
-      assert.equal(e.field, 'model.layers[3]');
+      assert.equal(e.field, 'model.layers[0]');
       assert.match(e.message, /more than the 11\.7 GiB a cpu worker \(native backend\) has/);
       return true;
     },

@@ -47,8 +47,13 @@ export interface LayerMemory {
   readonly parameters: number;
   /** Output elements per row (channels-last, as the trainer holds them). */
   readonly outputPerRow: number;
-  /** Bytes this layer accounts for: its parameters with gradients and slots, its kept activations. */
+  /**
+   * Bytes this layer accounts for: its parameters with gradients and slots, its kept
+   * activations, and the step's peak where the layer causes it (`peak`).
+   */
   readonly bytes: number;
+  /** The part of the peak charged to this layer: the widest layer's for a backward or forward pass, the one with most parameters' for a checkpoint. */
+  readonly peak?: { readonly what: 'backward' | 'forward' | 'checkpoint'; readonly rows: number; readonly bytes: number };
 }
 
 export interface MemoryEstimate {
@@ -178,15 +183,22 @@ export function estimateMemory(input: MemoryInput): MemoryEstimate {
   w.complete = walk(input.model.layers, internal, 'model.layers', input.rows, perParam, w) !== undefined;
   const parameters = w.layers.reduce((a, l) => a + l.parameters, 0);
   const layerBytes = w.layers.reduce((a, l) => a + l.bytes, 0);
-  const peakExtra = Math.max(
-    2 * w.widest * input.rows * FLOAT, // backward: dy and dx of the widest layer
-    2 * w.widest * input.forwardRows * FLOAT, // eval / recalibration forward
-    2 * (parameters * (1 + slots) + w.buffers) * FLOAT, // a checkpoint's copy and its encoding
-  );
+  const peaks = [
+    { what: 'backward' as const, rows: input.rows, bytes: 2 * w.widest * input.rows * FLOAT }, // dy and dx of the widest layer
+    { what: 'forward' as const, rows: input.forwardRows, bytes: 2 * w.widest * input.forwardRows * FLOAT }, // eval / recalibration: input and output of the widest layer
+    { what: 'checkpoint' as const, rows: 0, bytes: 2 * (parameters * (1 + slots) + w.buffers) * FLOAT }, // a checkpoint's copy and its encoding
+  ];
+  const peak = peaks.reduce((a, p) => (p.bytes > a.bytes ? p : a));
   const factor = BACKEND_FACTOR[input.backend ?? ''] ?? 1;
-  const bytes = RUNTIME_BASELINE_BYTES + Math.ceil(factor * (input.dataBytes + w.buffers * FLOAT + layerBytes + peakExtra));
-  const largest = w.layers.reduce<LayerMemory | null>((a, l) => (a === null || l.bytes > a.bytes ? l : a), null);
-  return { bytes, parameters, rows: input.rows, layers: w.layers, largest };
+  const bytes = RUNTIME_BASELINE_BYTES + Math.ceil(factor * (input.dataBytes + w.buffers * FLOAT + layerBytes + peak.bytes));
+  // The peak is charged to the layer that causes it, so that the layer named is the one to change.
+  const charged =
+    peak.what === 'checkpoint'
+      ? w.layers.reduce<LayerMemory | null>((a, l) => (a === null || l.parameters > a.parameters ? l : a), null)
+      : (w.layers.find((l) => l.outputPerRow === w.widest) ?? w.layers[0] ?? null);
+  const layers = w.layers.map((l) => (l === charged ? { ...l, bytes: l.bytes + peak.bytes, peak } : l));
+  const largest = layers.reduce<LayerMemory | null>((a, l) => (a === null || l.bytes > a.bytes ? l : a), null);
+  return { bytes, parameters, rows: input.rows, layers, largest };
 }
 
 /**
@@ -213,7 +225,8 @@ export function formatBytes(n: number): string {
 }
 
 /**
- * Throws TAS_ERR_OUT_OF_MEMORY naming the largest layer (`model.layers[i]`) when the
+ * Throws TAS_ERR_OUT_OF_MEMORY naming the largest layer (`model.layers[i]`, the peak
+ * charged to the layer that causes it) when the
  * estimate exceeds `limitBytes`; `where` ends the sentence "more than the 4.0 GiB ..." with
  * whose limit it is ("a cpu worker has", "this worker (cpu 0, wasm backend) has").
  */
@@ -221,7 +234,14 @@ export function checkMemoryFits(estimate: MemoryEstimate, limitBytes: number, wh
   if (estimate.bytes <= limitBytes) return;
   const l = estimate.largest;
   const field = l?.field ?? 'model.layers';
-  const layer = l ? `; ${l.field} (${l.type}) alone ${formatBytes(l.bytes)}: ${l.parameters.toLocaleString('en-US')} parameters with their gradients and optimizer state, and ${l.outputPerRow.toLocaleString('en-US')} values per row kept for the backward pass` : '';
+  const peak = !l?.peak
+    ? ''
+    : l.peak.what === 'forward'
+      ? `, which the eval pass holds for ${l.peak.rows} rows at once`
+      : l.peak.what === 'backward'
+        ? ', whose gradients the backward pass holds too'
+        : ', all copied when a checkpoint is written';
+  const layer = l ? `; ${l.field} (${l.type}) alone ${formatBytes(l.bytes)}: ${l.parameters.toLocaleString('en-US')} parameters with their gradients and optimizer state, and ${l.outputPerRow.toLocaleString('en-US')} values per row kept for the backward pass${peak}` : '';
   throw new TrainerError(
     'TAS_ERR_OUT_OF_MEMORY',
     `${field}: the job needs about ${formatBytes(estimate.bytes)} per worker (${estimate.rows} rows per worker${layer}), more than the ${formatBytes(limitBytes)} ${where}; make the model smaller or lower batch_size`,

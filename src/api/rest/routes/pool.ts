@@ -24,6 +24,8 @@ export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { pr
       device_index: w.deviceIndex,
       device_name: w.deviceName,
       device_memory_mib: w.deviceMemoryMiB,
+      // The memory a job may use there (jobs are admitted against it).
+      memory_limit_bytes: w.memoryLimitBytes === null ? null : Number(w.memoryLimitBytes),
       backend: w.backend,
       pid: w.pid,
       rss_bytes: w.rssBytes === null ? null : Number(w.rssBytes),
