@@ -72,6 +72,15 @@ async function connectionClosedBy(port: number): Promise<void> {
   return new Promise((resolve) => socket.once('close', () => resolve()));
 }
 
+/** A connection held open to the server at `port`, once connected: the promise resolves when the server closes it (it exited). */
+async function heldConnection(port: number): Promise<Promise<void>> {
+  const socket = connect(port, '127.0.0.1');
+  socket.on('error', () => undefined);
+  await once(socket, 'connect');
+  // A server killed by a signal resets the connection: 'close' follows the 'error'.
+  return new Promise((resolve) => socket.once('close', () => resolve()));
+}
+
 describe('ensureRedis', () => {
   test('uses the Redis that answers at the URL; starts nothing', async () => {
     const redis = await ensureRedis(SHARED_REDIS, { startIfMissing: true, dataDir });
@@ -128,7 +137,7 @@ describe('ensureRedis', () => {
     client.on('error', () => undefined);
     try {
       await client.set('k', 'v');
-      const closed = connectionClosedBy(port);
+      const closed = await heldConnection(port);
       process.kill(first, 'SIGKILL');
       await closed;
       // The same URL answers again (bounded: a restart takes well under a second here).
@@ -143,7 +152,7 @@ describe('ensureRedis', () => {
       assert.match(lines[0]!, new RegExp(`private redis-server on port ${port} exited \\(killed by signal 9\\)`));
       assert.match(lines[1]!, new RegExp(`restarted on port ${port}`));
 
-      const gone = connectionClosedBy(port);
+      const gone = await heldConnection(port);
       await redis.stop();
       await gone;
       const deadline = Date.now() + 5000;
