@@ -72,13 +72,13 @@ async function connectionClosedBy(port: number): Promise<void> {
   return new Promise((resolve) => socket.once('close', () => resolve()));
 }
 
-/** A connection held open to the server at `port`, once connected: the promise resolves when the server closes it (it exited). */
-async function heldConnection(port: number): Promise<Promise<void>> {
+/** A connection held open to the server at `port`, once connected: `closed` resolves when the server closes it (it exited). */
+async function heldConnection(port: number): Promise<{ closed: Promise<void> }> {
   const socket = connect(port, '127.0.0.1');
   socket.on('error', () => undefined);
   await once(socket, 'connect');
   // A server killed by a signal resets the connection: 'close' follows the 'error'.
-  return new Promise((resolve) => socket.once('close', () => resolve()));
+  return { closed: new Promise((resolve) => socket.once('close', () => resolve())) };
 }
 
 describe('ensureRedis', () => {
@@ -137,9 +137,9 @@ describe('ensureRedis', () => {
     client.on('error', () => undefined);
     try {
       await client.set('k', 'v');
-      const closed = await heldConnection(port);
+      const held = await heldConnection(port);
       process.kill(first, 'SIGKILL');
-      await closed;
+      await held.closed;
       // The same URL answers again (bounded: a restart takes well under a second here).
       let timer: NodeJS.Timeout | undefined;
       const noAnswer = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('no answer within 15 s'), 15_000)));
@@ -152,9 +152,9 @@ describe('ensureRedis', () => {
       assert.match(lines[0]!, new RegExp(`private redis-server on port ${port} exited \\(killed by signal 9\\)`));
       assert.match(lines[1]!, new RegExp(`restarted on port ${port}`));
 
-      const gone = await heldConnection(port);
+      const last = await heldConnection(port);
       await redis.stop();
-      await gone;
+      await last.closed;
       const deadline = Date.now() + 5000;
       while (isRunning(second) && Date.now() < deadline) await new Promise((r) => setImmediate(r));
       assert.equal(isRunning(second), false);
