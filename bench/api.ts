@@ -103,7 +103,7 @@ if (process.env.TAS_BENCH_LOAD) {
   const queue = new JobQueue(redisConnection(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'), `tas-bench-${process.pid}`);
   const app = await buildApp({
     prisma,
-    jobs: new JobService({ prisma, queue, redis, dataDir, probeIntervalMs: 2000 }),
+    jobs: new JobService({ prisma, queue, redis, cancelChannel: `tas-bench-${process.pid}:cancel`, dataDir, probeIntervalMs: 2000 }),
     models: new ModelStore(prisma),
     queue,
     probeIntervalMs: 2000,

@@ -29,6 +29,8 @@ const TRAINER_CODES: Readonly<Record<TrainerErrorCode, true>> = {
   TAS_ERR_CHECKPOINT: true,
   TAS_ERR_NUMERIC: true,
   TAS_ERR_CANCELLED: true,
+  TAS_ERR_OUT_OF_MEMORY: true,
+  TAS_ERR_ENGINE: true,
 };
 
 const keys = (o: object): string[] => Object.keys(o);

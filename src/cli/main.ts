@@ -28,6 +28,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runJobOnWorkers, startLocalWorkers, stopLocalWorkers, type LocalWorker } from '../gpu-pool/pool.js';
 import { startWorkerServer, tlsFrom } from '../gpu-pool/worker-server.js';
+import { ENGINE_FAILURE_EXIT_CODE } from '../gpu-pool/worker-service.js';
 import { ConfigError, loadConfig } from '../service/startup/config.js';
 import { ServiceStartError } from '../service/startup/start-errors.js';
 import { startService, type ServiceParts } from './serve.js';
@@ -87,11 +88,11 @@ function intOption(v: Values, name: 'workers' | 'port' | 'collective-port' | 'de
   return n;
 }
 
-/** Resolves on SIGINT/SIGTERM. */
-function untilSignal(): Promise<void> {
+/** Resolves with the first SIGINT or SIGTERM. */
+function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
-    process.once('SIGINT', () => resolve());
-    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
   });
 }
 
@@ -232,7 +233,15 @@ async function worker(v: Values): Promise<number> {
   const port = intOption(v, 'port', 0);
   const collectivePort = intOption(v, 'collective-port', 0);
   const index = intOption(v, 'device-index', 0);
+  // A failed engine may be corrupt: exit so that the service manager (systemd's
+  // Restart=, Docker's restart policy) starts a fresh worker; the pool retries the job
+  // elsewhere meanwhile.
+  const restart = (reason: string) => {
+    console.error(`[tas worker] the tensor engine failed (${reason}); exiting with status ${ENGINE_FAILURE_EXIT_CODE} to be restarted`);
+    void w.close().finally(() => process.exit(ENGINE_FAILURE_EXIT_CODE));
+  };
   const w = await startWorkerServer({
+    onEngineFailure: restart,
     host: v.host ?? '127.0.0.1',
     ...(port !== undefined ? { port } : {}),
     ...(collectivePort !== undefined ? { collectivePort } : {}),
@@ -258,15 +267,27 @@ async function serve(v: Values, parts: ServiceParts): Promise<number> {
         grpc: svc.grpcAddress,
         database: svc.embeddedDatabase ? 'embedded' : 'external',
         redis: svc.redisUrl,
+        queue: svc.names.queue,
         data_dir: config.dataDir,
         workers: svc.localPool?.list().map((w) => ({ address: w.address, device: w.device.kind, index: w.device.index, pid: w.process.pid })) ?? [],
       },
     }),
   );
-  await untilSignal();
-  log('stopping: running attempts resume from their checkpoints at the next start');
+  const signal = await untilSignal();
+  // Bounded: whatever hangs (a Redis that is gone, a worker that does not answer), the
+  // process exits within TAS_SHUTDOWN_TIMEOUT_MS; a second signal exits at once.
+  const seconds = config.shutdownTimeoutMs / 1000;
+  log(`${signal}: stopping within ${seconds} s: no new work; running jobs go back to the queue and resume from their latest checkpoints at the next start`);
+  const now = (why: string, code: number) => {
+    log(why);
+    process.exit(code);
+  };
+  setTimeout(() => now(`stop did not finish within ${seconds} s; exiting anyway`, 1), config.shutdownTimeoutMs).unref();
+  for (const s of ['SIGINT', 'SIGTERM'] as const) process.once(s, () => now(`${s} again: exiting now`, 130));
   await svc.stop();
-  return 0;
+  log('stopped');
+  // Nothing is left to do: leave now rather than wait for what a part left behind.
+  process.exit(0);
 }
 
 async function main(argv: string[]): Promise<number> {

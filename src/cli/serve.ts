@@ -11,7 +11,8 @@ import { Registry } from 'prom-client';
 import { buildApp } from '../api/rest/app.js';
 import { datasetRoutes } from '../api/rest/routes/datasets.js';
 import { LocalPool } from '../gpu-pool/local-pool.js';
-import { JobQueue, redisConnection } from '../service/scheduling/job-queue.js';
+import { identityPrefix, JobQueue, queueNames, redisCommandConnection, redisConnection, type QueueNames } from '../service/scheduling/job-queue.js';
+import { RedisHealth, within } from '../service/scheduling/redis-health.js';
 import { WorkerRegistry } from '../service/scheduling/worker-registry.js';
 import { Scheduler } from '../service/scheduling/scheduler.js';
 import type { TlsFiles } from '../grpc/tls-files.js';
@@ -22,13 +23,19 @@ import { DatasetStore } from '../service/datasets/dataset-store.js';
 import { startEmbeddedPostgres } from '../service/startup/embedded-postgres.js';
 import { JobService } from '../service/jobs/job-service.js';
 import { startInferenceService, type InferenceService } from '../api/inference-service.js';
-import { modelChangesChannel, redisModelChanges } from '../service/models/model-changes.js';
+import { redisModelChanges } from '../service/models/model-changes.js';
+import { databaseIdentity } from '../service/db/identity.js';
 import { ModelStore } from '../service/models/model-store.js';
 import { ensureRedis } from '../service/startup/redis-server.js';
-import { keyRevocationsChannel, redisKeyRevocations, TenantStore } from '../service/tenants/tenant-store.js';
+import { redisKeyRevocations, TenantStore } from '../service/tenants/tenant-store.js';
 import { Authenticator } from '../api/auth.js';
 import { RateCounter } from '../api/rate-limit.js';
 import { ensureWorkerToken, writeAdminKey } from './secrets.js';
+
+/** The longest one part may take to stop (the whole stop is bounded by the caller). */
+const STOP_STEP_MS = 8000;
+/** The longest a part that only talks to Redis may take (Redis may be gone). */
+const REDIS_STOP_MS = 1000;
 
 export interface ServiceParts {
   /** Serve the REST API, and inference (REST /v2 on the same port, gRPC on TAS_GRPC_PORT). */
@@ -46,6 +53,8 @@ export interface RunningService {
   readonly grpcAddress: string | null;
   readonly databaseUrl: string;
   readonly redisUrl: string;
+  /** The Redis queue and channel names this service uses. */
+  readonly names: QueueNames;
   readonly embeddedDatabase: boolean;
   readonly prisma: PrismaClient;
   readonly app: FastifyInstance | null;
@@ -60,9 +69,19 @@ export interface StartOptions {
 
 export async function startService(config: ServiceConfig, parts: ServiceParts, options: StartOptions = {}): Promise<RunningService> {
   const log = options.log ?? (() => undefined);
-  const stops: Array<() => Promise<unknown>> = [];
+  // Stopped in reverse order of start, each part bounded (a part that hangs, waiting
+  // for a Redis that is gone, say, is left behind): what must happen first, the jobs
+  // handed back to the database, happens whatever comes after.
+  const stops: Array<{ what: string; fn: () => Promise<unknown>; ms: number }> = [];
+  const onStop = (what: string, fn: () => Promise<unknown>, ms = STOP_STEP_MS) => void stops.push({ what, fn, ms });
+  let localPool: LocalPool | null = null;
   const stop = async () => {
-    for (const s of stops.reverse()) await s().catch((e: Error) => log(`stop: ${e.message}`));
+    localPool?.stopRespawning();
+    for (const { what, fn, ms } of stops.reverse()) {
+      const t0 = Date.now();
+      await within(fn(), ms, () => new Error(`did not stop within ${ms} ms; left behind`)).catch((e: Error) => log(`stop ${what}: ${e.message}`));
+      if (Date.now() - t0 > 1000) log(`stop ${what}: took ${Date.now() - t0} ms`);
+    }
   };
   try {
     await mkdir(config.dataDir, { recursive: true });
@@ -76,7 +95,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     let maxConnections: number | undefined;
     if (databaseUrl === null) {
       const pg = await startEmbeddedPostgres({ dataDir: config.dataDir });
-      stops.push(() => pg.stop());
+      onStop('embedded PostgreSQL', () => pg.stop());
       databaseUrl = pg.url;
       maxConnections = pg.maxConnections;
       log(`database: embedded PostgreSQL (PGlite) in ${config.dataDir}/pglite (set DATABASE_URL for a server)`);
@@ -86,30 +105,36 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     const migrated = await migrate(databaseUrl);
     if (migrated.applied.length > 0) log(`migrations applied: ${migrated.applied.join(', ')}`);
     const prisma = createPrismaClient(databaseUrl, maxConnections !== undefined ? { maxConnections } : {});
-    stops.push(() => prisma.$disconnect());
+    onStop('database client', () => prisma.$disconnect());
+    // Redis names from the database's identity: services share work only when they share a database.
+    const names = queueNames(config.queuePrefix ?? identityPrefix(await databaseIdentity(prisma)));
+    log(`queue: ${names.queue}${config.queuePrefix === null ? " (named after this database's identity)" : ' (TAS_QUEUE_PREFIX)'}`);
 
-    const redis = await ensureRedis(config.redisUrl, { startIfMissing: true, dataDir: config.dataDir });
-    stops.push(() => redis.stop());
+    const redis = await ensureRedis(config.redisUrl, { startIfMissing: true, dataDir: config.dataDir, log });
+    onStop('redis', () => redis.stop());
     log(redis.started ? `redis: none answered at ${config.redisUrl}; started a private redis-server at ${redis.url}` : `redis: ${redactUrl(redis.url)}`);
 
-    const commands = redisConnection(redis.url);
-    stops.push(async () => commands.quit());
-    const queueConnection = redisConnection(redis.url);
-    stops.push(async () => queueConnection.quit());
-    const queue = new JobQueue(queueConnection, config.queueName);
-    stops.push(() => queue.close());
+    // Commands that must not wait for Redis (submissions, cancels, notices, readiness),
+    // and one log line per change of Redis's state.
+    const commands = redisCommandConnection(redis.url);
+    onStop('redis connection', async () => commands.disconnect());
+    const redisHealth = new RedisHealth(commands, log);
+    onStop('redis health', async () => redisHealth.close());
+    const queueConnection = redisCommandConnection(redis.url);
+    onStop('queue connection', async () => queueConnection.disconnect());
+    const queue = new JobQueue(queueConnection, names.queue);
+    onStop('queue', () => queue.close(), REDIS_STOP_MS);
     // Model-repository change notices: schedulers publish versions, APIs (un)load models.
     const changesSubscriber = redisConnection(redis.url);
-    stops.push(async () => changesSubscriber.quit());
-    const modelChanges = redisModelChanges(commands, changesSubscriber, modelChangesChannel(config.queueName));
+    onStop('model notices', async () => changesSubscriber.disconnect());
+    const modelChanges = redisModelChanges(commands, changesSubscriber, names.modelsChannel);
 
-    const registry = new WorkerRegistry(prisma, { probeIntervalMs: config.probeIntervalMs, ...(options.tls ? { tls: options.tls } : {}), log });
-    let localPool: LocalPool | null = null;
+    const registry = new WorkerRegistry(prisma, { probeIntervalMs: config.probeIntervalMs, pruneAfterMs: config.workerPruneAfterMs, ...(options.tls ? { tls: options.tls } : {}), log });
     if (parts.scheduler) {
       if (parts.localWorkers) {
         localPool = await LocalPool.start(config.workers ?? undefined, registry, { log, ...(options.tls ? { tls: options.tls } : {}) });
         const pool = localPool;
-        stops.push(() => pool.stop());
+        onStop('local workers', () => pool.stop());
       }
       for (const address of config.workersAt) {
         await registry.add(address).then(
@@ -118,7 +143,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         );
       }
       registry.start();
-      stops.push(() => registry.stop());
+      onStop('worker registry', () => registry.stop());
       const subscriber = redisConnection(redis.url);
       const schedulerConnection = redisConnection(redis.url);
       const scheduler = new Scheduler({
@@ -126,19 +151,20 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         registry,
         connection: schedulerConnection,
         subscriber,
-        queueName: config.queueName,
+        names,
         dataDir: config.dataDir,
         collectiveTimeoutMs: config.collectiveTimeoutMs,
         lockDurationMs: config.lockDurationMs,
         ...(options.tls ? { tls: options.tls } : {}),
         log,
         onModelPublished: () => modelChanges.notify(),
+        redisHealth,
       });
       await scheduler.start();
-      stops.push(async () => {
+      onStop('scheduler', async () => {
         await scheduler.close();
-        await subscriber.quit();
-        await schedulerConnection.quit();
+        subscriber.disconnect();
+        schedulerConnection.disconnect();
       });
     }
 
@@ -148,8 +174,8 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     if (parts.api) {
       // Keys: checked against the database, revocations heard from every API process.
       const revocationsSubscriber = redisConnection(redis.url);
-      stops.push(async () => revocationsSubscriber.quit());
-      const tenants = new TenantStore(prisma, { revocations: redisKeyRevocations(commands, revocationsSubscriber, keyRevocationsChannel(config.queueName)) });
+      onStop('key revocations', async () => revocationsSubscriber.disconnect());
+      const tenants = new TenantStore(prisma, { revocations: redisKeyRevocations(commands, revocationsSubscriber, names.keysChannel) });
       await tenants.start();
       if (config.auth === 'on' && config.adminToken === null) {
         const made = await tenants.ensureAdminKey();
@@ -159,7 +185,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         }
       }
       const auth = new Authenticator({ mode: config.auth, tenants, adminToken: config.adminToken, metricsToken: config.metricsToken });
-      const rateNamespace = `tas:${config.queueName}:rate:`;
+      const rateNamespace = names.rateNamespace;
       log(
         config.auth === 'on'
           ? `auth: on (API keys required${config.adminToken ? '; admin key from TAS_ADMIN_TOKEN' : ''}; CORS ${config.corsOrigins.length ? `for ${config.corsOrigins.join(', ')}` : 'off'})`
@@ -177,12 +203,12 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         access: { auth, rate: new RateCounter(commands, rateNamespace) },
         log,
       });
-      stops.push(() => inference.close());
+      onStop('inference', () => inference.close());
       grpcAddress = inference.grpc?.address ?? null;
       const datasets = new DatasetStore({ prisma, dataDir: config.dataDir });
       app = await buildApp({
         prisma,
-        jobs: new JobService({ prisma, queue, redis: commands, dataDir: config.dataDir, probeIntervalMs: config.probeIntervalMs }),
+        jobs: new JobService({ prisma, queue, redis: commands, cancelChannel: names.cancelChannel, dataDir: config.dataDir, probeIntervalMs: config.probeIntervalMs, redisHealth, log }),
         models: new ModelStore(prisma),
         queue,
         probeIntervalMs: config.probeIntervalMs,
@@ -196,14 +222,14 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         tenants,
       }, { access: { auth, corsOrigins: config.corsOrigins, redis: commands, rateLimitNamespace: rateNamespace } });
       const server = app;
-      stops.push(() => server.close());
+      onStop('REST API', () => server.close());
       const address = await app.listen({ port: config.httpPort, host: config.host });
       // The address bound, as the server reports it, and one this machine can dial.
       httpUrl = address.replace('0.0.0.0', '127.0.0.1').replace('[::]', '[::1]');
       log(`REST API listening on ${address}${httpUrl !== address ? ` (from this machine: ${httpUrl})` : ''}; OpenAPI at ${httpUrl}/docs`);
     }
 
-    return { httpUrl, grpcAddress, databaseUrl, redisUrl: redis.url, embeddedDatabase: config.databaseUrl === null, prisma, app, localPool, stop };
+    return { httpUrl, grpcAddress, databaseUrl, redisUrl: redis.url, names, embeddedDatabase: config.databaseUrl === null, prisma, app, localPool, stop };
   } catch (e) {
     await stop();
     throw e;

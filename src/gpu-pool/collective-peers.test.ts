@@ -4,7 +4,7 @@ import type { WorkerInfoMsg } from './messages.js';
 import { collectivePeers } from './pool.js';
 
 function info(collective_port: number, host_id = '', collective_unix_path = '', host_cores = 0): WorkerInfoMsg {
-  return { worker_id: 'h:1', device_kind: 'cpu', device_index: 0, device_name: 'cpu', device_memory_mib: 0, backend: 'wasm', backend_package: '', rss_bytes: 0, busy_job_id: '', collective_port, collective_unix_path, host_id, host_cores };
+  return { worker_id: 'h:1', device_kind: 'cpu', device_index: 0, device_name: 'cpu', device_memory_mib: 0, backend: 'wasm', backend_package: '', rss_bytes: 0, busy_job_id: '', collective_port, collective_unix_path, host_id, host_cores, memory_limit_bytes: 0, needs_restart: false };
 }
 
 describe('collectivePeers', () => {

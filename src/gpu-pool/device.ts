@@ -3,6 +3,7 @@
  * tensorflow backend) or the CPU (wasm backend). Pure discovery; no tensors.
  */
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus, totalmem } from 'node:os';
 
 export interface GpuInfo {
@@ -57,7 +58,7 @@ export function assignDevices(count?: number, gpus: GpuInfo[] = listGpus()): Dev
     kind: 'cpu',
     index: i,
     name: cpuName,
-    memoryMiB: Math.round(totalmem() / 2 ** 20 / n),
+    memoryMiB: Math.round(hostMemoryBytes() / 2 ** 20 / n),
     env: {
       CUDA_VISIBLE_DEVICES: '',
       TAS_BACKEND: process.env.TAS_BACKEND ?? 'auto',
@@ -65,4 +66,35 @@ export function assignDevices(count?: number, gpus: GpuInfo[] = listGpus()): Dev
       TAS_COMPUTE_THREADS: process.env.TAS_COMPUTE_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / n))),
     },
   }));
+}
+
+/**
+ * The memory this host gives its processes: the machine's, or less where a cgroup (a
+ * container's memory limit) says so.
+ */
+export function hostMemoryBytes(): number {
+  let limit = totalmem();
+  for (const file of ['/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes']) {
+    try {
+      const v = Number(readFileSync(file, 'utf8').trim());
+      if (Number.isSafeInteger(v) && v > 0) limit = Math.min(limit, v);
+    } catch {
+      // no such cgroup file ("max" reads as NaN: no limit)
+    }
+  }
+  return limit;
+}
+
+/** The largest heap the wasm backend can have (a 32-bit WebAssembly memory). */
+export const WASM_HEAP_LIMIT_BYTES = 4 * 2 ** 30;
+
+/**
+ * The memory a job may use on a worker: `TAS_WORKER_MEMORY_MIB` when set, else the
+ * device's (a GPU's memory; the host's memory shared between its CPU workers), and never
+ * more than the wasm backend's heap can hold.
+ */
+export function workerMemoryLimitBytes(device: Pick<DeviceAssignment, 'memoryMiB'>, backend: string, env: NodeJS.ProcessEnv = process.env): number {
+  const set = Number(env.TAS_WORKER_MEMORY_MIB);
+  const bytes = Number.isFinite(set) && set > 0 ? set * 2 ** 20 : device.memoryMiB * 2 ** 20;
+  return backend === 'wasm' ? Math.min(bytes, WASM_HEAP_LIMIT_BYTES) : bytes;
 }

@@ -16,6 +16,20 @@ test('picks N idle workers of one kind, GPUs first, in id order', () => {
   assert.throws(() => pickGang(idle, 0), RangeError);
 });
 
+test("a retry avoids the failed attempt's workers while others are free; workers that cannot hold the job are never taken", () => {
+  const idle = [w('c0', 'cpu'), w('c1', 'cpu'), w('c2', 'cpu'), w('c3', 'cpu')];
+  const avoid = new Set(['c0', 'c1']);
+  assert.deepEqual(pickGang(idle, 2, { avoid })?.map((x) => x.id), ['c2', 'c3']);
+  // Not enough others: the avoided ones fill the gang (after the others).
+  assert.deepEqual(pickGang(idle, 3, { avoid })?.map((x) => x.id), ['c2', 'c3', 'c0']);
+  assert.deepEqual(pickGang(idle.slice(0, 3), 2, { avoid })?.map((x) => x.id), ['c2', 'c0']);
+  const fits = (x: GangCandidate) => x.id !== 'c2';
+  assert.deepEqual(pickGang(idle, 3, { fits })?.map((x) => x.id), ['c0', 'c1', 'c3']);
+  assert.equal(pickGang(idle, 4, { fits }), null);
+  // A kind whose workers are too small does not count: the job goes to the other kind.
+  assert.deepEqual(pickGang([w('g0', 'gpu'), w('g1', 'gpu'), ...idle], 2, { fits: (x) => x.deviceKind === 'cpu' })?.map((x) => x.id), ['c0', 'c1']);
+});
+
 test('capacity and what a queued job waits for', () => {
   const counts = { online: { gpu: 0, cpu: 2 }, idle: { gpu: 0, cpu: 1 } };
   assert.equal(gangCapacity(counts), 2);

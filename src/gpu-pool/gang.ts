@@ -20,14 +20,27 @@ export interface PoolCounts {
   readonly idle: Readonly<Record<DeviceKind, number>>;
 }
 
+export interface GangPreferences<W> {
+  /**
+   * Workers to take only when no others are free (the workers of a job's failed
+   * attempt: its retry goes elsewhere while it can).
+   */
+  readonly avoid?: ReadonlySet<string>;
+  /** Workers that can hold the job (its memory); the others are never taken. */
+  readonly fits?: (w: W) => boolean;
+}
+
 /**
  * N idle workers of one kind, GPUs first, in id order (stable, so placements are
- * reproducible); null when no kind has N idle workers.
+ * reproducible), workers to avoid last; null when no kind has N idle workers that fit.
  */
-export function pickGang<W extends GangCandidate>(idle: readonly W[], n: number): W[] | null {
+export function pickGang<W extends GangCandidate>(idle: readonly W[], n: number, prefs: GangPreferences<W> = {}): W[] | null {
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`a gang needs at least 1 worker, got ${n}`);
+  const avoided = (w: W) => (prefs.avoid?.has(w.id) ? 1 : 0);
   for (const kind of ['gpu', 'cpu'] as const) {
-    const ofKind = idle.filter((w) => w.deviceKind === kind).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const ofKind = idle
+      .filter((w) => w.deviceKind === kind && (prefs.fits?.(w) ?? true))
+      .sort((a, b) => avoided(a) - avoided(b) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     if (ofKind.length >= n) return ofKind.slice(0, n);
   }
   return null;

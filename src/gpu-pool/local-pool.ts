@@ -9,6 +9,7 @@
 import { assignDevices, type DeviceAssignment } from './device.js';
 import type { TlsFiles } from '../grpc/tls-files.js';
 import { startLocalWorker, stopLocalWorkers, type LocalWorker } from './pool.js';
+import { ENGINE_FAILURE_EXIT_CODE } from './worker-service.js';
 
 /**
  * Where the pool announces its workers: the service's worker registry implements it. The
@@ -59,6 +60,11 @@ export class LocalPool {
     return [...this.workers.entries()].sort((a, b) => a[0] - b[0]).map(([, w]) => w);
   }
 
+  /** From now on a worker that exits is not replaced (the first step of stopping the service). */
+  stopRespawning(): void {
+    this.stopping = true;
+  }
+
   async stop(): Promise<void> {
     this.stopping = true;
     const all = this.list();
@@ -76,7 +82,8 @@ export class LocalPool {
 
   private async onExit(slot: number, w: LocalWorker, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
     if (this.stopping) return;
-    this.options.log?.(`worker ${w.address} exited (${signal ?? `code ${code}`})`);
+    const why = code === ENGINE_FAILURE_EXIT_CODE ? 'its tensor engine failed' : signal ?? `code ${code}`;
+    this.options.log?.(`worker ${w.address} exited (${why}); starting a fresh one in its place`);
     await this.directory.remove(w.address).catch(() => undefined);
     if (this.options.respawn === false) return;
     try {

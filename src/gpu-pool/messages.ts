@@ -17,6 +17,10 @@ export interface WorkerInfoMsg {
   host_id: string;
   /** CPU cores of the worker's host (0: unknown; workers of older versions). */
   host_cores: number;
+  /** The memory a job may use on this worker (0: unknown; workers of older versions). */
+  memory_limit_bytes: number;
+  /** Its engine failed: it takes no job and exits to be restarted. */
+  needs_restart: boolean;
 }
 
 export interface RunRequestMsg {

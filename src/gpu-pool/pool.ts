@@ -43,16 +43,20 @@ export async function startLocalWorkers(count?: number, opts: { host?: string; s
  * Spawn one worker process for `device`; resolves when it serves its address.
  * `hostWorkers`: how many workers this host runs in all (it picks the GC flags; default 1).
  */
-export function startLocalWorker(device: DeviceAssignment, opts: { host?: string; startTimeoutMs?: number; tls?: TlsFiles; hostWorkers?: number } = {}): Promise<LocalWorker> {
+export function startLocalWorker(device: DeviceAssignment, opts: { host?: string; startTimeoutMs?: number; tls?: TlsFiles; hostWorkers?: number; env?: Record<string, string> } = {}): Promise<LocalWorker> {
   const host = opts.host ?? '127.0.0.1';
   const timeoutMs = opts.startTimeoutMs ?? 60_000;
   const tls = opts.tls;
   const tlsArgs = tls ? ['--tls-cert', tls.cert, '--tls-key', tls.key, '--tls-ca', tls.ca] : [];
   // Node flags and malloc settings for the collective's data path: see worker-env.ts.
   const child = spawn(process.execPath, [...workerNodeFlags(opts.hostWorkers ?? 1), '--import', 'tsx', WORKER_MAIN, '--host', host, '--port', '0', '--device-kind', device.kind, '--device-index', String(device.index), '--exit-with-parent', ...tlsArgs], {
-    env: { ...workerEnv(process.env), ...device.env },
-    // stdin stays open as the worker's lifeline (--exit-with-parent).
+    env: { ...workerEnv(process.env), ...device.env, ...opts.env },
+    // stdin stays open as the worker's lifeline (--exit-with-parent): the worker stops
+    // when it closes, however this process ends.
     stdio: ['pipe', 'pipe', 'inherit'],
+    // Its own process group: a terminal's Ctrl-C (sent to the whole foreground group)
+    // reaches only this process, which stops the workers itself, in order.
+    detached: true,
   });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -79,14 +83,25 @@ export function startLocalWorker(device: DeviceAssignment, opts: { host?: string
   });
 }
 
+/** How long a worker has to stop after its lifeline closed, before SIGKILL. */
+const WORKER_STOP_MS = 5000;
+
+/**
+ * Stop workers: close each one's lifeline (it cancels its rank and exits), and SIGKILL
+ * one that has not exited after WORKER_STOP_MS. Resolves when every one has exited.
+ */
 export async function stopLocalWorkers(workers: LocalWorker[]): Promise<void> {
   await Promise.all(
     workers.map(
       (w) =>
         new Promise<void>((resolve) => {
           if (w.process.exitCode !== null || w.process.signalCode !== null) return resolve();
-          w.process.once('exit', () => resolve());
-          w.process.kill('SIGTERM');
+          const timer = setTimeout(() => w.process.kill('SIGKILL'), WORKER_STOP_MS);
+          w.process.once('exit', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          w.process.stdin?.end();
         }),
     ),
   );
@@ -152,9 +167,24 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
     // This attempt's collective secret: its ranks admit no stream without it.
     const collectiveToken = randomBytes(16).toString('hex');
     // The first failure in time is the cause (a dead worker's dropped stream, say); the
-    // other ranks then fail because of it, so it is the one reported.
+    // other ranks then fail because of it, so it is the one reported. Unless another rank
+    // failed for a reason of its own (an engine that failed, a NaN loss) while the first
+    // only saw its peer leave the collective: the peer's reason is the cause then.
     let first: { rank: number; error: Error & { details?: string; code?: number } } | null = null;
-    const cancelAll = () => void Promise.all(clients.map((k) => k.cancel(jobId)));
+    const failures: Array<{ rank: number; error: Error & { details?: string; code?: number } }> = [];
+    // Once the job is failing or cancelled, every rank gets a grace period to stop and
+    // report; a rank whose worker does not answer by then (a hung process: its stream
+    // would never end) is abandoned, so a hang never holds the attempt up.
+    const abandon = new AbortController();
+    // A rank whose worker did not know the job when asked to cancel it (its Run had not
+    // arrived yet: the two calls race) is ended from this side at once, or it would run on.
+    const abandonRank = clients.map(() => new AbortController());
+    abandon.signal.addEventListener('abort', () => abandonRank.forEach((a) => a.abort()), { once: true });
+    let grace: NodeJS.Timeout | undefined;
+    const cancelAll = () => {
+      clients.forEach((k, rank) => void k.cancel(jobId).then((known) => known || abandonRank[rank]!.abort()));
+      grace ??= setTimeout(() => abandon.abort(), (options.timeoutMs ?? 5000) + ABANDON_AFTER_MS);
+    };
     const runs = clients.map((c, rank) =>
       c
         .run(
@@ -172,8 +202,10 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
             collective_token: collectiveToken,
           },
           rank === 0 ? options.onStep : undefined,
+          abandonRank[rank]!.signal,
         )
         .catch((e: Error) => {
+          failures.push({ rank, error: e });
           if (!first) {
             first = { rank, error: e };
             cancelAll();
@@ -183,13 +215,27 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
     );
     options.signal?.addEventListener('abort', cancelAll, { once: true });
     if (options.signal?.aborted) cancelAll();
-    const settled = await Promise.allSettled(runs).finally(() => options.signal?.removeEventListener('abort', cancelAll));
+    const settled = await Promise.allSettled(runs).finally(() => {
+      options.signal?.removeEventListener('abort', cancelAll);
+      clearTimeout(grace);
+    });
     if (options.signal?.aborted) throw new TrainerError('TAS_ERR_CANCELLED', `job ${jobId} cancelled`);
-    if (first) throw poolError(first, addresses);
+    if (first) throw poolError(failures.find((f) => !CONSEQUENCES.has(workerErrorCode(f.error) ?? 'TAS_ERR_COLLECTIVE')) ?? first, addresses);
     return { jobId, workers: infos, done: (settled[0] as PromiseFulfilledResult<DoneMsg>).value };
   } finally {
     clients.forEach((c) => c.close());
   }
+}
+
+/** After the collective's timeout, how much longer a failing job's ranks have to report before the silent ones are abandoned. */
+const ABANDON_AFTER_MS = 2000;
+
+/** Codes of a rank that failed because another one did (its peer left, the job was cancelled). */
+const CONSEQUENCES: ReadonlySet<TrainerErrorCode> = new Set(['TAS_ERR_COLLECTIVE', 'TAS_ERR_CANCELLED']);
+
+/** The TrainerError code a worker's status carries (`CODE: message`), if any. */
+function workerErrorCode(e: Error & { details?: string }): TrainerErrorCode | null {
+  return (/^(TAS_ERR_[A-Z_]+): /.exec(e.details ?? e.message)?.[1] as TrainerErrorCode | undefined) ?? null;
 }
 
 /** A rank's failure as the pool reports it: the rank, its worker, and the worker's reason. */

@@ -7,9 +7,9 @@ import { workerProto } from '../grpc/proto.js';
 import { workerCallMetadata } from './worker-token.js';
 
 interface RawWorkerClient extends grpc.Client {
-  Info(req: object, metadata: grpc.Metadata, cb: (err: grpc.ServiceError | null, res: WorkerInfoMsg) => void): void;
+  Info(req: object, metadata: grpc.Metadata, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: WorkerInfoMsg) => void): void;
   Run(req: RunRequestMsg, metadata: grpc.Metadata): grpc.ClientReadableStream<RunEventMsg>;
-  Cancel(req: { job_id: string }, metadata: grpc.Metadata, cb: (err: grpc.ServiceError | null, res: { cancelled: boolean }) => void): void;
+  Cancel(req: { job_id: string }, metadata: grpc.Metadata, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: { cancelled: boolean }) => void): void;
 }
 
 export class WorkerClient {
@@ -23,19 +23,27 @@ export class WorkerClient {
     this.raw = new Client(address, channelCredentials(tls)) as unknown as RawWorkerClient;
   }
 
+  /** The worker's Info, within `deadlineMs` (connecting included): a hung worker (a stopped process keeps its connection) fails it too. */
   info(deadlineMs = 5000): Promise<WorkerInfoMsg> {
+    const deadline = Date.now() + deadlineMs;
     return new Promise((resolve, reject) =>
-      this.raw.waitForReady(Date.now() + deadlineMs, (err) => {
+      this.raw.waitForReady(deadline, (err) => {
         if (err) return reject(new TrainerError('TAS_ERR_COLLECTIVE', `worker ${this.address} unreachable: ${err.message}`));
-        this.raw.Info({}, workerCallMetadata(), (e, res) => (e ? reject(e) : resolve(res)));
+        this.raw.Info({}, workerCallMetadata(), { deadline }, (e, res) => (e ? reject(e) : resolve(res)));
       }),
     );
   }
 
-  /** Run one rank; resolves with Done, rejects with the worker's error (status code kept). */
-  run(req: RunRequestMsg, onStep?: (s: StepMsg) => void): Promise<DoneMsg> {
+  /**
+   * Run one rank; resolves with Done, rejects with the worker's error (status code kept).
+   * `abandon` ends the call from this side (CANCELLED) without waiting for the worker: for
+   * a worker that no longer answers (a hung process).
+   */
+  run(req: RunRequestMsg, onStep?: (s: StepMsg) => void, abandon?: AbortSignal): Promise<DoneMsg> {
     return new Promise((resolve, reject) => {
       const stream = this.raw.Run(req, workerCallMetadata());
+      abandon?.addEventListener('abort', () => stream.cancel(), { once: true });
+      if (abandon?.aborted) stream.cancel();
       let done: DoneMsg | null = null;
       stream.on('data', (ev: RunEventMsg) => {
         if (ev.step && ev.event === 'step') onStep?.(ev.step);
@@ -46,8 +54,10 @@ export class WorkerClient {
     });
   }
 
-  cancel(jobId: string): Promise<boolean> {
-    return new Promise((resolve) => this.raw.Cancel({ job_id: jobId }, workerCallMetadata(), (e, res) => resolve(!e && res.cancelled)));
+  cancel(jobId: string, deadlineMs = 5000): Promise<boolean> {
+    return new Promise((resolve) =>
+      this.raw.Cancel({ job_id: jobId }, workerCallMetadata(), { deadline: Date.now() + deadlineMs }, (e, res) => resolve(!e && res.cancelled)),
+    );
   }
 
   close(): void {

@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { initBackend, type BackendInfo } from '../trainer/backend.js';
-import { assignDevices, listGpus, type DeviceAssignment } from './device.js';
+import { assignDevices, listGpus, workerMemoryLimitBytes, type DeviceAssignment } from './device.js';
+import { parseFailpoints } from './failpoints.js';
 import { GrpcCollective, listenCollectiveServer } from '../collective/grpc-collective.js';
 import { serverCredentials, type TlsFiles } from '../grpc/tls-files.js';
 import { hostId } from './host-id.js';
@@ -28,6 +29,8 @@ export interface WorkerServerOptions {
   /** Mutual TLS for both services (and for the collective streams it opens). */
   tls?: TlsFiles;
   log?: (message: string) => void;
+  /** Told when the worker's tensor engine failed and it must be restarted (worker-service.ts). */
+  onEngineFailure?: (reason: string) => void;
 }
 
 export interface WorkerServer {
@@ -38,6 +41,8 @@ export interface WorkerServer {
   server: grpc.Server;
   /** Port of the Collective server (on `address`'s host). */
   collectivePort: number;
+  /** The memory a job may use here (Info reports it). */
+  memoryLimitBytes: number;
   /** Stop accepting work and close the server (running calls are cancelled). */
   close(): Promise<void>;
 }
@@ -61,10 +66,16 @@ export async function startWorkerServer(options: WorkerServerOptions = {}): Prom
   const unixPath = join(tmpdir(), `tas-collective-${process.pid}-${randomBytes(4).toString('hex')}.sock`);
   const coll = await listenCollectiveServer({ host, port: options.collectivePort ?? 0, unixPath, tls: options.tls });
   const server = new grpc.Server({ 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': -1 });
+  const memoryLimitBytes = workerMemoryLimitBytes(device, backend.name);
+  const failpoints = parseFailpoints(process.env.TAS_FAILPOINTS);
+  if (failpoints.length > 0) log(`failpoints armed (TAS_FAILPOINTS): ${process.env.TAS_FAILPOINTS}`);
   addWorkerService(server, {
     device,
     collective: { port: coll.port, unixPath: coll.unixPath, hostId: hostId() },
     connectCollective: (req) => GrpcCollective.connect({ ...req, server: coll.server, log, ...(options.tls ? { tls: options.tls } : {}) }),
+    memoryLimitBytes,
+    ...(options.onEngineFailure ? { onEngineFailure: options.onEngineFailure } : {}),
+    ...(failpoints.length > 0 ? { failpoints } : {}),
   });
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${options.port ?? 0}`, serverCredentials(options.tls), (err, p) => (err ? reject(err) : resolve(p))),
@@ -77,6 +88,7 @@ export async function startWorkerServer(options: WorkerServerOptions = {}): Prom
     backend,
     server,
     collectivePort: coll.port,
+    memoryLimitBytes,
     close: () =>
       new Promise<void>((resolve) => {
         // Give running calls a moment to send their status, then force.

@@ -2,6 +2,14 @@
  * The Worker gRPC service (proto/worker.proto): one process, one device, one rank of one
  * job at a time. `Run` trains the rank with `trainRank` over a Collective to its peers,
  * streaming progress; rank 0 writes checkpoints and the artifact.
+ *
+ * Two guards keep a worker sound. Before it allocates anything, `Run` estimates the
+ * rank's memory (trainer/engine/memory.ts) and refuses a job that cannot fit the worker's
+ * limit (TAS_ERR_OUT_OF_MEMORY, naming the layer). And a failure of the tensor engine
+ * that may leave it corrupt (a WebAssembly trap, an allocation failure: `engineFailure`)
+ * ends the rank with TAS_ERR_ENGINE and marks the worker: Info says `needs_restart`, it
+ * takes no other job, and `onEngineFailure` has it restarted (worker-main.ts exits, and
+ * the pool starts a fresh process) before it is offered again.
  */
 import { mkdir } from 'node:fs/promises';
 import { availableParallelism, hostname } from 'node:os';
@@ -14,6 +22,9 @@ import { loadDataset } from '../trainer/data/load.js';
 import { TrainerError, type TrainerErrorCode } from '../trainer/errors.js';
 import { resolveTrainSpec } from '../trainer/engine/job-spec.js';
 import { CHECKPOINT_FILE, readCheckpointIn, saveArtifact } from '../trainer/engine/local-job.js';
+import { checkMemoryFits, estimateJobMemory } from '../trainer/engine/memory.js';
+import { dataFileBytes } from '../trainer/data/load.js';
+import { armed, wasmTrap, type Failpoint } from './failpoints.js';
 import { trainRank } from '../trainer/engine/train.js';
 import type { BnLayerSummary } from '../trainer/math/bn-summary.js';
 import { join } from 'node:path';
@@ -21,6 +32,9 @@ import type { DeviceAssignment } from './device.js';
 import type { BnLayerStatsMsg, RunEventMsg, RunRequestMsg, WorkerInfoMsg } from './messages.js';
 import { NOT_YOUR_WORKER, presentsToken, workerToken } from './worker-token.js';
 import { workerProto } from '../grpc/proto.js';
+
+/** The exit status of a worker process that stops because its tensor engine failed (its supervisor starts a fresh one). */
+export const ENGINE_FAILURE_EXIT_CODE = 75;
 
 export interface CollectiveRequest {
   jobId: string;
@@ -39,6 +53,27 @@ export interface WorkerDeps {
   collective?: { port: number; unixPath?: string; hostId: string };
   /** A Collective to the job's peers (the gRPC transport in workers; in-process in tests). */
   connectCollective(req: CollectiveRequest): Promise<Collective>;
+  /** The memory a job may use here (device.ts `workerMemoryLimitBytes`); Info reports it, Run checks against it. Absent: no check. */
+  memoryLimitBytes?: number;
+  /** Told once, after the Run whose engine failed has answered: the worker must be restarted. */
+  onEngineFailure?: (reason: string) => void;
+  /** Faults to inject (failpoints.ts; the fault suite's). */
+  failpoints?: readonly Failpoint[];
+}
+
+/**
+ * Whether an error is a failure of the tensor engine that may leave it corrupt, and
+ * what it was: a WebAssembly trap (a RuntimeError: out-of-bounds access, unreachable, a
+ * heap that could not grow), or an allocation that failed. Null for everything else:
+ * trainer errors, collective errors, cancellation, which leave the engine sound.
+ */
+export function engineFailure(e: unknown): string | null {
+  if (e instanceof TrainerError) return null;
+  const message = e instanceof Error ? e.message : String(e);
+  if (typeof WebAssembly !== 'undefined' && e instanceof WebAssembly.RuntimeError) return `WebAssembly trap: ${message}`;
+  if (e instanceof RangeError && /allocation failed|Invalid (typed )?array (buffer )?length|out of memory/i.test(message)) return `out of memory: ${message}`;
+  if (/memory access out of bounds|Cannot enlarge memory|out of memory|^Aborted\(/i.test(message)) return `engine abort: ${message}`;
+  return null;
 }
 
 /**
@@ -57,6 +92,8 @@ export const WORKER_GRPC_STATUS: Readonly<Record<TrainerErrorCode, grpc.status>>
   TAS_ERR_CHECKPOINT: grpc.status.FAILED_PRECONDITION,
   TAS_ERR_NUMERIC: grpc.status.ABORTED,
   TAS_ERR_CANCELLED: grpc.status.CANCELLED,
+  TAS_ERR_OUT_OF_MEMORY: grpc.status.RESOURCE_EXHAUSTED,
+  TAS_ERR_ENGINE: grpc.status.INTERNAL,
 };
 
 export function toStatus(e: unknown): Partial<grpc.StatusObject> {
@@ -83,6 +120,8 @@ export function bnLayerStatsMsg(s: BnLayerSummary): BnLayerStatsMsg {
 
 export function addWorkerService(server: grpc.Server, deps: WorkerDeps): void {
   const running = new Map<string, { abort: AbortController; collective: Collective | null }>();
+  /** Why the engine failed; from then on the worker takes no job (it is being restarted). */
+  let broken: string | null = null;
   const { service } = workerProto();
   const info = (): WorkerInfoMsg => {
     const b = backendInfo();
@@ -100,6 +139,8 @@ export function addWorkerService(server: grpc.Server, deps: WorkerDeps): void {
       collective_unix_path: deps.collective?.unixPath ?? '',
       host_id: deps.collective?.hostId ?? '',
       host_cores: availableParallelism(),
+      memory_limit_bytes: deps.memoryLimitBytes ?? 0,
+      needs_restart: broken !== null,
     };
   };
 
@@ -127,12 +168,18 @@ export function addWorkerService(server: grpc.Server, deps: WorkerDeps): void {
         call.emit('error', Object.assign(new Error(NOT_YOUR_WORKER.details), NOT_YOUR_WORKER));
         return;
       }
+      if (broken !== null) {
+        const details = `TAS_ERR_ENGINE: this worker's tensor engine failed (${broken}); it is being restarted`;
+        call.emit('error', Object.assign(new Error(details), { code: WORKER_GRPC_STATUS.TAS_ERR_ENGINE, details }));
+        return;
+      }
       if (running.size > 0) {
         // emit('error'), not destroy(): grpc-js sends the status from the stream's error
         // handler; a destroyed stream never sends one and the client waits forever.
         call.emit('error', Object.assign(new Error(`worker busy with job ${[...running.keys()][0]}`), { code: grpc.status.RESOURCE_EXHAUSTED }));
         return;
       }
+      if (call.cancelled) return; // ended by the caller before it started
       const abort = new AbortController();
       const entry = { abort, collective: null as Collective | null };
       running.set(req.job_id, entry);
@@ -146,8 +193,15 @@ export function addWorkerService(server: grpc.Server, deps: WorkerDeps): void {
           call.end();
         })
         .catch((e: unknown) => {
-          const s = toStatus(e);
+          const failed = engineFailure(e);
+          if (failed !== null) {
+            broken ??= failed;
+            process.stderr.write(`[tas worker] tensor engine failed: ${(e as Error).stack ?? failed}\n`);
+          }
+          const s = toStatus(failed !== null ? new TrainerError('TAS_ERR_ENGINE', `the worker's tensor engine failed (${failed}); the worker restarts before it takes another job`) : e);
           call.emit('error', Object.assign(new Error(s.details), { code: s.code, details: s.details }));
+          // After the status is on its way: the worker is restarted (worker-main.ts exits).
+          if (failed !== null) setImmediate(() => deps.onEngineFailure?.(failed));
         })
         .finally(() => {
           running.delete(req.job_id);
@@ -172,7 +226,17 @@ async function runRank(
   }
   const spec = resolveTrainSpec(raw);
   const specHash = specFingerprint(spec.raw);
-  const dataset = await loadDataset(spec.data, req.data_dir || process.cwd());
+  const dataDir = req.data_dir || process.cwd();
+  if (deps.memoryLimitBytes) {
+    // Before anything is allocated (the dataset, the model): a job that cannot fit is refused, never half-run.
+    const estimate = estimateJobMemory(spec, {
+      rank: req.rank,
+      ...(spec.data.type === 'synthetic' ? { samples: spec.data.n } : { dataBytes: await dataFileBytes(spec.data, dataDir) }),
+      backend: backendInfo().name,
+    });
+    checkMemoryFits(estimate, deps.memoryLimitBytes, `this worker (${deps.device.kind} ${deps.device.index}, ${backendInfo().name} backend) has`);
+  }
+  const dataset = await loadDataset(spec.data, dataDir);
   if (req.rank === 0) await mkdir(req.out_dir, { recursive: true });
   const resume = req.resume ? await readCheckpointIn(req.out_dir, specHash) : undefined;
   const collective = await deps.connectCollective({
@@ -194,6 +258,7 @@ async function runRank(
     ...(resume ? { resume } : {}),
     onCheckpoint: (c) => writeAtomic(join(req.out_dir, CHECKPOINT_FILE), encodeCheckpoint(c)),
     onStep: (m) => {
+      if (deps.failpoints && armed(deps.failpoints, { job: spec.name, rank: req.rank, step: m.globalStep, generation: req.generation })) wasmTrap();
       if (req.rank !== 0) return;
       emit({
         step: {

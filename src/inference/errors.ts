@@ -15,7 +15,7 @@
 export const INFERENCE_ERROR_CODES = {
   MODEL_NOT_FOUND: 'no such model, or no such version of it',
   MODEL_NOT_READY: 'the model exists but is not loaded (unloaded on request, or still loading)',
-  INVALID_INPUT: 'a malformed request: missing or unknown inputs or outputs, bad contents, element counts',
+  INVALID_INPUT: "a malformed request: missing or unknown inputs or outputs, bad contents, element counts, values out of the datatype's range or not finite (the input is named)",
   DATATYPE_MISMATCH: "an input's datatype the model cannot take",
   SHAPE_MISMATCH: "an input's shape other than the model's",
   BATCH_TOO_LARGE: 'more rows than one request may carry',

@@ -76,6 +76,31 @@ describe('decoding', () => {
     code(() => fromJson('m', h('INT32'), [1, 2, 3, 4, 5, 6.5]), 'INVALID_INPUT', /element 5 \(6.5\) is not a INT32 value/);
   });
 
+  test('floating-point inputs must be finite and within float32, whatever the binding; the input is named', () => {
+    const nonFinite = /input 'input' for model 'm': element 2 is (NaN|Infinity|-Infinity); inputs must be finite/;
+    const overflow = /input 'input' for model 'm': element 1 \(1e\+300\) is out of the FP32 range/;
+    // REST JSON has no NaN, but 1e300 is a valid JSON number that float32 cannot hold.
+    code(() => fromJson('m', h('FP32'), [1, 1e300, 3, 4, 5, 6]), 'INVALID_INPUT', overflow);
+    code(() => fromJson('m', h('FP64'), [1, 1e300, 3, 4, 5, 6]), 'INVALID_INPUT', overflow);
+    code(() => fromJson('m', h('FP32'), [1, -1e39, 3, 4, 5, 6]), 'INVALID_INPUT', /element 1 \(-1e\+39\) is out of the FP32 range/);
+    // gRPC typed contents and raw bytes can carry NaN and the infinities.
+    for (const bad of [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]) {
+      code(() => fromTyped('m', h('FP32'), { fp32_contents: [1, 2, bad, 4, 5, 6] }), 'INVALID_INPUT', nonFinite);
+      code(() => fromTyped('m', h('FP64'), { fp64_contents: [1, 2, bad, 4, 5, 6] }), 'INVALID_INPUT', nonFinite);
+      const f32 = Float32Array.of(1, 2, bad, 4, 5, 6);
+      code(() => fromRaw('m', h('FP32'), new Uint8Array(f32.buffer)), 'INVALID_INPUT', nonFinite);
+      const odd = Buffer.concat([Buffer.from([1]), Buffer.from(f32.buffer)]).subarray(1);
+      code(() => fromRaw('m', h('FP32'), odd), 'INVALID_INPUT', nonFinite);
+      code(() => fromRaw('m', h('FP64'), new Uint8Array(Float64Array.of(1, 2, bad, 4, 5, 6).buffer)), 'INVALID_INPUT', nonFinite);
+    }
+    code(() => fromTyped('m', h('FP64'), { fp64_contents: [1, 1e300, 3, 4, 5, 6] }), 'INVALID_INPUT', overflow);
+    code(() => fromRaw('m', h('FP64'), new Uint8Array(Float64Array.of(1, 1e300, 3, 4, 5, 6).buffer)), 'INVALID_INPUT', overflow);
+    // The extremes float32 holds are taken, including a double that rounds to its largest value.
+    const max = 3.4028234663852886e38;
+    assert.deepEqual(fromJson('m', h('FP32'), [max, -max, 1e-45, 0, -0, 3.4028235e38]), Float32Array.of(max, -max, 1e-45, 0, -0, max));
+    assert.deepEqual(fromRaw('m', h('FP32'), new Uint8Array(Float32Array.of(max, -max, 1e-45, 0, -0, 1).buffer)), Float32Array.of(max, -max, 1e-45, 0, -0, 1));
+  });
+
   test('raw output bytes round-trip', () => {
     const v = Float32Array.of(1, -0.5, 3e-8);
     assert.deepEqual(fromRaw('m', { name: 'x', datatype: 'FP32', shape: [1, 3] }, rawFp32(v)), v);

@@ -106,6 +106,28 @@ function checkIntegers(model: string, name: string, datatype: InputDatatype, val
   }
 }
 
+/** The largest finite float32, the datatype the models compute in. */
+const FLOAT32_MAX = 3.4028234663852886e38;
+
+/**
+ * Floating-point inputs must be finite numbers the model's float32 can hold: a NaN, an
+ * infinity or a value that overflows float32 (1e300) would only come back as NaN or null
+ * outputs, so it is refused naming the input and the element.
+ */
+function checkFloats(model: string, name: string, datatype: InputDatatype, values: ArrayLike<number>): void {
+  if (datatype !== 'FP32' && datatype !== 'FP64') return;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i]!;
+    // v - v is 0 for every finite v, NaN for NaN and the infinities: one subtraction per value.
+    if (v - v === 0 && Math.abs(v) <= FLOAT32_MAX) continue;
+    if (Number.isNaN(v) || !Number.isFinite(v)) throw new InferenceError('INVALID_INPUT', `input '${name}' for model '${model}': element ${i} is ${v}; inputs must be finite`);
+    // Beyond the largest float32 but rounding to it is still a float32 value.
+    if (!Number.isFinite(Math.fround(v))) {
+      throw new InferenceError('INVALID_INPUT', `input '${name}' for model '${model}': element ${i} (${v}) is out of the FP32 range (at most ${FLOAT32_MAX.toPrecision(8)} in magnitude)`);
+    }
+  }
+}
+
 /** The contents field that carries `datatype` in the gRPC binding. */
 function typedField(datatype: InputDatatype, c: TypedContents): ArrayLike<number> | undefined {
   switch (datatype) {
@@ -134,6 +156,7 @@ export function fromTyped(model: string, t: InputHeader & { datatype: InputDatat
   const values = typedField(t.datatype, contents) ?? [];
   if (values.length !== expected) throw countMismatch(model, t.name, expected, values.length);
   checkIntegers(model, t.name, t.datatype, values);
+  checkFloats(model, t.name, t.datatype, values);
   return Float32Array.from(values);
 }
 
@@ -147,13 +170,25 @@ export function fromRaw(model: string, t: InputHeader & { datatype: InputDatatyp
   if (t.datatype === 'FP32' && LITTLE_ENDIAN) {
     // A view when the bytes sit 4-aligned in the message buffer (the batcher copies the
     // rows into its batch); protobuf `bytes` may sit at any offset, so else a copy.
-    if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, count);
-    const own = new Float32Array(count);
-    new Uint8Array(own.buffer).set(bytes);
-    return own;
+    let values: Float32Array;
+    if (bytes.byteOffset % 4 === 0) {
+      values = new Float32Array(bytes.buffer, bytes.byteOffset, count);
+    } else {
+      values = new Float32Array(count);
+      new Uint8Array(values.buffer).set(bytes);
+    }
+    checkFloats(model, t.name, t.datatype, values);
+    return values;
   }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out = new Float32Array(count);
+  if (t.datatype === 'FP32' || t.datatype === 'FP64') {
+    const wide = new Float64Array(count);
+    for (let i = 0; i < count; i++) wide[i] = readLE(view, t.datatype, i * size);
+    checkFloats(model, t.name, t.datatype, wide);
+    out.set(wide);
+    return out;
+  }
   for (let i = 0; i < count; i++) out[i] = readLE(view, t.datatype, i * size);
   return out;
 }
@@ -199,6 +234,7 @@ export function fromJson(model: string, t: InputHeader & { datatype: InputDataty
   walk(data);
   if (flat.length !== expected) throw countMismatch(model, t.name, expected, flat.length);
   checkIntegers(model, t.name, t.datatype, flat);
+  checkFloats(model, t.name, t.datatype, flat);
   return Float32Array.from(flat);
 }
 

@@ -12,7 +12,9 @@ export type TrainerErrorCode =
   | 'TAS_ERR_COLLECTIVE' // a collective failed (peer gone, mismatch)
   | 'TAS_ERR_CHECKPOINT' // checkpoint/artifact incompatible with the spec
   | 'TAS_ERR_NUMERIC' // NaN/Inf in loss or statistics
-  | 'TAS_ERR_CANCELLED'; // the job was cancelled
+  | 'TAS_ERR_CANCELLED' // the job was cancelled
+  | 'TAS_ERR_OUT_OF_MEMORY' // the job's estimated memory does not fit the worker (checked before allocating)
+  | 'TAS_ERR_ENGINE'; // the worker's tensor engine failed (a wasm trap, an allocation failure): the worker restarts
 
 export class TrainerError extends Error {
   readonly code: TrainerErrorCode;

@@ -45,19 +45,30 @@ export interface Served {
   readonly grpc: string;
   readonly process: ChildProcess;
   readonly workers: Array<{ address: string; pid: number }>;
+  /** The Redis it uses (a private one's URL when it started one) and its queue's name. */
+  readonly redis: string;
+  readonly queue: string;
   /** Everything the process wrote to stderr (its log), for failure messages. */
   readonly log: string[];
   stop(): Promise<void>;
 }
 
-/** Start `tas serve` (or `tas api`) with `workers` local workers; resolves when it listens. */
-export async function startServe(env: ServeEnv, opts: { workers?: number; lockDurationMs?: number; command?: 'serve' | 'api'; env?: Record<string, string> } = {}): Promise<Served> {
+/**
+ * Start `tas serve` (or `tas api`) with `workers` local workers; resolves when it listens.
+ * `env` is added last (an empty value unsets a variable for the service: DATABASE_URL ''
+ * is the embedded database, TAS_QUEUE_PREFIX '' the names derived from the database).
+ * `detached`: its own process group.
+ */
+export async function startServe(
+  env: ServeEnv,
+  opts: { workers?: number; lockDurationMs?: number; command?: 'serve' | 'api'; env?: Record<string, string>; detached?: boolean } = {},
+): Promise<Served> {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN, opts.command ?? 'serve'], {
     env: {
       ...process.env,
       DATABASE_URL: env.databaseUrl,
       REDIS_URL: env.redisUrl,
-      TAS_QUEUE: env.queue,
+      TAS_QUEUE_PREFIX: env.queue,
       TAS_DATA_DIR: env.dataDir,
       TAS_HTTP_PORT: '0',
       TAS_GRPC_PORT: '0',
@@ -68,17 +79,20 @@ export async function startServe(env: ServeEnv, opts: { workers?: number; lockDu
       ...opts.env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
+    // A process group of its own, so a test can signal the group as a terminal's Ctrl-C does.
+    detached: opts.detached ?? false,
   });
   const log: string[] = [];
   createInterface({ input: child.stderr! }).on('line', (l) => {
     log.push(l);
     if (process.env.TAS_TEST_VERBOSE) process.stderr.write(`[serve ${child.pid}] ${l}\n`);
   });
-  const listening = await new Promise<{ http: string; grpc: string; workers: Array<{ address: string; pid: number }> }>((resolve, reject) => {
+  type Listening = { http: string; grpc: string; redis: string; queue: string; workers: Array<{ address: string; pid: number }> };
+  const listening = await new Promise<Listening>((resolve, reject) => {
     child.once('exit', (code, sig) => reject(new Error(`tas serve exited during start-up (${sig ?? code}):\n${log.join('\n')}`)));
     createInterface({ input: child.stdout! }).on('line', (l) => {
       try {
-        const msg = JSON.parse(l) as { listening?: { http: string; grpc: string; workers: Array<{ address: string; pid: number }> } };
+        const msg = JSON.parse(l) as { listening?: Listening };
         if (msg.listening) resolve(msg.listening);
       } catch {
         log.push(l);
@@ -91,6 +105,8 @@ export async function startServe(env: ServeEnv, opts: { workers?: number; lockDu
     grpc: listening.grpc,
     process: child,
     workers: listening.workers,
+    redis: listening.redis,
+    queue: listening.queue,
     log,
     stop: () =>
       new Promise<void>((resolve) => {

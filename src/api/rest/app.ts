@@ -133,10 +133,13 @@ export async function buildApp(deps: ApiDeps, options: BuildAppOptions = {}): Pr
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
   registerPrometheus(app, { prisma: deps.prisma, queue: deps.queue, probeIntervalMs: deps.probeIntervalMs, ...(deps.registry ? { registry: deps.registry } : {}) });
+  // Closing (shutdown) answers held long polls at once, so close() is not held up by them.
+  const closing = new AbortController();
+  app.addHook('preClose', async () => closing.abort());
   await app.register(healthRoutes, { checks: deps.checks });
-  await app.register(jobRoutes, { jobs: deps.jobs });
+  await app.register(jobRoutes, { jobs: deps.jobs, closing: closing.signal });
   await app.register(modelRoutes, { models: deps.models });
-  await app.register(poolRoutes, { prisma: deps.prisma, probeIntervalMs: deps.probeIntervalMs });
+  await app.register(poolRoutes, { prisma: deps.prisma, probeIntervalMs: deps.probeIntervalMs, closing: closing.signal });
   await app.register(whoamiRoute);
   if (deps.tenants) await app.register(tenantRoutes, { tenants: deps.tenants });
   if (deps.registerDatasets) await deps.registerDatasets(app);

@@ -70,6 +70,8 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   TAS_ERR_CHECKPOINT: 409,
   TAS_ERR_NUMERIC: 422,
   TAS_ERR_CANCELLED: 409,
+  TAS_ERR_OUT_OF_MEMORY: 400,
+  TAS_ERR_ENGINE: 503,
   // The service's (jobs, datasets, models, persistence).
   TAS_ERR_INVALID_ARGUMENT: 400,
   TAS_ERR_CONFLICT: 409,

@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { STALE_PROBES } from '../../service/scheduling/worker-registry.js';
 import type { JobQueue } from '../../service/scheduling/job-queue.js';
+import { within } from '../../service/scheduling/redis-health.js';
 import type { PrismaClient } from '../../service/db/client.js';
 
 export interface PrometheusOptions {
@@ -58,7 +59,10 @@ export function registerPrometheus(app: FastifyInstance, options: PrometheusOpti
     labelNames: ['state'] as const,
     registers: [registry],
     async collect() {
-      const d = await options.queue.depth();
+      // Redis away: no queue figures, but /metrics still answers (with the rest).
+      const d = await within(options.queue.depth(), 1000, () => new Error('timeout')).catch(() => null);
+      this.reset();
+      if (!d) return;
       this.set({ state: 'waiting' }, d.waiting);
       this.set({ state: 'active' }, d.active);
     },

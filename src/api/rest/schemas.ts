@@ -56,6 +56,7 @@ export const SHARED_SCHEMAS = [
       device_kind: { type: 'string' },
       device_name: nullable('string'),
       backend: nullable('string'),
+      memory_limit_bytes: nullable('integer'),
       current_job_id: nullable('string'),
       last_seen_at: { type: 'string' },
     }),

@@ -35,7 +35,7 @@ describe('schema.prisma and the migrations agree', { skip: unavailable ?? false 
     assert.equal(job.createdAt.getTime(), at.getTime(), 'timestamps keep milliseconds');
 
     const attempt = await prisma.jobAttempt.create({
-      data: { jobId: job.id, number: 1, generation: 3, workerIds: ['w0', 'w1'], addresses: ['127.0.0.1:5001', '127.0.0.1:5002'], status: 'failed', error: 'rank 1 unreachable', startedAt: at, endedAt: at },
+      data: { jobId: job.id, number: 1, generation: 3, workerIds: ['w0', 'w1'], addresses: ['127.0.0.1:5001', '127.0.0.1:5002'], status: 'failed', error: 'rank 1 unreachable', startedAt: at, endedAt: at, schedulerId: 'host:42:ab', leaseUntil: at },
     });
     assert.deepEqual(await prisma.jobAttempt.findUniqueOrThrow({ where: { jobId_number: { jobId: job.id, number: 1 } } }), attempt);
     await assert.rejects(
@@ -58,7 +58,7 @@ describe('schema.prisma and the migrations agree', { skip: unavailable ?? false 
     assert.deepEqual(await prisma.jobLog.findUniqueOrThrow({ where: { id: log.id } }), log);
 
     const worker = await prisma.worker.create({
-      data: { id: 'w0', address: '127.0.0.1:5001', deviceKind: 'gpu', deviceIndex: 0, deviceName: 'NVIDIA H100', backend: 'tensorflow', pid: 4242, rssBytes: 6_000_000_000n, deviceMemoryMiB: 81559, state: 'busy', currentJobId: job.id, lastSeenAt: at },
+      data: { id: 'w0', address: '127.0.0.1:5001', deviceKind: 'gpu', deviceIndex: 0, deviceName: 'NVIDIA H100', backend: 'tensorflow', pid: 4242, rssBytes: 6_000_000_000n, deviceMemoryMiB: 81559, memoryLimitBytes: 85_520_809_984n, state: 'busy', currentJobId: job.id, lastSeenAt: at },
     });
     assert.deepEqual(await prisma.worker.findUniqueOrThrow({ where: { id: 'w0' } }), worker);
 
@@ -101,6 +101,10 @@ describe('schema.prisma and the migrations agree', { skip: unavailable ?? false 
     await assert.rejects(prisma.job.create({ data: { tenantId: acme.id, name: 'x', spec: {}, workers: 1, idempotencyKey: 'k' } }), unique);
     await prisma.apiKey.create({ data: { id: '000000000001', tenantId: def.id, admin: true, salt: 's', hash: 'h' } });
     await assert.rejects(prisma.apiKey.create({ data: { id: '000000000002', tenantId: def.id, admin: true, salt: 's', hash: 'h' } }), unique);
+    // The database's identity: one row, made by the migration (queue names derive from it).
+    const identities = await prisma.serviceIdentity.findMany();
+    assert.equal(identities.length, 1);
+    assert.match(identities[0]!.id, /^[0-9a-f-]{36}$/);
 
     // Deleting the job: its attempts, transitions and metrics go; the worker and the
     // model version stay, no longer pointing at it.

@@ -7,12 +7,13 @@ import { stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve, sep } from 'node:path';
 import type { Redis } from 'ioredis';
 import { gangCapacity, waitingFor } from '../../gpu-pool/gang.js';
-import { CANCEL_CHANNEL, type JobQueue } from '../scheduling/job-queue.js';
-import { poolCounts } from '../scheduling/worker-registry.js';
+import type { JobQueue } from '../scheduling/job-queue.js';
+import { onlineWorkers, poolCounts } from '../scheduling/worker-registry.js';
+import { admitByMemory, jobMemory } from '../scheduling/admission.js';
 import { resolveTrainSpec } from '../../trainer/engine/job-spec.js';
 import { TrainerError } from '../../trainer/errors.js';
 import { validateAgainst } from '../../trainer/schema.js';
-import type { DataSource } from '../../trainer/data/load.js';
+import { dataFiles, type DataSource } from '../../trainer/data/load.js';
 import type { Prisma, PrismaClient } from '../db/client.js';
 import { DbError } from '../db/errors.js';
 import { ServiceError } from '../errors.js';
@@ -22,6 +23,7 @@ import { appendJobLog, readJobLog, type JobLogLine } from './job-log.js';
 import { summariseMetrics, type JobMetricsView } from './metrics-view.js';
 import { ModelStore } from '../models/model-store.js';
 import { SingleFlight } from './single-flight.js';
+import { within } from '../scheduling/redis-health.js';
 import { createHash } from 'node:crypto';
 import { canSee, visibleTenant, type Principal } from '../tenants/principal.js';
 import { quotaWait, tenantWorkersHeld } from '../scheduling/tenant-quota.js';
@@ -31,10 +33,18 @@ export interface JobServiceOptions {
   readonly queue: JobQueue;
   /** For publishing cancels (a plain command connection). */
   readonly redis: Redis;
+  /** The channel cancels are published on (`QueueNames.cancelChannel`). */
+  readonly cancelChannel: string;
   readonly dataDir: string;
   /** The registry's probe interval (workers silent for 3 of them count as offline). */
   readonly probeIntervalMs: number;
+  /** Whether Redis answers: while it does not, a submission answers 503 at once (nothing is written). */
+  readonly redisHealth?: { readonly up: boolean; readonly reason: string };
+  readonly log?: (message: string) => void;
 }
+
+/** How long a submission waits for the queue before leaving the job to the scheduler's reconciliation. */
+const ENQUEUE_TIMEOUT_MS = 2000;
 
 export interface SubmitResult {
   readonly job: JobView;
@@ -107,6 +117,11 @@ export class JobService {
     if (spec.workers > capacity) {
       throw new ServiceError('TAS_ERR_POOL_TOO_SMALL', `workers: the job asks for ${spec.workers} workers but the pool has at most ${capacity} online workers of one device kind`, { field: 'workers' });
     }
+    // Memory: some gang of one kind must hold the job, else 400 naming the layer.
+    admitByMemory(await jobMemory(spec, this.options.dataDir), spec.workers, await onlineWorkers(this.options.prisma, this.options.probeIntervalMs));
+    // Redis down: refuse now, before anything is written, rather than hang on the queue.
+    const redis = this.options.redisHealth;
+    if (redis && !redis.up) throw new ServiceError('TAS_ERR_UNAVAILABLE', `the job queue (Redis) is unreachable (${redis.reason}); nothing was submitted, try again later`);
     // A retried submission gets its job back even when the queue is full now.
     const replay = idempotencyKey !== undefined && (await this.options.prisma.job.count({ where: { tenantId: who.tenantId, idempotencyKey } })) > 0;
     const maxQueued = limits?.maxQueuedJobs ?? null;
@@ -132,8 +147,14 @@ export class JobService {
       await appendJobLog(this.options.prisma, job.id, 'info', `queued: ${spec.workers} workers, global batch ${spec.globalBatch} (${spec.localBatchSizes.join(' + ')}), ${spec.epochs} epochs`);
     }
     // Also for a replay: if the first request died between the insert and the queue,
-    // this queues it now (adding an existing queue id is a no-op).
-    if (!isTerminal(job.status)) await this.options.queue.enqueue(job.id, job.priority);
+    // this queues it now (adding an existing queue id is a no-op). The job is recorded:
+    // if Redis went away just now, the scheduler's reconciliation queues it when Redis is
+    // back, so the answer is still the job.
+    if (!isTerminal(job.status)) {
+      await within(this.options.queue.enqueue(job.id, job.priority), ENQUEUE_TIMEOUT_MS, () => new Error(`no answer from Redis within ${ENQUEUE_TIMEOUT_MS} ms`)).catch((e: Error) =>
+        this.options.log?.(`job ${job.id}: recorded but not queued (${e.message}); the scheduler queues it when Redis answers`),
+      );
+    }
     return { job: await this.view(job), created };
   }
 
@@ -197,8 +218,10 @@ export class JobService {
     if (isTerminal(job.status)) throw new ServiceError('TAS_ERR_CONFLICT', `job ${id} already ${job.status}; only unfinished jobs can be cancelled`);
     await this.repo.transition(id, 'cancelled', 'cancelled by request');
     await appendJobLog(this.options.prisma, id, 'info', `cancel requested (was ${job.status})`);
-    await this.options.queue.removeWaiting(id).catch(() => false);
-    await this.options.redis.publish(CANCEL_CHANNEL, id);
+    // Recorded: the notice below stops the ranks at once; without Redis the scheduler
+    // finds the cancel in the database at its next lease renewal.
+    await within(this.options.queue.removeWaiting(id), ENQUEUE_TIMEOUT_MS, () => new Error('timeout')).catch(() => false);
+    await within(this.options.redis.publish(this.options.cancelChannel, id), ENQUEUE_TIMEOUT_MS, () => new Error('timeout')).catch(() => 0);
     return this.get(who, id);
   }
 
@@ -229,9 +252,7 @@ export class JobService {
    * file of the data directory.
    */
   private async checkDataFiles(who: Principal, data: DataSource): Promise<void> {
-    const files: Array<[string, string]> =
-      data.type === 'csv' ? [['data.path', data.path]] : data.type === 'npy' ? [['data.x', data.x], ['data.y', data.y]] : data.type === 'idx' ? [['data.images', data.images], ['data.labels', data.labels]] : [];
-    for (const [field, path] of files) {
+    for (const [field, path] of dataFiles(data)) {
       const full = resolve(this.options.dataDir, path);
       const rel = relative(resolve(this.options.dataDir), full);
       if (rel.startsWith('..') || isAbsolute(rel)) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}" is outside the data directory`, field);

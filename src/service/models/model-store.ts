@@ -45,13 +45,24 @@ export interface PublishInput {
 export class ModelStore implements RepositorySource {
   constructor(private readonly prisma: PrismaClient) {}
 
-  /** Record `artifactPath` as the next version of model `name`; returns the version. */
+  /**
+   * Record `artifactPath` as the next version of model `name`; returns the version.
+   * Idempotent per job: a job that already published (a run that was thought lost and
+   * finished after all, beside its retry) gets its first version back, and no second
+   * version is made.
+   */
   async publish(input: PublishInput): Promise<number> {
     // Two jobs of one model finishing together race for the same next number; the
     // unique (model_id, version) index makes the loser retry with the next one.
     for (let tries = 0; ; tries++) {
       try {
         return await this.prisma.$transaction(async (tx) => {
+          if (input.jobId !== null) {
+            // The job's row lock orders two publications of one job: the second sees the first.
+            await tx.$queryRaw`SELECT id FROM jobs WHERE id = ${input.jobId}::uuid FOR UPDATE`;
+            const published = await tx.modelVersion.findFirst({ where: { jobId: input.jobId }, orderBy: { version: 'asc' }, select: { version: true } });
+            if (published) return published.version;
+          }
           const tenantId = input.tenantId ?? DEFAULT_TENANT_ID;
           const model = await tx.model.upsert({ where: { tenantId_name: { tenantId, name: input.name } }, create: { tenantId, name: input.name }, update: {} });
           const last = await tx.modelVersion.findFirst({ where: { modelId: model.id }, orderBy: { version: 'desc' }, select: { version: true } });

@@ -6,12 +6,36 @@
  *
  * Cancellation crosses processes on a Redis pub/sub channel: the API publishes the job
  * id, and the scheduler running it aborts every rank.
+ *
+ * Names: the queue and the channels share one prefix, by default derived from the
+ * database's identity (`queueNames`), so services that share a Redis but not a database
+ * never see each other's jobs, cancels, model notices, key revocations or rate counters.
  */
 import { Queue, type ConnectionOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 
-export const DEFAULT_QUEUE_NAME = 'tas-jobs';
-export const CANCEL_CHANNEL = 'tas:cancel';
+/** The Redis names of one service (one database): its queue and its pub/sub channels. */
+export interface QueueNames {
+  /** The BullMQ queue. */
+  readonly queue: string;
+  /** Job ids to cancel (API → scheduler). */
+  readonly cancelChannel: string;
+  /** Model-repository change notices (scheduler, API → every inference server). */
+  readonly modelsChannel: string;
+  /** Revoked API key ids (API → every API process). */
+  readonly keysChannel: string;
+  /** Key prefix of the per-key request counters (rate limits, shared by every API process). */
+  readonly rateNamespace: string;
+}
+
+/** The prefix a database's identity gives (TAS_QUEUE_PREFIX replaces it). */
+export function identityPrefix(identity: string): string {
+  return `tas-${identity.replace(/-/g, '').slice(0, 16).toLowerCase()}`;
+}
+
+export function queueNames(prefix: string): QueueNames {
+  return { queue: `${prefix}-jobs`, cancelChannel: `${prefix}:cancel`, modelsChannel: `${prefix}:models`, keysChannel: `${prefix}:keys`, rateNamespace: `${prefix}:rate:` };
+}
 
 /** The API's priorities: higher runs first. */
 export const MIN_PRIORITY = -1000;
@@ -33,11 +57,27 @@ export function bullPriority(priority: number): number {
   return MAX_PRIORITY + 1 - priority;
 }
 
-/** An ioredis connection as BullMQ wants it (no per-command retry limit; see BullMQ's guide). */
+/**
+ * An ioredis connection as BullMQ's workers want it (no per-command retry limit; see
+ * BullMQ's guide): while Redis is away, commands wait for it to come back. For the
+ * scheduler's blocking connection and for subscribers.
+ */
 export function redisConnection(url: string): Redis {
   const redis = new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, lazyConnect: false });
-  // Connection errors are retried by ioredis and surface through readiness checks; an
-  // unhandled 'error' event would crash the process.
+  // Connection errors are retried by ioredis and surface through RedisHealth and the
+  // readiness checks; an unhandled 'error' event would crash the process.
+  redis.on('error', () => undefined);
+  return redis;
+}
+
+/**
+ * A connection for requests that must not wait for Redis (BullMQ's advice for a Queue
+ * that producers use): while Redis is away a command fails at once instead of queueing,
+ * so a submission, a readiness check or /metrics answers instead of hanging. It still
+ * reconnects in the background.
+ */
+export function redisCommandConnection(url: string): Redis {
+  const redis = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false, enableReadyCheck: true, lazyConnect: false, commandTimeout: 5000 });
   redis.on('error', () => undefined);
   return redis;
 }
@@ -45,8 +85,11 @@ export function redisConnection(url: string): Redis {
 export class JobQueue {
   readonly queue: Queue<QueuedJob>;
 
-  constructor(connection: ConnectionOptions, name = DEFAULT_QUEUE_NAME) {
+  constructor(connection: ConnectionOptions, name: string) {
     this.queue = new Queue<QueuedJob>(name, { connection });
+    // Connection errors, once per reconnection attempt while Redis is away: RedisHealth
+    // reports the outage once. (Without a listener BullMQ prints each with its stack.)
+    this.queue.on('error', () => undefined);
   }
 
   /** Queue `jobId` (idempotent). */

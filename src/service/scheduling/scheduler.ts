@@ -16,6 +16,8 @@
  * up to the job's `maxRestarts`; errors that a restart cannot fix (an invalid spec, a
  * malformed dataset, a NaN loss) fail the job at once.
  */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Worker as BullWorker, type ConnectionOptions, type Job as BullJob } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -30,8 +32,11 @@ import type { TlsFiles } from '../../grpc/tls-files.js';
 import { runJobOnWorkers } from '../../gpu-pool/pool.js';
 import { ProgressSink } from './progress.js';
 import { quotaWait, tenantWorkersHeld } from './tenant-quota.js';
-import { CANCEL_CHANNEL, DEFAULT_QUEUE_NAME, JobQueue, type QueuedJob } from './job-queue.js';
-import type { ReservedWorker, WorkerRegistry } from './worker-registry.js';
+import { JobQueue, type QueueNames, type QueuedJob } from './job-queue.js';
+import type { ReserveOptions, ReservedWorker, WorkerRegistry } from './worker-registry.js';
+import { jobMemory } from './admission.js';
+import { resolveTrainSpec } from '../../trainer/engine/job-spec.js';
+import { within, type RedisHealth } from './redis-health.js';
 
 export interface SchedulerOptions {
   readonly prisma: PrismaClient;
@@ -40,7 +45,8 @@ export interface SchedulerOptions {
   readonly connection: ConnectionOptions;
   /** A connection for the cancel channel (subscriber mode). */
   readonly subscriber: Redis;
-  readonly queueName?: string;
+  /** The service's queue and channel names. */
+  readonly names: QueueNames;
   /** Job outputs go to `<dataDir>/jobs/<id>/`; relative data paths resolve here. */
   readonly dataDir: string;
   /** A collective peer silent this long fails the attempt. @defaultValue 5000 */
@@ -55,6 +61,8 @@ export interface SchedulerOptions {
   readonly log?: (message: string) => void;
   /** Told after a job published a model version (the inference servers load it). */
   readonly onModelPublished?: (model: string, version: number) => Promise<void>;
+  /** Whether Redis answers: errors are not logged while it is known to be down, and every unfinished job is queued again when it is back. */
+  readonly redisHealth?: Pick<RedisHealth, 'up' | 'onUp'>;
 }
 
 /** Errors a restart cannot fix. */
@@ -65,9 +73,15 @@ const FINAL_ERRORS: ReadonlySet<TrainerErrorCode> = new Set([
   'TAS_ERR_BN_SINGLE_VALUE',
   'TAS_ERR_NUMERIC',
   'TAS_ERR_CHECKPOINT',
+  'TAS_ERR_OUT_OF_MEMORY',
 ]);
 
 type AbortWhy = 'cancel' | 'shutdown';
+
+/** On close: how long running jobs have to stop their ranks and be handed back. */
+const HAND_BACK_MS = 6000;
+/** On close: how long each of BullMQ's own closing steps may wait for Redis. */
+const REDIS_CLOSE_MS = 1000;
 
 export class Scheduler {
   private readonly repo: JobRepository;
@@ -75,24 +89,35 @@ export class Scheduler {
   private readonly queue: JobQueue;
   private worker: BullWorker<QueuedJob> | null = null;
   private readonly running = new Map<string, AbortController>();
+  /** Jobs whose queue entry Redis lost while they ran here (reported once each). */
+  private readonly lostEntries = new Set<string>();
+  /** process() calls under way (close() waits for them to hand their jobs back). */
+  private readonly processing = new Set<Promise<string>>();
   private reconcileTimer: NodeJS.Timeout | null = null;
+  private reconciling: Promise<number> | null = null;
   private readonly log: (message: string) => void;
+  /** This scheduler's name on the attempts it runs (their lease holder). */
+  readonly id = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+  /** How long an attempt's lease holds without renewal (renewed every third of it). */
+  private readonly leaseMs: number;
 
   constructor(private readonly options: SchedulerOptions) {
     this.repo = new JobRepository(options.prisma);
     this.models = new ModelStore(options.prisma);
-    this.queue = new JobQueue(options.connection, options.queueName ?? DEFAULT_QUEUE_NAME);
+    this.queue = new JobQueue(options.connection, options.names.queue);
     this.log = options.log ?? (() => undefined);
+    this.leaseMs = options.lockDurationMs ?? 30_000;
   }
 
   async start(): Promise<void> {
-    await this.options.subscriber.subscribe(CANCEL_CHANNEL);
+    const cancels = this.options.names.cancelChannel;
+    await this.options.subscriber.subscribe(cancels);
     this.options.subscriber.on('message', (channel: string, jobId: string) => {
-      if (channel === CANCEL_CHANNEL) this.running.get(jobId)?.abort('cancel' satisfies AbortWhy);
+      if (channel === cancels) this.running.get(jobId)?.abort('cancel' satisfies AbortWhy);
     });
     await this.reconcile();
     const lockDuration = this.options.lockDurationMs ?? 30_000;
-    this.worker = new BullWorker<QueuedJob>(this.options.queueName ?? DEFAULT_QUEUE_NAME, (job) => this.process(job), {
+    this.worker = new BullWorker<QueuedJob>(this.options.names.queue, (job) => this.process(job), {
       connection: this.options.connection,
       concurrency: this.options.concurrency ?? 32,
       lockDuration,
@@ -100,36 +125,89 @@ export class Scheduler {
       // A job stalls when its scheduler dies; the database counts its real attempts.
       maxStalledCount: 100,
     });
-    this.worker.on('error', (e) => this.log(`queue error: ${e.message}`));
-    this.reconcileTimer = setInterval(() => void this.reconcile().catch((e: Error) => this.log(`reconcile failed: ${e.message}`)), this.options.reconcileIntervalMs ?? 15_000);
+    // While Redis is known to be down, RedisHealth has said so once; BullMQ's errors for
+    // each reconnection attempt would only repeat it.
+    this.worker.on('error', (e) => {
+      if (this.options.redisHealth?.up === false) return;
+      // A job whose queue entry went with Redis's data finished here: its outcome is in
+      // the database, and BullMQ can only say that the entry is gone.
+      const lost = /^Missing (?:key|lock) for job ([^ .]+)/.exec(e.message);
+      if (lost) {
+        if (this.lostEntries.has(lost[1]!)) return;
+        this.lostEntries.add(lost[1]!);
+        if (this.lostEntries.size > 1000) this.lostEntries.clear();
+        this.log(`job ${lost[1]}: its queue entry was lost with Redis's data; its outcome is recorded in the database`);
+        return;
+      }
+      this.log(`queue error: ${e.message}`);
+    });
+    const reconcile = () =>
+      void this.reconcile().catch((e: Error) => {
+        if (this.options.redisHealth?.up !== false) this.log(`reconcile failed: ${e.message}`);
+      });
+    this.reconcileTimer = setInterval(reconcile, this.options.reconcileIntervalMs ?? 15_000);
     this.reconcileTimer.unref();
+    // A Redis that comes back may have lost its data (a restarted private server keeps
+    // nothing): queue every unfinished job again at once. Jobs this scheduler runs are
+    // left alone when they come back (process() sees them in `running`).
+    this.options.redisHealth?.onUp(() => {
+      this.log('redis is back: queueing every unfinished job again (jobs running here carry on)');
+      reconcile();
+    });
   }
 
-  /** Stops taking jobs; running attempts stop and resume on the next scheduler. */
+  /**
+   * Stops taking jobs and hands running ones back: every rank is cancelled, the attempt
+   * recorded as stopped and the job `retrying` in the database, to resume from its latest
+   * checkpoint on the next scheduler. That part needs only PostgreSQL and the workers;
+   * what BullMQ does afterwards (it needs Redis, which may be gone) is bounded.
+   */
   async close(): Promise<void> {
     if (this.reconcileTimer) clearInterval(this.reconcileTimer);
+    void this.worker?.pause(true).catch(() => undefined);
     for (const ctl of this.running.values()) ctl.abort('shutdown' satisfies AbortWhy);
-    await this.worker?.close();
-    await this.queue.close();
-    await this.options.subscriber.unsubscribe(CANCEL_CHANNEL).catch(() => undefined);
+    await within(Promise.allSettled([...this.processing]), HAND_BACK_MS, () => new Error('timeout')).catch(() =>
+      this.log(`stop: ${this.running.size} jobs were not handed back within ${HAND_BACK_MS} ms; the next scheduler takes them over when their leases lapse`),
+    );
+    const bounded = (p: Promise<unknown> | undefined) => within(p ?? Promise.resolve(), REDIS_CLOSE_MS, () => new Error('timeout')).catch(() => undefined);
+    await bounded(this.worker?.close());
+    await bounded(this.worker?.close(true));
+    await bounded(this.queue.close());
+    await bounded(this.options.subscriber.unsubscribe(this.options.names.cancelChannel));
   }
 
-  /** Re-queue every unfinished job the database has (idempotent: the queue id is the job id). */
-  async reconcile(): Promise<number> {
-    const open = await this.options.prisma.job.findMany({
-      where: { status: { in: ['queued', 'scheduled', 'running', 'retrying'] } },
-      select: { id: true, priority: true },
-    });
-    for (const j of open) await this.queue.enqueue(j.id, j.priority);
-    return open.length;
+  /**
+   * Re-queue every unfinished job the database has (idempotent: the queue id is the job
+   * id). One at a time; skipped while Redis is known to be down (its commands would wait).
+   */
+  reconcile(): Promise<number> {
+    if (this.options.redisHealth?.up === false) return Promise.resolve(0);
+    this.reconciling ??= (async () => {
+      const open = await this.options.prisma.job.findMany({
+        where: { status: { in: ['queued', 'scheduled', 'running', 'retrying'] } },
+        select: { id: true, priority: true },
+      });
+      for (const j of open) await this.queue.enqueue(j.id, j.priority);
+      return open.length;
+    })().finally(() => (this.reconciling = null));
+    return this.reconciling;
   }
 
-  private async process(bull: BullJob<QueuedJob>): Promise<string> {
-    const jobId = bull.data.jobId;
+  private process(bull: BullJob<QueuedJob>): Promise<string> {
+    const p = this.processJob(bull.data.jobId);
+    this.processing.add(p);
+    void p.finally(() => this.processing.delete(p)).catch(() => undefined);
+    return p;
+  }
+
+  private async processJob(jobId: string): Promise<string> {
+    // The same job again while this scheduler runs it: Redis lost its queue and the job
+    // was queued again by reconciliation. The run here carries on and records the outcome.
+    if (this.running.has(jobId)) return 'already running in this scheduler';
     const ctl = new AbortController();
     this.running.set(jobId, ctl);
     try {
-      return await this.runJob(jobId, ctl.signal);
+      return await this.runJob(jobId, ctl);
     } catch (e) {
       // A cancel that raced a transition, or the database went away: the job's state in
       // the database is what it is; log and let reconciliation pick it up if unfinished.
@@ -142,8 +220,15 @@ export class Scheduler {
     }
   }
 
-  private async runJob(jobId: string, signal: AbortSignal): Promise<string> {
+  private async runJob(jobId: string, ctl: AbortController): Promise<string> {
+    const signal = ctl.signal;
     let job = await this.repo.getJob(jobId);
+    if (job.status === 'scheduled' || job.status === 'running') {
+      // Another scheduler may still be running it (its lease holds): wait until it ends
+      // the attempt or stops renewing, never run the job beside it.
+      if (!(await this.waitForLease(jobId, signal))) return 'interrupted';
+      job = await this.repo.getJob(jobId);
+    }
     if (isTerminal(job.status)) return job.status;
     if (job.status === 'scheduled' || job.status === 'running') {
       // The scheduler that ran this attempt stopped (crash or shutdown).
@@ -153,6 +238,9 @@ export class Scheduler {
       await this.jobLog(jobId, 'warn', 'the scheduler running this job stopped; resuming from the latest checkpoint');
     }
     let lastError = job.error ?? 'unknown error';
+    // Only workers that can hold the job are reserved; a retry avoids the failed attempt's workers while others are free.
+    const memoryNeed = await this.memoryNeed(job);
+    let avoid: string[] = [];
     for (;;) {
       if (job.status === 'retrying' && job.attempts > job.maxRestarts) {
         const reason = `failed after ${job.attempts} attempts (max_restarts ${job.maxRestarts}): ${lastError}`;
@@ -160,17 +248,20 @@ export class Scheduler {
         await this.jobLog(jobId, 'error', reason);
         return 'failed';
       }
-      const gang = await this.waitForGang(job, signal);
+      const gang = await this.waitForGang(job, signal, { avoid, ...(memoryNeed ? { memoryNeed } : {}) });
       if (!gang) return this.stopped(jobId, signal);
 
       job = await this.repo.transition(jobId, 'scheduled', `placed on ${gang.map((g) => g.address).join(', ')}`);
       const attemptNo = job.attempts;
       const addresses = gang.map((g) => g.address);
-      await this.options.prisma.jobAttempt.create({ data: { jobId, number: attemptNo, generation: attemptNo, workerIds: gang.map((g) => g.id), addresses } });
+      await this.options.prisma.jobAttempt.create({
+        data: { jobId, number: attemptNo, generation: attemptNo, workerIds: gang.map((g) => g.id), addresses, schedulerId: this.id, leaseUntil: new Date(Date.now() + this.leaseMs) },
+      });
       job = await this.repo.transition(jobId, 'running', `attempt ${attemptNo}`);
       await this.jobLog(jobId, 'info', `attempt ${attemptNo} (generation ${attemptNo}) on ${addresses.length} workers: ${addresses.join(', ')}${attemptNo > 1 ? '; resuming from the latest checkpoint' : ''}`);
 
       const sink = new ProgressSink(this.options.prisma, jobId);
+      const lease = this.holdLease(jobId, attemptNo, ctl);
       try {
         const result = await runJobOnWorkers(job.spec, addresses, {
           jobId,
@@ -209,6 +300,7 @@ export class Scheduler {
         await this.jobLog(jobId, 'info', `succeeded after ${Number(result.done.global_steps)} steps; published model ${name} version ${version}`);
         return 'succeeded';
       } catch (e) {
+        lease.stop();
         await sink.flush().catch(() => undefined);
         if (signal.aborted) {
           await this.finishAttempt(jobId, attemptNo, 'cancelled', String(signal.reason));
@@ -218,25 +310,92 @@ export class Scheduler {
         lastError = message;
         await this.finishAttempt(jobId, attemptNo, 'failed', message);
         await this.jobLog(jobId, 'error', `attempt ${attemptNo} failed: ${message}`);
-        // Dead workers go offline before the gang is released, so no job is placed on them.
+        // Dead workers go offline, and workers whose engine failed draining, before the
+        // gang is released, so no job is placed on them.
         await this.options.registry.probeAll();
         await this.options.registry.release(jobId);
+        avoid = gang.map((g) => g.id);
         if (e instanceof TrainerError && FINAL_ERRORS.has(e.code)) {
           await this.repo.transition(jobId, 'failed', message);
           return 'failed';
         }
         job = await this.repo.transition(jobId, 'retrying', message);
+      } finally {
+        lease.stop();
       }
     }
   }
 
+  /**
+   * Keep this attempt's lease alive while it runs, and watch the job's row: a cancel
+   * recorded while Redis could not carry its notice still stops the ranks within a third
+   * of the lease.
+   */
+  private holdLease(jobId: string, number: number, ctl: AbortController): { stop(): void } {
+    let failing = false;
+    const renew = async () => {
+      try {
+        await this.options.prisma.jobAttempt.updateMany({ where: { jobId, number, status: 'running' }, data: { leaseUntil: new Date(Date.now() + this.leaseMs) } });
+        const row = await this.options.prisma.job.findUnique({ where: { id: jobId }, select: { status: true } });
+        if (row?.status === 'cancelled') ctl.abort('cancel' satisfies AbortWhy);
+        if (failing) this.log(`job ${jobId}: attempt ${number}'s lease renewed again`);
+        failing = false;
+      } catch (e) {
+        if (!failing) this.log(`job ${jobId}: could not renew attempt ${number}'s lease (${(e as Error).message}); retrying`);
+        failing = true;
+      }
+    };
+    const timer = setInterval(() => void renew(), Math.max(100, Math.floor(this.leaseMs / 3)));
+    timer.unref();
+    return { stop: () => clearInterval(timer) };
+  }
+
+  /**
+   * Resolves true once no other scheduler holds a live lease on the job's running attempt
+   * (it ended the attempt, or stopped renewing: it died); false when aborted first.
+   */
+  private async waitForLease(jobId: string, signal: AbortSignal): Promise<boolean> {
+    let logged = false;
+    while (!signal.aborted) {
+      const job = await this.repo.getJob(jobId);
+      if (job.status !== 'scheduled' && job.status !== 'running') return true;
+      const a = await this.options.prisma.jobAttempt.findFirst({ where: { jobId, status: 'running' }, orderBy: { number: 'desc' }, select: { number: true, schedulerId: true, leaseUntil: true } });
+      const left = a?.leaseUntil ? a.leaseUntil.getTime() - Date.now() : 0;
+      if (!a || a.schedulerId === this.id || left <= 0) return true;
+      if (!logged) {
+        this.log(`job ${jobId}: attempt ${a.number} is held by scheduler ${a.schedulerId} for ${left} ms more; waiting for it to end or lapse`);
+        logged = true;
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, Math.min(left + 50, this.leaseMs));
+        function done(): void {
+          clearTimeout(timer);
+          signal.removeEventListener('abort', done);
+          resolve();
+        }
+        signal.addEventListener('abort', done, { once: true });
+      });
+    }
+    return false;
+  }
+
+  /** The job's estimated memory on a worker of a backend; undefined when its spec cannot be read (its workers report why). */
+  private async memoryNeed(job: Job): Promise<((backend: string | null) => number) | undefined> {
+    try {
+      const estimate = await jobMemory(resolveTrainSpec(job.spec), this.options.dataDir);
+      return (backend) => estimate(backend).bytes;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Reserve a gang, waiting while none is free; null when aborted. */
-  private async waitForGang(job: Job, signal: AbortSignal): Promise<ReservedWorker[] | null> {
+  private async waitForGang(job: Job, signal: AbortSignal, options: ReserveOptions): Promise<ReservedWorker[] | null> {
     let logged = false;
     const tenant = await this.options.prisma.tenant.findUniqueOrThrow({ where: { id: job.tenantId }, select: { name: true, maxWorkers: true } });
     const quota = tenant.maxWorkers === null ? undefined : { tenantId: job.tenantId, maxWorkers: tenant.maxWorkers };
     while (!signal.aborted) {
-      const gang = await this.options.registry.reserve(job.id, job.workers, quota);
+      const gang = await this.options.registry.reserve(job.id, job.workers, { ...options, ...(quota ? { quota } : {}) });
       if (gang) return gang;
       if (!logged) {
         const c = await this.options.registry.counts();

@@ -6,9 +6,15 @@
  * - `add(address)` registers a worker (local or remote) after it answered Info;
  * - a probe loop asks every known worker for Info each `probeIntervalMs`, recording
  *   memory and `last_seen_at`; one that does not answer goes `offline`, and one that
- *   answers again comes back `idle` (or stays `busy` if a job holds it);
+ *   answers again comes back `idle` (or stays `busy` if a job holds it); one whose
+ *   engine failed (Info's `needs_restart`) goes `draining` and takes no job until a
+ *   fresh process replaces it;
  * - `reserve(jobId, n)` takes a whole gang or nothing, in one transaction that locks the
- *   idle rows (see gang.ts for why that cannot deadlock); `release(jobId)` frees them.
+ *   idle rows (see gang.ts for why that cannot deadlock); `release(jobId)` frees them;
+ * - a worker that stopped, or was replaced by a fresh process, leaves the table at once
+ *   (`remove`); one that stays unseen for `pruneAfterMs` (its machine went away, or the
+ *   service that ran it was killed) is pruned, so the pool's counts stay those of the
+ *   workers that exist.
  *
  * `changed()` resolves on the next change this process saw (a release, a worker back
  * online), which wakes jobs waiting for a gang without polling the database in a loop.
@@ -23,6 +29,23 @@ import { WorkerClient } from '../../gpu-pool/worker-client.js';
 
 export interface ReservedWorker extends GangCandidate {
   readonly backend: string | null;
+  /** The memory a job may use there; null when the worker did not say. */
+  readonly memoryLimitBytes: number | null;
+}
+
+/** What a reservation prefers and requires (gang.ts `pickGang`). */
+export interface ReserveOptions {
+  /** Worker ids to take only when no others are free (a failed attempt's). */
+  readonly avoid?: readonly string[];
+  /** The job's estimated memory on a worker of this backend; workers with less are not taken. */
+  readonly memoryNeed?: (backend: string | null) => number;
+  /** The job's tenant's limit on workers held at once (checked under the tenant's row lock). */
+  readonly quota?: { readonly tenantId: string; readonly maxWorkers: number };
+}
+
+/** A worker that can hold a job needing `need(backend)` bytes (one that did not say its limit is taken on trust). */
+export function holds(w: Pick<ReservedWorker, 'backend' | 'memoryLimitBytes'>, need: ((backend: string | null) => number) | undefined): boolean {
+  return need === undefined || w.memoryLimitBytes === null || need(w.backend) <= w.memoryLimitBytes;
 }
 
 export interface RegistryOptions {
@@ -30,6 +53,8 @@ export interface RegistryOptions {
   readonly probeIntervalMs?: number;
   /** How long one probe may take before the worker counts as offline. @defaultValue 1500 */
   readonly probeTimeoutMs?: number;
+  /** A worker unseen this long leaves the table. @defaultValue 600000 */
+  readonly pruneAfterMs?: number;
   readonly tls?: TlsFiles;
   readonly log?: (message: string) => void;
 }
@@ -41,7 +66,10 @@ export class WorkerRegistry {
   private readonly addresses = new Set<string>();
   private readonly events = new EventEmitter();
   private timer: NodeJS.Timeout | null = null;
+  /** The prune under way. */
   private probing: Promise<void> | null = null;
+  /** Probes under way, by address. */
+  private readonly inFlight = new Map<string, Promise<void>>();
   readonly probeIntervalMs: number;
   private readonly probeTimeoutMs: number;
 
@@ -54,32 +82,66 @@ export class WorkerRegistry {
     this.events.setMaxListeners(0);
   }
 
-  /** Register a worker by address; it must answer Info now. */
+  /** Register a worker by address; rejects when it does not answer Info now (it is probed until it does). */
   async add(address: string): Promise<WorkerInfoMsg> {
-    const info = await this.info(address);
     this.addresses.add(address);
+    const info = await this.info(address);
     await this.upsert(address, info, true);
     this.notify();
     return info;
   }
 
-  /** Forget a worker (it stopped on purpose): it shows offline and takes no job. */
+  /** Forget a worker (it stopped, or its process exited and is replaced): it leaves the pool's table. */
   async remove(address: string): Promise<void> {
     this.addresses.delete(address);
-    await this.prisma.worker.updateMany({ where: { id: address }, data: { state: 'offline' } });
+    await this.prisma.worker.deleteMany({ where: { id: address } });
     this.notify();
   }
 
-  /** Marks a worker offline now (its process died), without waiting for a probe. */
-  async markOffline(address: string): Promise<void> {
-    await this.prisma.worker.updateMany({ where: { id: address }, data: { state: 'offline' } });
+  /**
+   * Removes the workers unseen for `pruneAfterMs`, and at once the stale ones that no
+   * registry probes any more (this one does not know them, and one that did would keep
+   * them fresh: they were left by a service that is gone, killed without stopping its
+   * workers). Returns how many.
+   */
+  async prune(): Promise<number> {
+    const before = new Date(Date.now() - (this.options.pruneAfterMs ?? 600_000));
+    const orphanedBefore = new Date(Date.now() - 2 * STALE_PROBES * this.probeIntervalMs);
+    const gone = await this.prisma.worker.findMany({
+      where: { OR: [{ lastSeenAt: { lt: before } }, { lastSeenAt: { lt: orphanedBefore }, id: { notIn: [...this.addresses] } }] },
+      select: { id: true, lastSeenAt: true },
+    });
+    if (gone.length === 0) return 0;
+    // Only rows still as old as read (a worker may have answered meanwhile).
+    const r = await this.prisma.worker.deleteMany({ where: { OR: gone.map((g) => ({ id: g.id, lastSeenAt: g.lastSeenAt })) } });
+    if (r.count > 0) {
+      const known = gone.filter((g) => this.addresses.has(g.id)).map((g) => g.id);
+      const orphans = gone.filter((g) => !this.addresses.has(g.id)).map((g) => g.id);
+      if (known.length > 0) this.options.log?.(`pruned ${known.length} worker(s) unseen for ${Math.round((this.options.pruneAfterMs ?? 600_000) / 1000)} s: ${known.join(', ')}`);
+      if (orphans.length > 0) this.options.log?.(`removed ${orphans.length} worker(s) no scheduler probes any more (left by a service that stopped without them): ${orphans.join(', ')}`);
+    }
+    return r.count;
   }
 
-  /** Start probing every registered worker. */
+  /**
+   * Start probing every registered worker. Each worker is probed on its own: one that does
+   * not answer (its probe waits `probeTimeoutMs`) never delays the others' probes, whose
+   * `last_seen_at` must stay fresh for them to count as online.
+   */
   start(): void {
     if (this.timer) return;
     this.timer = setInterval(() => {
-      if (!this.probing) this.probing = this.probeAll().finally(() => (this.probing = null));
+      for (const address of this.addresses) {
+        if (this.inFlight.has(address)) continue;
+        const p = this.probeOne(address)
+          .then((changed) => void (changed && this.notify()))
+          .catch((e: Error) => this.options.log?.(`worker ${address}: probe failed: ${e.message}`))
+          .finally(() => this.inFlight.delete(address));
+        this.inFlight.set(address, p);
+      }
+      this.probing ??= this.prune()
+        .then(() => undefined, (e: Error) => this.options.log?.(`pruning workers: ${e.message}`))
+        .finally(() => (this.probing = null));
     }, this.probeIntervalMs);
     this.timer.unref();
   }
@@ -87,24 +149,25 @@ export class WorkerRegistry {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    await this.probing;
+    await Promise.all([this.probing, ...this.inFlight.values()]);
   }
 
-  /** Probe every registered worker once (also what the loop does). */
+  /** Probe every registered worker once, now. */
   async probeAll(): Promise<void> {
-    let changed = false;
-    await Promise.all(
-      [...this.addresses].map(async (address) => {
-        try {
-          const info = await this.info(address);
-          changed = (await this.upsert(address, info, false)) || changed;
-        } catch {
-          const r = await this.prisma.worker.updateMany({ where: { id: address, NOT: { state: 'offline' } }, data: { state: 'offline' } });
-          if (r.count > 0) this.options.log?.(`worker ${address} stopped answering; marked offline`);
-        }
-      }),
-    );
-    if (changed) this.notify();
+    const changed = await Promise.all([...this.addresses].map((address) => this.probeOne(address)));
+    if (changed.some(Boolean)) this.notify();
+  }
+
+  /** Ask one worker for Info and record the answer, or its silence; true when it came (back) online. */
+  private async probeOne(address: string): Promise<boolean> {
+    try {
+      const info = await this.info(address);
+      return await this.upsert(address, info, false);
+    } catch {
+      const r = await this.prisma.worker.updateMany({ where: { id: address, NOT: { state: 'offline' } }, data: { state: 'offline' } });
+      if (r.count > 0) this.options.log?.(`worker ${address} stopped answering; marked offline`);
+      return false;
+    }
   }
 
   /**
@@ -113,7 +176,8 @@ export class WorkerRegistry {
    * then hold more than its `maxWorkers` (checked under the tenant's row lock, so two
    * jobs of one tenant cannot both take room for one).
    */
-  async reserve(jobId: string, n: number, quota?: { tenantId: string; maxWorkers: number }): Promise<ReservedWorker[] | null> {
+  async reserve(jobId: string, n: number, options: ReserveOptions = {}): Promise<ReservedWorker[] | null> {
+    const { quota } = options;
     const fresh = new Date(Date.now() - STALE_PROBES * this.probeIntervalMs);
     return this.prisma.$transaction(async (tx) => {
       if (quota) {
@@ -123,13 +187,14 @@ export class WorkerRegistry {
       }
       // Lock the idle rows in one order: concurrent reservations serialise here, and
       // each sees the other's result, so neither can take part of a gang.
-      const idle = await tx.$queryRaw<Array<{ id: string; address: string; device_kind: string; backend: string | null }>>`
-        SELECT id, address, device_kind, backend FROM workers
+      const idle = await tx.$queryRaw<Array<{ id: string; address: string; device_kind: string; backend: string | null; memory_limit_bytes: bigint | null }>>`
+        SELECT id, address, device_kind, backend, memory_limit_bytes FROM workers
         WHERE state = 'idle' AND last_seen_at >= ${fresh}
         ORDER BY id FOR UPDATE`;
       const gang = pickGang(
-        idle.map((r) => ({ id: r.id, address: r.address, deviceKind: r.device_kind as DeviceKind, backend: r.backend })),
+        idle.map((r) => ({ id: r.id, address: r.address, deviceKind: r.device_kind as DeviceKind, backend: r.backend, memoryLimitBytes: r.memory_limit_bytes === null ? null : Number(r.memory_limit_bytes) })),
         n,
+        { avoid: new Set(options.avoid ?? []), fits: (w) => holds(w, options.memoryNeed) },
       );
       if (!gang) return null;
       await tx.worker.updateMany({ where: { id: { in: gang.map((g) => g.id) } }, data: { state: 'busy', currentJobId: jobId } });
@@ -190,13 +255,16 @@ export class WorkerRegistry {
       backend: info.backend,
       pid: Number(info.worker_id.split(':').pop()) || null,
       rssBytes: BigInt(info.rss_bytes),
+      memoryLimitBytes: info.memory_limit_bytes > 0 ? BigInt(info.memory_limit_bytes) : null,
       lastSeenAt: new Date(),
     };
     const before = await this.prisma.worker.findUnique({ where: { id: address }, select: { state: true, currentJobId: true, pid: true } });
     // A worker that restarted (another pid at this address) holds no job any more.
     const restarted = before !== null && before.pid !== null && before.pid !== details.pid;
     const comesBack = before === null || before.state === 'offline' || restarted || registering;
-    const state = comesBack ? (before?.currentJobId && !restarted && !registering ? 'busy' : 'idle') : undefined;
+    // A worker whose engine failed takes no job until a fresh process replaces it.
+    const state = info.needs_restart ? 'draining' : comesBack ? (before?.currentJobId && !restarted && !registering ? 'busy' : 'idle') : undefined;
+    if (info.needs_restart && before?.state !== 'draining') this.options.log?.(`worker ${address}: its tensor engine failed; draining until it is restarted`);
     await this.prisma.worker.upsert({
       where: { id: address },
       create: { id: address, ...details, state: 'idle' },
@@ -204,6 +272,13 @@ export class WorkerRegistry {
     });
     return comesBack;
   }
+}
+
+/** The online workers (idle or busy, probed lately): their kind, backend and memory, for admission. */
+export async function onlineWorkers(prisma: PrismaClient, probeIntervalMs: number): Promise<Array<Pick<ReservedWorker, 'id' | 'deviceKind' | 'backend' | 'memoryLimitBytes'>>> {
+  const fresh = new Date(Date.now() - STALE_PROBES * probeIntervalMs);
+  const rows = await prisma.worker.findMany({ where: { state: { in: ['idle', 'busy'] }, lastSeenAt: { gte: fresh } }, select: { id: true, deviceKind: true, backend: true, memoryLimitBytes: true }, orderBy: { id: 'asc' } });
+  return rows.map((r) => ({ id: r.id, deviceKind: r.deviceKind === 'gpu' ? 'gpu' : 'cpu', backend: r.backend, memoryLimitBytes: r.memoryLimitBytes === null ? null : Number(r.memoryLimitBytes) }));
 }
 
 /** Pool counts straight from the table (the API uses this without a registry). */

@@ -36,12 +36,14 @@ describe('loadConfig', () => {
       workersAt: [],
       maxUploadBytes: 512 * 1024 * 1024,
       collectiveTimeoutMs: 5000,
-      queueName: 'tas-jobs',
+      queuePrefix: null,
       probeIntervalMs: 2000,
       lockDurationMs: 30000,
       inferThreads: 1,
       inferMaxRows: 1024,
       inferMaxMessageBytes: 32 * 1024 * 1024,
+      workerPruneAfterMs: 600000,
+      shutdownTimeoutMs: 15000,
     });
     assert.equal(CONFIG_DEFAULTS.maxUploadBytes, 536870912);
   });
@@ -63,12 +65,14 @@ describe('loadConfig', () => {
         TAS_WORKERS_AT: 'worker:7070, 10.0.0.5:7071,[::1]:7072,',
         TAS_MAX_UPLOAD_BYTES: '1048576',
         TAS_COLLECTIVE_TIMEOUT_MS: '15000',
-        TAS_QUEUE: 'tas-jobs.staging',
+        TAS_QUEUE_PREFIX: 'tas.staging',
         TAS_PROBE_INTERVAL_MS: '500',
         TAS_LOCK_DURATION_MS: '60000',
         TAS_INFER_THREADS: '2',
         TAS_INFER_MAX_ROWS: '64',
         TAS_INFER_MAX_MESSAGE_BYTES: '4MiB',
+        TAS_WORKER_PRUNE_AFTER_MS: '120000',
+        TAS_SHUTDOWN_TIMEOUT_MS: '5000',
       },
       CWD,
     );
@@ -87,12 +91,14 @@ describe('loadConfig', () => {
       workersAt: ['worker:7070', '10.0.0.5:7071', '[::1]:7072'],
       maxUploadBytes: 1048576,
       collectiveTimeoutMs: 15000,
-      queueName: 'tas-jobs.staging',
+      queuePrefix: 'tas.staging',
       probeIntervalMs: 500,
       lockDurationMs: 60000,
       inferThreads: 2,
       inferMaxRows: 64,
       inferMaxMessageBytes: 4 * 1024 * 1024,
+      workerPruneAfterMs: 120000,
+      shutdownTimeoutMs: 5000,
     });
   });
 
@@ -177,20 +183,22 @@ describe('loadConfig', () => {
     fails({ REDIS_URL: 'redis://' }, 'REDIS_URL', /must (name a host|be a URL)/);
   });
 
-  test('TAS_QUEUE: a BullMQ-safe name; TAS_HOST: no spaces or slashes', () => {
-    fails({ TAS_QUEUE: 'tas:jobs' }, 'TAS_QUEUE', /no :.*, got 'tas:jobs'$/);
+  test('TAS_QUEUE_PREFIX: a BullMQ-safe name; TAS_HOST: no spaces or slashes; the time limits', () => {
+    fails({ TAS_QUEUE_PREFIX: 'tas:jobs' }, 'TAS_QUEUE_PREFIX', /no :.*, got 'tas:jobs'$/);
+    fails({ TAS_WORKER_PRUNE_AFTER_MS: '10' }, 'TAS_WORKER_PRUNE_AFTER_MS', /must be an integer from 1000 to/);
+    fails({ TAS_SHUTDOWN_TIMEOUT_MS: '1s' }, 'TAS_SHUTDOWN_TIMEOUT_MS', /must be an integer from 1000 to/);
     fails({ TAS_HOST: 'http://x' }, 'TAS_HOST', "TAS_HOST: must be a host name or an IP address, got 'http://x'");
     assert.equal(loadConfig({ TAS_HOST: '::' }, CWD).host, '::');
   });
 
   test('process.env is the default environment', () => {
-    const saved = process.env.TAS_QUEUE;
-    process.env.TAS_QUEUE = 'from-process-env';
+    const saved = process.env.TAS_QUEUE_PREFIX;
+    process.env.TAS_QUEUE_PREFIX = 'from-process-env';
     try {
-      assert.equal(loadConfig().queueName, 'from-process-env');
+      assert.equal(loadConfig().queuePrefix, 'from-process-env');
     } finally {
-      if (saved === undefined) delete process.env.TAS_QUEUE;
-      else process.env.TAS_QUEUE = saved;
+      if (saved === undefined) delete process.env.TAS_QUEUE_PREFIX;
+      else process.env.TAS_QUEUE_PREFIX = saved;
     }
   });
 });

@@ -40,8 +40,12 @@ export interface ServiceConfig {
   readonly maxUploadBytes: number;
   /** A rank silent this long fails the collective (TAS_COLLECTIVE_TIMEOUT_MS). @defaultValue 5000 */
   readonly collectiveTimeoutMs: number;
-  /** BullMQ queue name (TAS_QUEUE). @defaultValue 'tas-jobs' */
-  readonly queueName: string;
+  /**
+   * Prefix of the Redis queue and channel names (TAS_QUEUE_PREFIX); null: derived from the
+   * database's identity, so two services on one Redis share work only when they share
+   * their database (or are given the same prefix).
+   */
+  readonly queuePrefix: string | null;
   /** How often the worker registry probes each worker (TAS_PROBE_INTERVAL_MS). @defaultValue 2000 */
   readonly probeIntervalMs: number;
   /** BullMQ lock duration of a running job; a scheduler silent this long loses it (TAS_LOCK_DURATION_MS). @defaultValue 30000 */
@@ -52,6 +56,10 @@ export interface ServiceConfig {
   readonly inferMaxRows: number;
   /** Largest inference request, gRPC message or REST body (TAS_INFER_MAX_MESSAGE_BYTES). @defaultValue 32 MiB */
   readonly inferMaxMessageBytes: number;
+  /** A worker unseen this long is removed from the pool's table (TAS_WORKER_PRUNE_AFTER_MS). @defaultValue 600000 */
+  readonly workerPruneAfterMs: number;
+  /** SIGTERM/SIGINT: the process exits within this time, whatever hangs (TAS_SHUTDOWN_TIMEOUT_MS). @defaultValue 15000 */
+  readonly shutdownTimeoutMs: number;
 }
 
 export const CONFIG_DEFAULTS = {
@@ -62,12 +70,13 @@ export const CONFIG_DEFAULTS = {
   redisUrl: 'redis://127.0.0.1:6379',
   maxUploadBytes: 512 * 1024 * 1024,
   collectiveTimeoutMs: 5000,
-  queueName: 'tas-jobs',
   probeIntervalMs: 2000,
   lockDurationMs: 30_000,
   inferThreads: 1,
   inferMaxRows: 1024,
   inferMaxMessageBytes: 32 * 1024 * 1024,
+  workerPruneAfterMs: 10 * 60_000,
+  shutdownTimeoutMs: 15_000,
 } as const;
 
 /** A configuration variable with a bad value: `${variable}: ${reason}, got '${value}'`. */
@@ -107,12 +116,14 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     workersAt: workersAt(env),
     maxUploadBytes: bytes(env, 'TAS_MAX_UPLOAD_BYTES', CONFIG_DEFAULTS.maxUploadBytes),
     collectiveTimeoutMs: optionalInteger(env, 'TAS_COLLECTIVE_TIMEOUT_MS', 1, 3_600_000) ?? CONFIG_DEFAULTS.collectiveTimeoutMs,
-    queueName: queueName(env),
+    queuePrefix: queuePrefix(env),
     probeIntervalMs: optionalInteger(env, 'TAS_PROBE_INTERVAL_MS', 10, 3_600_000) ?? CONFIG_DEFAULTS.probeIntervalMs,
     lockDurationMs: optionalInteger(env, 'TAS_LOCK_DURATION_MS', 1000, 86_400_000) ?? CONFIG_DEFAULTS.lockDurationMs,
     inferThreads: optionalInteger(env, 'TAS_INFER_THREADS', 1, 256) ?? CONFIG_DEFAULTS.inferThreads,
     inferMaxRows: optionalInteger(env, 'TAS_INFER_MAX_ROWS', 1, 1_000_000) ?? CONFIG_DEFAULTS.inferMaxRows,
     inferMaxMessageBytes: bytes(env, 'TAS_INFER_MAX_MESSAGE_BYTES', CONFIG_DEFAULTS.inferMaxMessageBytes),
+    workerPruneAfterMs: optionalInteger(env, 'TAS_WORKER_PRUNE_AFTER_MS', 1000, 365 * 86_400_000) ?? CONFIG_DEFAULTS.workerPruneAfterMs,
+    shutdownTimeoutMs: optionalInteger(env, 'TAS_SHUTDOWN_TIMEOUT_MS', 1000, 3_600_000) ?? CONFIG_DEFAULTS.shutdownTimeoutMs,
   };
 }
 
@@ -266,13 +277,13 @@ function bytes(env: Env, name: string, fallback: number): number {
 }
 
 // BullMQ keys are `bull:<name>:...`: no ':' in the name.
-const QUEUE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
+const QUEUE_PREFIX = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$/;
 
-function queueName(env: Env): string {
-  const raw = get(env, 'TAS_QUEUE');
-  if (raw === undefined) return CONFIG_DEFAULTS.queueName;
-  if (!QUEUE_NAME.test(raw)) {
-    throw new ConfigError('TAS_QUEUE', 'must be 1 to 100 letters, digits, _, . or - (no :), starting with a letter or digit', raw);
+function queuePrefix(env: Env): string | null {
+  const raw = get(env, 'TAS_QUEUE_PREFIX');
+  if (raw === undefined) return null;
+  if (!QUEUE_PREFIX.test(raw)) {
+    throw new ConfigError('TAS_QUEUE_PREFIX', 'must be 1 to 80 letters, digits, _, . or - (no :), starting with a letter or digit', raw);
   }
   return raw;
 }

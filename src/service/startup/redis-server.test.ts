@@ -68,7 +68,17 @@ async function connectionClosedBy(port: number): Promise<void> {
   const socket = connect(port, '127.0.0.1');
   socket.on('error', () => undefined);
   await once(socket, 'connect');
-  return once(socket, 'close').then(() => undefined);
+  // A server killed by a signal resets the connection: 'close' follows the 'error'.
+  return new Promise((resolve) => socket.once('close', () => resolve()));
+}
+
+/** A connection held open to the server at `port`, once connected: `closed` resolves when the server closes it (it exited). */
+async function heldConnection(port: number): Promise<{ closed: Promise<void> }> {
+  const socket = connect(port, '127.0.0.1');
+  socket.on('error', () => undefined);
+  await once(socket, 'connect');
+  // A server killed by a signal resets the connection: 'close' follows the 'error'.
+  return { closed: new Promise((resolve) => socket.once('close', () => resolve())) };
 }
 
 describe('ensureRedis', () => {
@@ -114,6 +124,45 @@ describe('ensureRedis', () => {
     await closed;
     assert.equal(isRunning(pid), false, `redis-server ${pid} still runs after stop()`);
     await assert.rejects(ensureRedis(redis.url, { startIfMissing: false }), (err) => isServiceStartError(err, 'TAS_ERR_REDIS_UNAVAILABLE'));
+  });
+
+  test('a private server that dies is started again on the same port; stop() ends it for good', { timeout: 60_000 }, async () => {
+    const lines: string[] = [];
+    const redis = await ensureRedis(`redis://127.0.0.1:${await closedPort()}`, { dataDir, log: (m) => lines.push(m) });
+    handles.push(redis);
+    const port = Number(new URL(redis.url).port);
+    const first = await serverPid(redis.url);
+    // A client that stays connected: ioredis reconnects to the restarted server by itself.
+    const client = new Redis(redis.url, { maxRetriesPerRequest: null });
+    client.on('error', () => undefined);
+    try {
+      await client.set('k', 'v');
+      const held = await heldConnection(port);
+      process.kill(first, 'SIGKILL');
+      await held.closed;
+      // The same URL answers again (bounded: a restart takes well under a second here).
+      let timer: NodeJS.Timeout | undefined;
+      const noAnswer = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('no answer within 15 s'), 15_000)));
+      assert.equal(await Promise.race([client.ping(), noAnswer]), 'PONG', lines.join('\n'));
+      clearTimeout(timer);
+      const second = await serverPid(redis.url);
+      assert.notEqual(second, first);
+      assert.equal(await client.get('k'), null, 'it comes back empty');
+      assert.deepEqual(lines.length, 2, lines.join('\n'));
+      assert.match(lines[0]!, new RegExp(`private redis-server on port ${port} exited \\(killed by signal 9\\)`));
+      assert.match(lines[1]!, new RegExp(`restarted on port ${port}`));
+
+      const last = await heldConnection(port);
+      await redis.stop();
+      await last.closed;
+      const deadline = Date.now() + 5000;
+      while (isRunning(second) && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+      assert.equal(isRunning(second), false);
+      assert.equal(lines.length, 2, 'no restart after stop()');
+      await assert.rejects(ensureRedis(redis.url, { startIfMissing: false }), (err) => isServiceStartError(err, 'TAS_ERR_REDIS_UNAVAILABLE'));
+    } finally {
+      client.disconnect();
+    }
   });
 
   test('startIfMissing: false and nothing answers: a typed error saying how to get Redis', async () => {

@@ -12,6 +12,11 @@
  * small `sh` wrapper that kills it when its stdin, a pipe from this process, reaches
  * end-of-file, which the kernel delivers when this process exits for any reason
  * (including SIGKILL, when no exit handler runs). stop() closes that pipe and waits.
+ *
+ * And it is supervised: a private server that dies (killed, out of memory) is started
+ * again on the same port, so every connection (ioredis reconnects by itself) finds it at
+ * the same URL. It comes back empty; the scheduler queues every unfinished job again
+ * from PostgreSQL when Redis answers again.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -31,6 +36,8 @@ export interface EnsureRedisOptions {
   readonly connectTimeoutMs?: number;
   /** How long a private redis-server may take to answer PING. @defaultValue 10000 */
   readonly startTimeoutMs?: number;
+  /** Where a private server's exits and restarts are told. */
+  readonly log?: (message: string) => void;
 }
 
 export interface RedisHandle {
@@ -170,7 +177,7 @@ async function startPrivateRedis(origin: URL, opts: EnsureRedisOptions): Promise
     const outcome = await waitUntilAnswering(url, server, deadline);
     if (outcome === 'ready') {
       const policyWarning = await probeRedis(url, 1000).then((p) => (p.ok ? p.policyWarning : null));
-      return { url, started: true, policyWarning, stop: server.stop };
+      return { url, started: true, policyWarning, stop: supervise(server, port, dir, url, opts) };
     }
     await server.stop();
     lastFailure = server.log();
@@ -186,6 +193,49 @@ async function startPrivateRedis(origin: URL, opts: EnsureRedisOptions): Promise
   throw new ServiceStartError('TAS_ERR_REDIS_START_FAILED', `redis-server found no free port; its output:\n${lastFailure}`);
 }
 
+/** How long to wait between attempts to restart a private server that keeps failing. */
+const RESTART_PAUSE_MS = [200, 1000, 5000] as const;
+
+/**
+ * Watches a private server and starts it again on the same port whenever it exits while
+ * this process still wants it; returns the stop() of the handle.
+ */
+function supervise(first: RedisProcess, port: number, dir: string, url: string, opts: EnsureRedisOptions): () => Promise<void> {
+  const log = opts.log ?? (() => undefined);
+  let current = first;
+  let stopping = false;
+  let restarting: Promise<void> | null = null;
+  const watch = (server: RedisProcess) =>
+    void server.whenExited.then(() => {
+      if (stopping) return;
+      log(`redis: the private redis-server on port ${port} exited (${server.exitReason()}); starting it again on the same port`);
+      restarting = restart().finally(() => (restarting = null));
+    });
+  const restart = async () => {
+    for (let attempt = 0; !stopping; attempt++) {
+      const next = spawnRedis(port, dir);
+      current = next;
+      const outcome = await waitUntilAnswering(url, next, Date.now() + (opts.startTimeoutMs ?? 10_000));
+      if (outcome === 'ready' && !stopping) {
+        log(`redis: private redis-server restarted on port ${port} (it starts empty; unfinished jobs are queued again from PostgreSQL)`);
+        watch(next);
+        return;
+      }
+      await next.stop();
+      if (stopping) return;
+      if (attempt === 0) log(`redis: the private redis-server did not come back on port ${port} (${outcome}): ${next.log().split('\n').pop() ?? ''}; trying again`);
+      const pause = RESTART_PAUSE_MS[Math.min(attempt, RESTART_PAUSE_MS.length - 1)]!;
+      await new Promise((r) => setTimeout(r, pause).unref());
+    }
+  };
+  watch(first);
+  return async () => {
+    stopping = true;
+    await restarting;
+    await current.stop();
+  };
+}
+
 interface RedisProcess {
   readonly child: ChildProcess;
   /** Whether the process has exited. */
@@ -194,6 +244,8 @@ interface RedisProcess {
   readonly whenExited: Promise<void>;
   /** The last lines it printed. */
   log(): string;
+  /** How it exited ('' while it runs). */
+  exitReason(): string;
   stop(): Promise<void>;
 }
 
@@ -213,7 +265,8 @@ function spawnRedis(port: number, dir: string): RedisProcess {
     '--dir', dir,
     '--daemonize', 'no',
   ];
-  const child = spawn('sh', ['-c', WRAPPER, 'tas-redis', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // Its own process group: a terminal's Ctrl-C reaches only the service, which stops it in order.
+  const child = spawn('sh', ['-c', WRAPPER, 'tas-redis', ...args], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
   const lines: string[] = [];
   const collect = (chunk: Buffer) => {
     lines.push(...chunk.toString('utf8').split('\n').filter((l) => l.trim() !== ''));
@@ -223,7 +276,11 @@ function spawnRedis(port: number, dir: string): RedisProcess {
   child.stderr?.on('data', collect);
   child.stdin?.on('error', () => undefined); // EPIPE once the wrapper is gone
   let exited = false;
-  const exit = once(child, 'exit').then(() => {
+  let reason = '';
+  const exit = once(child, 'exit').then((args: unknown[]) => {
+    const [code, signal] = args as [number | null, NodeJS.Signals | null];
+    // The wrapper's `wait` returns 128 + the signal number of a server killed by a signal.
+    reason = signal ? `signal ${signal}` : code !== null && code > 128 ? `killed by signal ${code - 128}` : `exit status ${code}`;
     exited = true;
     child.stdin?.destroy(); // lets the background cat of a server that died on its own finish
   });
@@ -236,6 +293,7 @@ function spawnRedis(port: number, dir: string): RedisProcess {
     exited: () => exited,
     whenExited: exit,
     log: () => lines.join('\n'),
+    exitReason: () => reason,
     stop: () =>
       (stopping ??= (async () => {
         process.off('exit', onExit);

@@ -209,7 +209,3 @@ export function redisKeyRevocations(publisher: { publish(channel: string, messag
     },
   };
 }
-
-export function keyRevocationsChannel(queueName: string): string {
-  return `tas:${queueName}:keys`;
-}

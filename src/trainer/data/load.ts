@@ -3,7 +3,7 @@
  * the data directory; a path may not climb out of it) and dispatches to the parsers.
  * Every rank loads the whole set; sharding happens per epoch (math/sharding.ts).
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve } from 'node:path';
 import { TrainerError } from '../errors.js';
 import { csvToDataset } from './csv.js';
@@ -21,6 +21,31 @@ export type DataSource =
   | { type: 'idx'; images: string; labels: string; scale?: boolean };
 
 export type { Dataset } from './dataset.js';
+
+/** The files a data source reads, with the spec field naming each (none for a synthetic set). */
+export function dataFiles(data: DataSource): Array<[field: string, path: string]> {
+  switch (data.type) {
+    case 'csv':
+      return [['data.path', data.path]];
+    case 'npy':
+      return [['data.x', data.x], ['data.y', data.y]];
+    case 'idx':
+      return [['data.images', data.images], ['data.labels', data.labels]];
+    case 'synthetic':
+      return [];
+  }
+}
+
+/**
+ * The bytes a data source's files take on disk (0 for a missing one), which bounds the
+ * float32 values they load into: the memory estimate's data part for files.
+ */
+export async function dataFileBytes(data: DataSource, dataDir: string): Promise<number> {
+  const sizes = await Promise.all(dataFiles(data).map(([, path]) => stat(resolve(dataDir, path)).then((s) => s.size, () => 0)));
+  // Text (CSV) and gzip (IDX) files can hold more values than bytes/4: count bytes x 4 for them.
+  const widen = data.type === 'npy' ? 1 : 4;
+  return sizes.reduce((a, b) => a + b, 0) * widen;
+}
 
 async function readIn(dataDir: string, path: string, field: string): Promise<Uint8Array> {
   const full = resolve(dataDir, path);

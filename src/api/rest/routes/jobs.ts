@@ -13,6 +13,8 @@ import { ApiError } from '../http-errors.js';
 
 export interface JobRouteOptions {
   readonly jobs: JobService;
+  /** Aborted when the server closes: long polls answer at once instead of holding the close up. */
+  readonly closing?: AbortSignal;
 }
 
 const idParams = { type: 'object', required: ['id'], properties: { id: { type: 'string', maxLength: 64 } } } as const;
@@ -45,13 +47,13 @@ export const LONG_POLL_CHECK_MS = 200;
  * of a change when it happens instead of polling in a loop. Without `wait`, a plain
  * conditional GET. Resolves with the latest read.
  */
-async function latestWhenChanged<T>(request: FastifyRequest, read: () => Promise<T>, tagOf: (t: T) => string, waitSeconds: number | undefined): Promise<T> {
+async function latestWhenChanged<T>(request: FastifyRequest, read: () => Promise<T>, tagOf: (t: T) => string, waitSeconds: number | undefined, closing?: AbortSignal): Promise<T> {
   let t = await read();
   if (waitSeconds && request.headers['if-none-match'] !== undefined) {
     const deadline = Date.now() + waitSeconds * 1000;
     let closed = false;
     request.raw.once('close', () => (closed = true));
-    while (clientHas(request, tagOf(t)) && Date.now() < deadline && !closed) {
+    while (clientHas(request, tagOf(t)) && Date.now() < deadline && !closed && !closing?.aborted) {
       await new Promise((r) => setTimeout(r, Math.min(LONG_POLL_CHECK_MS, Math.max(0, deadline - Date.now()))));
       t = await read();
     }
@@ -59,13 +61,13 @@ async function latestWhenChanged<T>(request: FastifyRequest, read: () => Promise
   return t;
 }
 
-export async function sendWhenChanged(request: FastifyRequest, reply: FastifyReply, read: () => Promise<unknown>, waitSeconds: number | undefined): Promise<FastifyReply> {
-  return sendWithEtag(request, reply, await latestWhenChanged(request, read, etagOf, waitSeconds));
+export async function sendWhenChanged(request: FastifyRequest, reply: FastifyReply, read: () => Promise<unknown>, waitSeconds: number | undefined, closing?: AbortSignal): Promise<FastifyReply> {
+  return sendWithEtag(request, reply, await latestWhenChanged(request, read, etagOf, waitSeconds, closing));
 }
 
 /** As sendWhenChanged, for resources that come with their ETag (no hashing per request). */
-export async function sendTaggedWhenChanged(request: FastifyRequest, reply: FastifyReply, read: () => Promise<TaggedView>, waitSeconds: number | undefined): Promise<FastifyReply> {
-  const t = await latestWhenChanged(request, read, (v) => v.etag, waitSeconds);
+export async function sendTaggedWhenChanged(request: FastifyRequest, reply: FastifyReply, read: () => Promise<TaggedView>, waitSeconds: number | undefined, closing?: AbortSignal): Promise<FastifyReply> {
+  const t = await latestWhenChanged(request, read, (v) => v.etag, waitSeconds, closing);
   void reply.header('etag', t.etag).header('cache-control', 'no-cache');
   if (clientHas(request, t.etag)) return reply.code(304).send();
   return reply.type('application/json; charset=utf-8').serializer((x) => x as string).send(t.json);
@@ -74,7 +76,7 @@ export async function sendTaggedWhenChanged(request: FastifyRequest, reply: Fast
 /** The `wait` query parameter of long-polled resources. */
 export const waitQuery = { wait: { type: 'number', minimum: 0, maximum: 60, description: 'long poll: with If-None-Match, hold the answer up to this many seconds until the resource changes' } } as const;
 
-export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs }) => {
+export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs, closing }) => {
   app.post(
     '/v1/jobs',
     {
@@ -136,7 +138,7 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         response: { 200: { $ref: 'Job#' }, 404: errorResponse },
       },
     },
-    async (request, reply) => sendTaggedWhenChanged(request, reply, () => jobs.getTagged(request.principal, request.params.id), request.query.wait),
+    async (request, reply) => sendTaggedWhenChanged(request, reply, () => jobs.getTagged(request.principal, request.params.id), request.query.wait, closing),
   );
 
   app.get<{ Params: { id: string }; Querystring: { max_points?: number } }>(

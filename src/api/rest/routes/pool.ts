@@ -8,9 +8,11 @@ import { sendWhenChanged, waitQuery } from './jobs.js';
 export interface PoolRouteOptions {
   readonly prisma: PrismaClient;
   readonly probeIntervalMs: number;
+  /** Aborted when the server closes (long polls answer at once). */
+  readonly closing?: AbortSignal;
 }
 
-export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { prisma, probeIntervalMs }) => {
+export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { prisma, probeIntervalMs, closing }) => {
   // Every key sees the whole pool; a tenant sees only its own jobs' ids on it.
   const read = async (who: Principal) => {
     const rows = await prisma.worker.findMany({ orderBy: { id: 'asc' }, include: { currentJob: { select: { tenantId: true } } } });
@@ -24,6 +26,8 @@ export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { pr
       device_index: w.deviceIndex,
       device_name: w.deviceName,
       device_memory_mib: w.deviceMemoryMiB,
+      // The memory a job may use there (jobs are admitted against it).
+      memory_limit_bytes: w.memoryLimitBytes === null ? null : Number(w.memoryLimitBytes),
       backend: w.backend,
       pid: w.pid,
       rss_bytes: w.rssBytes === null ? null : Number(w.rssBytes),
@@ -44,6 +48,6 @@ export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { pr
       },
     },
     // The ETag covers last_seen_at and memory too, so a long poll also ends at each probe.
-    async (request, reply) => sendWhenChanged(request, reply, () => read(request.principal), request.query.wait),
+    async (request, reply) => sendWhenChanged(request, reply, () => read(request.principal), request.query.wait, closing),
   );
 };
