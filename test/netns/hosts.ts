@@ -5,6 +5,9 @@
  * own (`<prefix>-sw`), so nothing here touches the machine's own network and nothing has
  * a route out. Links can be rate-limited (tc tbf, both directions), cut and restored, and
  * two hosts partitioned from each other (blackhole routes) while both still reach the rest.
+ * With `gateway`, this process's own namespace gets a link to the bridge too (at
+ * 10.77.<net>.254, unlimited), so a test can call the services it started on the hosts;
+ * the hosts still have no route out (they have no default route).
  *
  * Every namespace carries this process's pid in its name; `close()` deletes them all (and
  * with them every link), and a later run deletes what a killed run left behind.
@@ -27,6 +30,8 @@ export interface Host {
 
 export interface Network {
   readonly hosts: readonly Host[];
+  /** This process's address on the bridge, with `gateway`; else null. */
+  readonly gatewayIp: string | null;
   /** Each link's rate in Mbit/s (both directions); null: unlimited. */
   readonly rateMbit: number | null;
   /** Take host `i`'s link down (its processes stay up, unreachable). */
@@ -82,23 +87,28 @@ async function ip(...args: string[]): Promise<void> {
 }
 
 /** Make `count` hosts on one bridge; `rateMbit` limits every link both ways. */
-export async function makeNetwork(count: number, options: { rateMbit?: number } = {}): Promise<Network> {
+export async function makeNetwork(count: number, options: { rateMbit?: number; gateway?: boolean } = {}): Promise<Network> {
   await sweepStale();
   const id = `${PREFIX}${process.pid}-${counter++}`;
-  const net = 77 + (counter % 100);
+  // Two runs at once (a test and a benchmark) get different subnets: their gateways' routes must not clash.
+  const net = 20 + ((process.pid * 7 + counter) % 200);
   const sw = `${id}-sw`;
   const made: string[] = [];
   const hosts: Host[] = [];
   const rate = options.rateMbit ?? null;
+  let gatewayLink: string | null = null;
   const close = async () => {
+    // The gateway's end lives here: deleted at once (a namespace's own links go asynchronously).
+    if (gatewayLink) await run('ip', ['link', 'del', gatewayLink]).catch(() => undefined);
+    gatewayLink = null;
     for (const ns of made.reverse()) await run('ip', ['netns', 'del', ns]).catch(() => undefined);
     made.length = 0;
   };
   // Namespaces go even when the process is interrupted.
   const onExit = () => {
-    for (const ns of made) {
+    for (const args of [...(gatewayLink ? [['link', 'del', gatewayLink]] : []), ...made.map((ns) => ['netns', 'del', ns])]) {
       try {
-        execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+        execFileSync('ip', args, { stdio: 'ignore' });
       } catch {
         // already gone
       }
@@ -124,7 +134,7 @@ export async function makeNetwork(count: number, options: { rateMbit?: number } 
       await ip('-n', sw, 'link', 'set', swEnd, 'up');
       await ip('-n', ns, 'link', 'set', 'lo', 'up');
       await ip('-n', ns, 'link', 'set', 'eth0', 'up');
-      const addr = `10.${net}.0.${i + 1}`;
+      const addr = `10.77.${net}.${i + 1}`;
       await ip('-n', ns, 'addr', 'add', `${addr}/24`, 'dev', 'eth0');
       if (rate !== null) {
         // Both directions: the host's egress, and the switch port's egress (the host's ingress).
@@ -139,6 +149,17 @@ export async function makeNetwork(count: number, options: { rateMbit?: number } 
         spawn: (command, args, opts = {}) => spawn('ip', ['netns', 'exec', ns, command, ...args], opts),
       });
     }
+    if (options.gateway) {
+      // The root end lives in this namespace; it goes with its peer when the switch's namespace is deleted.
+      const rootEnd = `${id.slice(-6)}gw`;
+      await ip('link', 'add', rootEnd, 'type', 'veth', 'peer', 'name', `${id.slice(-6)}sg`);
+      gatewayLink = rootEnd;
+      await ip('link', 'set', `${id.slice(-6)}sg`, 'netns', sw);
+      await ip('-n', sw, 'link', 'set', `${id.slice(-6)}sg`, 'master', 'br0');
+      await ip('-n', sw, 'link', 'set', `${id.slice(-6)}sg`, 'up');
+      await ip('addr', 'add', `10.77.${net}.254/24`, 'dev', rootEnd);
+      await ip('link', 'set', rootEnd, 'up');
+    }
   } catch (e) {
     await close();
     process.off('exit', onExit);
@@ -147,6 +168,7 @@ export async function makeNetwork(count: number, options: { rateMbit?: number } 
   const swEndOf = (i: number) => `${id.slice(-6)}s${i}`;
   return {
     hosts,
+    gatewayIp: options.gateway ? `10.77.${net}.254` : null,
     rateMbit: rate,
     cut: (i) => ip('-n', sw, 'link', 'set', swEndOf(i), 'down'),
     restore: (i) => ip('-n', sw, 'link', 'set', swEndOf(i), 'up'),
