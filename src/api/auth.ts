@@ -18,6 +18,8 @@ export interface AuthenticatorOptions {
   readonly adminToken?: string | null;
   /** TAS_METRICS_TOKEN: a key that may read /metrics and nothing else. */
   readonly metricsToken?: string | null;
+  /** TAS_WORKER_TOKEN: the workers' secret, which lets a worker join and move its job's files (and nothing else). */
+  readonly workerToken?: string | null;
 }
 
 /** Why a request has no principal: the message a client sees (401). */
@@ -59,6 +61,14 @@ export class Authenticator {
     if (admin.role !== 'admin' || !this.options.tenants) return null;
     const t = await this.options.tenants.byName(tenantName);
     return t ? { ...admin, tenantId: t.id, tenantName: t.name } : null;
+  }
+
+  /** Whether an Authorization value is a worker's: TAS_WORKER_TOKEN, or the admin's key. */
+  async isWorker(authorization: string | undefined): Promise<boolean> {
+    if (!this.on) return true;
+    const worker = this.options.workerToken;
+    if (worker && authorization !== undefined && BEARER.test(authorization) && tokensEqual(tokenOf(authorization), worker)) return true;
+    return (await this.principal(authorization)).role === 'admin';
   }
 
   /** Whether an Authorization value may read /metrics: the admin, or TAS_METRICS_TOKEN. */

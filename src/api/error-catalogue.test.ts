@@ -24,6 +24,7 @@ const TRAINER_CODES: Readonly<Record<TrainerErrorCode, true>> = {
   TAS_ERR_SHAPE: true,
   TAS_ERR_BN_SINGLE_VALUE: true,
   TAS_ERR_DATA_FORMAT: true,
+  TAS_ERR_TRANSFER: true,
   TAS_ERR_BACKEND: true,
   TAS_ERR_COLLECTIVE: true,
   TAS_ERR_CHECKPOINT: true,

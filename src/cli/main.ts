@@ -8,9 +8,15 @@
  *       --workers-at: run rank i on the i-th worker address (workers from `tas pool` / `tas worker`).
  *   tas pool [--workers N] [--host H] [--tls-*]
  *       Start N local workers (default: one per GPU, else 2 CPU workers); print their addresses.
- *   tas worker [--host H] [--port P] [--collective-port P] [--device-kind gpu|cpu] [--device-index I] [--tls-*]
- *       Run one worker here (to join a pool from another machine: --host 0.0.0.0). The
- *       rank-to-rank collective listens on --collective-port (default: any free port).
+ *   tas worker [--join URL [--advertise HOST] [--cache-dir DIR] [--cache-max-mb N]] [--host H] [--port P]
+ *              [--collective-port P] [--device-kind gpu|cpu] [--device-index I] [--tls-*]
+ *       Run one worker here. --join: join the pool of the service at URL (with its
+ *       TAS_WORKER_TOKEN when its keys are on) and heartbeat; the service and the other
+ *       ranks reach it at --advertise (default: --host, else this machine's first
+ *       non-loopback IPv4); it shares no filesystem with the service: it fetches its jobs'
+ *       inputs into --cache-dir and sends checkpoints and artifacts back. Without --join,
+ *       a scheduler adds it by address (TAS_WORKERS_AT). The rank-to-rank collective
+ *       listens on --collective-port (default: any free port).
  *   tas validate <spec.json>
  *   tas serve [--no-workers]
  *       The service in one command: REST API (TAS_HTTP_PORT, default 8000), scheduler, and
@@ -24,10 +30,14 @@
  * TLS (optional, mutual): --tls-cert F --tls-key F --tls-ca F, or TAS_TLS_CERT/KEY/CA.
  */
 import { readFile } from 'node:fs/promises';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runJobOnWorkers, startLocalWorkers, stopLocalWorkers, type LocalWorker } from '../gpu-pool/pool.js';
 import { startWorkerServer, tlsFrom } from '../gpu-pool/worker-server.js';
+import { PoolMembership } from '../gpu-pool/join.js';
+import { ServiceFiles } from '../gpu-pool/service-files.js';
+import { workerToken } from '../gpu-pool/worker-token.js';
 import { ENGINE_FAILURE_EXIT_CODE } from '../gpu-pool/worker-service.js';
 import { ConfigError, loadConfig } from '../service/startup/config.js';
 import { ServiceStartError } from '../service/startup/start-errors.js';
@@ -41,7 +51,8 @@ const USAGE = `usage:
   tas train <spec.json> [--out DIR] [--data-dir DIR] [--no-resume] [--quiet]
                         [--processes | --workers-at HOST:PORT,...] [--timeout-ms MS] [--tls-cert F --tls-key F --tls-ca F]
   tas pool [--workers N] [--host H] [--tls-cert F --tls-key F --tls-ca F]
-  tas worker [--host H] [--port P] [--collective-port P] [--device-kind gpu|cpu] [--device-index I] [--tls-cert F --tls-key F --tls-ca F]
+  tas worker [--join URL [--advertise HOST] [--cache-dir DIR] [--cache-max-mb N]] [--host H] [--port P] [--collective-port P]
+             [--device-kind gpu|cpu] [--device-index I] [--tls-cert F --tls-key F --tls-ca F]
   tas validate <spec.json>
   tas serve [--no-workers]          API + scheduler + local workers (env: TAS_HTTP_PORT, TAS_DATA_DIR, DATABASE_URL, REDIS_URL, TAS_WORKERS, TAS_WORKERS_AT)
   tas api                           the REST API alone
@@ -65,6 +76,10 @@ const OPTIONS = {
   'tls-key': { type: 'string' },
   'tls-ca': { type: 'string' },
   'no-workers': { type: 'boolean' },
+  join: { type: 'string' },
+  advertise: { type: 'string' },
+  'cache-dir': { type: 'string' },
+  'cache-max-mb': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -80,7 +95,7 @@ async function readSpec(path: string): Promise<unknown> {
   }
 }
 
-function intOption(v: Values, name: 'workers' | 'port' | 'collective-port' | 'device-index' | 'timeout-ms', min: number): number | undefined {
+function intOption(v: Values, name: 'workers' | 'port' | 'collective-port' | 'device-index' | 'timeout-ms' | 'cache-max-mb', min: number): number | undefined {
   const s = v[name];
   if (s === undefined) return undefined;
   const n = Number(s);
@@ -233,26 +248,86 @@ async function worker(v: Values): Promise<number> {
   const port = intOption(v, 'port', 0);
   const collectivePort = intOption(v, 'collective-port', 0);
   const index = intOption(v, 'device-index', 0);
+  const service = v.join === undefined ? null : joinUrl(v.join);
+  if (service === null) for (const flag of ['advertise', 'cache-dir', 'cache-max-mb'] as const) if (v[flag] !== undefined) throw new UsageError(`--${flag}: only with --join`);
+  // Joining from another machine: listen on every interface unless told otherwise.
+  const host = v.host ?? (service ? '0.0.0.0' : '127.0.0.1');
+  const log = (m: string) => console.error(`[tas worker] ${m}`);
+  const files = service
+    ? new ServiceFiles({
+        baseUrl: service,
+        token: workerToken(),
+        cacheDir: resolve(v['cache-dir'] ?? process.env.TAS_WORKER_CACHE_DIR ?? join(tmpdir(), 'tas-worker-cache')),
+        ...(v['cache-max-mb'] !== undefined ? { maxCacheBytes: intOption(v, 'cache-max-mb', 1)! * 1024 * 1024 } : {}),
+        log,
+      })
+    : null;
   // A failed engine may be corrupt: exit so that the service manager (systemd's
   // Restart=, Docker's restart policy) starts a fresh worker; the pool retries the job
   // elsewhere meanwhile.
   const restart = (reason: string) => {
     console.error(`[tas worker] the tensor engine failed (${reason}); exiting with status ${ENGINE_FAILURE_EXIT_CODE} to be restarted`);
-    void w.close().finally(() => process.exit(ENGINE_FAILURE_EXIT_CODE));
+    void (membership?.leave() ?? Promise.resolve()).then(() => w.close()).finally(() => process.exit(ENGINE_FAILURE_EXIT_CODE));
   };
+  let membership: PoolMembership | null = null;
   const w = await startWorkerServer({
     onEngineFailure: restart,
-    host: v.host ?? '127.0.0.1',
+    host,
     ...(port !== undefined ? { port } : {}),
     ...(collectivePort !== undefined ? { collectivePort } : {}),
     ...(kind ? { deviceKind: kind } : {}),
     ...(index !== undefined ? { deviceIndex: index } : {}),
     ...(tls ? { tls } : {}),
+    ...(files ? { files } : {}),
+    log,
   });
-  console.log(JSON.stringify({ ready: { address: w.address, collective_port: w.collectivePort, pid: process.pid, device: w.device.kind, index: w.device.index, backend: w.backend.name, tls: Boolean(tls) } }));
-  await untilSignal();
+  const advertised = service ? `${formatHost(v.advertise ?? advertiseDefault(host, log))}:${w.port}` : null;
+  console.log(JSON.stringify({ ready: { address: w.address, collective_port: w.collectivePort, pid: process.pid, device: w.device.kind, index: w.device.index, backend: w.backend.name, tls: Boolean(tls), ...(advertised ? { advertised, join: service } : {}) } }));
+  if (service && advertised) {
+    membership = new PoolMembership({ url: service, address: advertised, token: workerToken(), log });
+    const refused = membership.joined.then(
+      () => null,
+      (e: Error) => e,
+    );
+    const first = await Promise.race([refused, untilSignal().then(() => 'signal' as const)]);
+    if (first instanceof Error) {
+      await w.close();
+      return 1;
+    }
+    if (first !== 'signal') await untilSignal();
+    await membership.leave();
+  } else {
+    await untilSignal();
+  }
   await w.close();
   return 0;
+}
+
+/** The URL of --join, checked. */
+function joinUrl(raw: string): string {
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new UsageError(`--join: expected the service's URL (http://host:8000), got ${JSON.stringify(raw)}`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new UsageError(`--join: expected an http(s) URL, got ${JSON.stringify(raw)}`);
+  return u.toString().replace(/\/+$/, '');
+}
+
+/** The host other machines reach this worker at: --host when it names one, else the first non-loopback IPv4 address. */
+function advertiseDefault(host: string, log: (m: string) => void): string {
+  if (host !== '0.0.0.0' && host !== '::') return host;
+  const ip = Object.values(networkInterfaces())
+    .flat()
+    .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+  if (!ip) throw new UsageError('--advertise: this machine has no non-loopback IPv4 address; say where the service reaches this worker');
+  log(`advertising ${ip} (the first non-loopback IPv4 address; --advertise sets another)`);
+  return ip;
+}
+
+function formatHost(host: string): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
 }
 
 async function serve(v: Values, parts: ServiceParts): Promise<number> {

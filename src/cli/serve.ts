@@ -8,7 +8,8 @@
 import { mkdir } from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
 import { Registry } from 'prom-client';
-import { buildApp } from '../api/rest/app.js';
+import { buildApp, createBaseApp } from '../api/rest/app.js';
+import { healthRoutes } from '../api/rest/routes/health.js';
 import { datasetRoutes } from '../api/rest/routes/datasets.js';
 import { LocalPool } from '../gpu-pool/local-pool.js';
 import { identityPrefix, JobQueue, queueNames, redisCommandConnection, redisConnection, type QueueNames } from '../service/scheduling/job-queue.js';
@@ -31,6 +32,8 @@ import { redisKeyRevocations, TenantStore } from '../service/tenants/tenant-stor
 import { Authenticator } from '../api/auth.js';
 import { RateCounter } from '../api/rate-limit.js';
 import { ensureWorkerToken, writeAdminKey } from './secrets.js';
+import { JobFiles } from '../service/jobs/job-files.js';
+import { workerToken } from '../gpu-pool/worker-token.js';
 
 /** The longest one part may take to stop (the whole stop is bounded by the caller). */
 const STOP_STEP_MS = 8000;
@@ -129,7 +132,11 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     onStop('model notices', async () => changesSubscriber.disconnect());
     const modelChanges = redisModelChanges(commands, changesSubscriber, names.modelsChannel);
 
-    const registry = new WorkerRegistry(prisma, { probeIntervalMs: config.probeIntervalMs, pruneAfterMs: config.workerPruneAfterMs, ...(options.tls ? { tls: options.tls } : {}), log });
+    const readinessChecks = [
+      { name: 'database', check: async () => void (await prisma.$queryRaw`SELECT 1`) },
+      { name: 'redis', check: async () => void (await commands.ping()) },
+    ];
+    const registry = new WorkerRegistry(prisma, { probeIntervalMs: config.probeIntervalMs, pruneAfterMs: config.workerPruneAfterMs, leaveAfterMs: config.workerLeaveAfterMs, ...(options.tls ? { tls: options.tls } : {}), log });
     if (parts.scheduler) {
       if (parts.localWorkers) {
         localPool = await LocalPool.start(config.workers ?? undefined, registry, { log, ...(options.tls ? { tls: options.tls } : {}) });
@@ -184,18 +191,18 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
           log(`auth: made the admin key (shown once; also written to ${file}, mode 0600): ${made.api_key}`);
         }
       }
-      const auth = new Authenticator({ mode: config.auth, tenants, adminToken: config.adminToken, metricsToken: config.metricsToken });
+      const auth = new Authenticator({ mode: config.auth, tenants, adminToken: config.adminToken, metricsToken: config.metricsToken, workerToken: workerToken() });
       const rateNamespace = names.rateNamespace;
       log(
         config.auth === 'on'
           ? `auth: on (API keys required${config.adminToken ? '; admin key from TAS_ADMIN_TOKEN' : ''}; CORS ${config.corsOrigins.length ? `for ${config.corsOrigins.join(', ')}` : 'off'})`
           : `auth: off (every request is the admin; set TAS_AUTH=on, or listen beyond loopback, to require keys)`,
       );
-      const registry = new Registry();
+      const metricsRegistry = new Registry();
       const inference: InferenceService = await startInferenceService({
         source: new ModelStore(prisma),
         changes: modelChanges,
-        registry,
+        registry: metricsRegistry,
         threads: config.inferThreads,
         maxRequestRows: config.inferMaxRows,
         maxMessageBytes: config.inferMaxMessageBytes,
@@ -212,14 +219,12 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         models: new ModelStore(prisma),
         queue,
         probeIntervalMs: config.probeIntervalMs,
-        checks: [
-          { name: 'database', check: async () => void (await prisma.$queryRaw`SELECT 1`) },
-          { name: 'redis', check: async () => void (await commands.ping()) },
-        ],
+        checks: readinessChecks,
         registerDatasets: async (a) => void (await a.register(datasetRoutes, { store: datasets, maxUploadBytes: config.maxUploadBytes })),
         registerInference: (a) => inference.registerRoutes(a),
-        registry,
+        registry: metricsRegistry,
         tenants,
+        workers: { registry, files: new JobFiles({ prisma, dataDir: config.dataDir }), heartbeatMs: config.workerHeartbeatMs, leaveAfterMs: config.workerLeaveAfterMs },
       }, { access: { auth, corsOrigins: config.corsOrigins, redis: commands, rateLimitNamespace: rateNamespace } });
       const server = app;
       onStop('REST API', () => server.close());
@@ -227,6 +232,14 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
       // The address bound, as the server reports it, and one this machine can dial.
       httpUrl = address.replace('0.0.0.0', '127.0.0.1').replace('[::]', '[::1]');
       log(`REST API listening on ${address}${httpUrl !== address ? ` (from this machine: ${httpUrl})` : ''}; OpenAPI at ${httpUrl}/docs`);
+    } else if (config.healthPort !== null) {
+      // A scheduler without the API: liveness and readiness alone, for an orchestrator's probes.
+      const health = createBaseApp();
+      await health.register(healthRoutes, { checks: readinessChecks });
+      onStop('health endpoint', () => health.close());
+      const address = await health.listen({ port: config.healthPort, host: config.host });
+      httpUrl = address.replace('0.0.0.0', '127.0.0.1').replace('[::]', '[::1]');
+      log(`health (/healthz, /readyz) on ${address}`);
     }
 
     return { httpUrl, grpcAddress, databaseUrl, redisUrl: redis.url, names, embeddedDatabase: config.databaseUrl === null, prisma, app, localPool, stop };

@@ -17,6 +17,7 @@ import { GrpcCollective, listenCollectiveServer } from '../collective/grpc-colle
 import { serverCredentials, type TlsFiles } from '../grpc/tls-files.js';
 import { hostId } from './host-id.js';
 import { addWorkerService } from './worker-service.js';
+import type { ServiceFiles } from './service-files.js';
 
 export interface WorkerServerOptions {
   host?: string;
@@ -31,6 +32,8 @@ export interface WorkerServerOptions {
   log?: (message: string) => void;
   /** Told when the worker's tensor engine failed and it must be restarted (worker-service.ts). */
   onEngineFailure?: (reason: string) => void;
+  /** A worker that joined by URL: its jobs' files come from and go to the service (service-files.ts). */
+  files?: ServiceFiles;
 }
 
 export interface WorkerServer {
@@ -76,6 +79,8 @@ export async function startWorkerServer(options: WorkerServerOptions = {}): Prom
     memoryLimitBytes,
     ...(options.onEngineFailure ? { onEngineFailure: options.onEngineFailure } : {}),
     ...(failpoints.length > 0 ? { failpoints } : {}),
+    ...(options.files ? { files: options.files } : {}),
+    log,
   });
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${options.port ?? 0}`, serverCredentials(options.tls), (err, p) => (err ? reject(err) : resolve(p))),

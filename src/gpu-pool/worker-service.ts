@@ -1,7 +1,8 @@
 /**
  * The Worker gRPC service (proto/worker.proto): one process, one device, one rank of one
  * job at a time. `Run` trains the rank with `trainRank` over a Collective to its peers,
- * streaming progress; rank 0 writes checkpoints and the artifact.
+ * streaming progress; rank 0 writes checkpoints and the artifact (into `out_dir`, or, for a
+ * worker that joined by URL, sent to the service: service-files.ts).
  *
  * Two guards keep a worker sound. Before it allocates anything, `Run` estimates the
  * rank's memory (trainer/engine/memory.ts) and refuses a job that cannot fit the worker's
@@ -11,23 +12,24 @@
  * takes no other job, and `onEngineFailure` has it restarted (worker-main.ts exits, and
  * the pool starts a fresh process) before it is offered again.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { availableParallelism, hostname } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
-import { encodeCheckpoint, specFingerprint } from '../trainer/artifact/checkpoint.js';
-import { writeAtomic } from '../trainer/artifact/artifact.js';
+import { decodeCheckpoint, encodeCheckpoint, specFingerprint } from '../trainer/artifact/checkpoint.js';
+import { readArtifact, writeAtomic } from '../trainer/artifact/artifact.js';
 import { backendInfo } from '../trainer/backend.js';
 import type { Collective } from '../trainer/collective/collective.js';
 import { loadDataset } from '../trainer/data/load.js';
 import { TrainerError, type TrainerErrorCode } from '../trainer/errors.js';
 import { resolveTrainSpec } from '../trainer/engine/job-spec.js';
-import { CHECKPOINT_FILE, readCheckpointIn, saveArtifact } from '../trainer/engine/local-job.js';
+import { ARTIFACT_FILE, CHECKPOINT_FILE, readCheckpointIn, saveArtifact } from '../trainer/engine/local-job.js';
+import { CheckpointUploads, type ServiceFiles } from './service-files.js';
 import { checkMemoryFits, estimateJobMemory } from '../trainer/engine/memory.js';
 import { dataFileBytes } from '../trainer/data/load.js';
 import { armed, wasmTrap, type Failpoint } from './failpoints.js';
 import { trainRank } from '../trainer/engine/train.js';
 import type { BnLayerSummary } from '../trainer/math/bn-summary.js';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { DeviceAssignment } from './device.js';
 import type { BnLayerStatsMsg, RunEventMsg, RunRequestMsg, WorkerInfoMsg } from './messages.js';
 import { NOT_YOUR_WORKER, presentsToken, workerToken } from './worker-token.js';
@@ -59,6 +61,14 @@ export interface WorkerDeps {
   onEngineFailure?: (reason: string) => void;
   /** Faults to inject (failpoints.ts; the fault suite's). */
   failpoints?: readonly Failpoint[];
+  /**
+   * A worker that joined by URL shares no filesystem with the service: it fetches its
+   * job's inputs and checkpoint from there and sends checkpoints and the artifact back
+   * (service-files.ts); `data_dir` and `out_dir` then name the service's directories.
+   * Absent: they are on this worker's filesystem.
+   */
+  files?: ServiceFiles;
+  log?: (message: string) => void;
 }
 
 /**
@@ -94,6 +104,7 @@ export const WORKER_GRPC_STATUS: Readonly<Record<TrainerErrorCode, grpc.status>>
   TAS_ERR_CANCELLED: grpc.status.CANCELLED,
   TAS_ERR_OUT_OF_MEMORY: grpc.status.RESOURCE_EXHAUSTED,
   TAS_ERR_ENGINE: grpc.status.INTERNAL,
+  TAS_ERR_TRANSFER: grpc.status.UNAVAILABLE,
 };
 
 export function toStatus(e: unknown): Partial<grpc.StatusObject> {
@@ -226,7 +237,34 @@ async function runRank(
   }
   const spec = resolveTrainSpec(raw);
   const specHash = specFingerprint(spec.raw);
-  const dataDir = req.data_dir || process.cwd();
+  const files = deps.files;
+  try {
+    return await runRankIn(req, deps, spec, specHash, signal, onCollective, emit);
+  } finally {
+    await files?.forget(req.job_id, req.rank).catch(() => undefined);
+  }
+}
+
+async function runRankIn(
+  req: RunRequestMsg,
+  deps: WorkerDeps,
+  spec: ReturnType<typeof resolveTrainSpec>,
+  specHash: string,
+  signal: AbortSignal,
+  onCollective: (c: Collective) => void,
+  emit: (ev: RunEventMsg) => void,
+): Promise<NonNullable<RunEventMsg['done']>> {
+  const files = deps.files;
+  // Where the spec's relative paths resolve, and where rank 0 writes: the service's
+  // directories, or, for a joined worker, this worker's copies of them.
+  let dataDir = req.data_dir || process.cwd();
+  let outDir = req.out_dir;
+  if (files) {
+    const staged = await files.stageInputs(req.job_id, req.rank);
+    if (staged.fetched + staged.cached > 0) deps.log?.(`job ${req.job_id} rank ${req.rank}: inputs from the service: ${staged.fetched} fetched (${staged.bytesFetched} bytes), ${staged.cached} from the cache`);
+    dataDir = staged.dir;
+    outDir = files.jobDir(req.job_id, req.rank);
+  }
   if (deps.memoryLimitBytes) {
     // Before anything is allocated (the dataset, the model): a job that cannot fit is refused, never half-run.
     const estimate = estimateJobMemory(spec, {
@@ -237,8 +275,11 @@ async function runRank(
     checkMemoryFits(estimate, deps.memoryLimitBytes, `this worker (${deps.device.kind} ${deps.device.index}, ${backendInfo().name} backend) has`);
   }
   const dataset = await loadDataset(spec.data, dataDir);
-  if (req.rank === 0) await mkdir(req.out_dir, { recursive: true });
-  const resume = req.resume ? await readCheckpointIn(req.out_dir, specHash) : undefined;
+  if (req.rank === 0) await mkdir(outDir, { recursive: true });
+  const resume = !req.resume ? undefined : files ? await fetchCheckpoint(files, req.job_id, specHash) : await readCheckpointIn(outDir, specHash);
+  // A fine-tune starts from an artifact's weights, unless it resumes from its own checkpoint.
+  const init = !resume && spec.initFrom ? (await readArtifact(resolve(dataDir, spec.initFrom))).state : undefined;
+  const uploads = files ? new CheckpointUploads((bytes) => files.putJobFile(req.job_id, req.generation, CHECKPOINT_FILE, bytes), (m) => deps.log?.(`job ${req.job_id}: ${m}`)) : null;
   const collective = await deps.connectCollective({
     jobId: req.job_id,
     generation: req.generation,
@@ -256,7 +297,8 @@ async function runRank(
     specHash,
     signal,
     ...(resume ? { resume } : {}),
-    onCheckpoint: (c) => writeAtomic(join(req.out_dir, CHECKPOINT_FILE), encodeCheckpoint(c)),
+    ...(init ? { init } : {}),
+    onCheckpoint: async (c) => (uploads ? uploads.offer(encodeCheckpoint(c)) : writeAtomic(join(outDir, CHECKPOINT_FILE), encodeCheckpoint(c))),
     onStep: (m) => {
       if (deps.failpoints && armed(deps.failpoints, { job: spec.name, rank: req.rank, step: m.globalStep, generation: req.generation })) wasmTrap();
       if (req.rank !== 0) return;
@@ -279,7 +321,13 @@ async function runRank(
     },
   });
   try {
-    const artifactPath = req.rank === 0 && result.completed ? await saveArtifact(req.out_dir, spec, specHash, result) : '';
+    let artifactPath = req.rank === 0 && result.completed ? await saveArtifact(outDir, spec, specHash, result) : '';
+    await uploads?.flush();
+    if (files && artifactPath) {
+      // The service keeps the artifact where it would have been written: `out_dir`.
+      await files.putJobFile(req.job_id, req.generation, ARTIFACT_FILE, new Uint8Array(await readFile(artifactPath)));
+      artifactPath = join(req.out_dir, ARTIFACT_FILE);
+    }
     return {
       completed: result.completed,
       global_steps: result.globalSteps,
@@ -296,4 +344,10 @@ async function runRank(
   } finally {
     result.model.dispose();
   }
+}
+
+/** The checkpoint the service holds for the job, when it has one. */
+async function fetchCheckpoint(files: ServiceFiles, jobId: string, specHash: string) {
+  const bytes = await files.fetchJobFile(jobId, CHECKPOINT_FILE);
+  return bytes ? decodeCheckpoint(bytes, specHash) : undefined;
 }

@@ -23,6 +23,8 @@ export const SERVICE_ERROR_CODES = {
   TAS_ERR_QUOTA: "a job asks for more workers than its tenant's max_workers (the limit is named)",
   TAS_ERR_QUEUE_FULL: "the tenant already has max_queued_jobs jobs waiting",
   TAS_ERR_UNAVAILABLE: 'a dependency the request needs (Redis, the job queue) is unreachable: nothing was recorded, retry later',
+  TAS_ERR_CHECKSUM_MISMATCH: 'a file a worker sent does not hash to the SHA-256 it announced (nothing was replaced)',
+  TAS_ERR_WORKER_UNREACHABLE: 'a worker asked to join, but the service cannot reach it at the address it advertised',
   TAS_ERR_MIGRATION_CHECKSUM: "an applied migration's migration.sql was edited",
   TAS_ERR_MIGRATION_FAILED: 'a migration failed now, or one is recorded as failed',
   TAS_ERR_MIGRATION_LOCK_TIMEOUT: 'another migrator held the migration lock too long',

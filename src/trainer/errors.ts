@@ -14,7 +14,8 @@ export type TrainerErrorCode =
   | 'TAS_ERR_NUMERIC' // NaN/Inf in loss or statistics
   | 'TAS_ERR_CANCELLED' // the job was cancelled
   | 'TAS_ERR_OUT_OF_MEMORY' // the job's estimated memory does not fit the worker (checked before allocating)
-  | 'TAS_ERR_ENGINE'; // the worker's tensor engine failed (a wasm trap, an allocation failure): the worker restarts
+  | 'TAS_ERR_ENGINE' // the worker's tensor engine failed (a wasm trap, an allocation failure): the worker restarts
+  | 'TAS_ERR_TRANSFER'; // a worker could not fetch its job's files from the service, or send them back
 
 export class TrainerError extends Error {
   readonly code: TrainerErrorCode;

@@ -54,16 +54,17 @@ export interface Served {
 }
 
 /**
- * Start `tas serve` (or `tas api`) with `workers` local workers; resolves when it listens.
+ * Start `tas serve` (or `tas api`, `tas scheduler`) with `workers` local workers (none with
+ * `noWorkers`); resolves when it listens.
  * `env` is added last (an empty value unsets a variable for the service: DATABASE_URL ''
  * is the embedded database, TAS_QUEUE_PREFIX '' the names derived from the database).
  * `detached`: its own process group.
  */
 export async function startServe(
   env: ServeEnv,
-  opts: { workers?: number; lockDurationMs?: number; command?: 'serve' | 'api'; env?: Record<string, string>; detached?: boolean } = {},
+  opts: { workers?: number; noWorkers?: boolean; lockDurationMs?: number; command?: 'serve' | 'api' | 'scheduler'; env?: Record<string, string>; detached?: boolean } = {},
 ): Promise<Served> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, opts.command ?? 'serve'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, opts.command ?? 'serve', ...(opts.noWorkers ? ['--no-workers'] : [])], {
     env: {
       ...process.env,
       DATABASE_URL: env.databaseUrl,

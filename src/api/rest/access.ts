@@ -3,7 +3,8 @@
  *
  * - Access: each route says who may call it (`config: { access }`): `open` (health,
  *   OpenAPI docs), `tenant` (a tenant's key or the admin; the default under /v1 and /v2),
- *   `admin` (tenants), `metrics` (/metrics: the admin or TAS_METRICS_TOKEN). The request's
+ *   `admin` (tenants), `metrics` (/metrics: the admin or TAS_METRICS_TOKEN), `worker`
+ *   (workers joining and moving their job's files: TAS_WORKER_TOKEN or the admin). The request's
  *   Principal is `request.principal`; a route that reads or makes jobs, datasets or
  *   models passes it to the service, which keeps each tenant to its own rows. Model names
  *   are per tenant: the admin names another tenant's with `?tenant=<name>`.
@@ -30,7 +31,7 @@ import { Authenticator, Unauthenticated } from '../auth.js';
 import { RATE_WINDOW_MS, rateLimitOf } from '../rate-limit.js';
 import { ApiError, type ErrorCode } from './http-errors.js';
 
-export type Access = 'open' | 'tenant' | 'admin' | 'metrics';
+export type Access = 'open' | 'tenant' | 'admin' | 'metrics' | 'worker';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -121,6 +122,11 @@ export function registerAccess(app: FastifyInstance, options: AccessOptions): vo
     try {
       if (access === 'metrics') {
         if (!(await auth.mayReadMetrics(authorization))) return refuse(request, reply, 'TAS_ERR_FORBIDDEN', '/metrics needs the admin key or TAS_METRICS_TOKEN');
+        return;
+      }
+      if (access === 'worker') {
+        if (!(await auth.isWorker(authorization))) return refuse(request, reply, 'TAS_ERR_FORBIDDEN', "this is for workers: present the service's TAS_WORKER_TOKEN");
+        request.principal = adminPrincipal();
         return;
       }
       request.principal = await auth.principal(authorization);

@@ -19,6 +19,7 @@ import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
 import { poolRoutes } from './routes/pool.js';
 import { tenantRoutes, whoamiRoute } from './routes/tenants.js';
+import { workerRoutes, type WorkerRouteOptions } from './routes/workers.js';
 import { addSharedSchemas } from './schemas.js';
 
 export interface BuildAppOptions {
@@ -105,6 +106,8 @@ export interface ApiDeps {
   readonly registry?: Registry;
   /** Tenants and keys (/v1/tenants); without it those routes are absent. */
   readonly tenants?: TenantStore;
+  /** Workers joining by URL and their jobs' files (/v1/workers, /v1/worker-files); without it those routes are absent. */
+  readonly workers?: WorkerRouteOptions;
 }
 
 /** The whole REST API: OpenAPI at /docs, then every resource's routes. */
@@ -142,6 +145,7 @@ export async function buildApp(deps: ApiDeps, options: BuildAppOptions = {}): Pr
   await app.register(poolRoutes, { prisma: deps.prisma, probeIntervalMs: deps.probeIntervalMs, closing: closing.signal });
   await app.register(whoamiRoute);
   if (deps.tenants) await app.register(tenantRoutes, { tenants: deps.tenants });
+  if (deps.workers) await app.register(workerRoutes, deps.workers);
   if (deps.registerDatasets) await deps.registerDatasets(app);
   if (deps.registerInference) await deps.registerInference(app);
   return app;

@@ -4,6 +4,11 @@
  * scheduler and a pool on other machines all see the same pool:
  *
  * - `add(address)` registers a worker (local or remote) after it answered Info;
+ * - `join(address)` is the same for a worker that joins by itself (`tas worker --join`):
+ *   its row records the heartbeat, which it repeats (`heartbeat`) every
+ *   `heartbeatMs`; every registry's probe loop takes up the joined workers it finds in
+ *   the table (the API that took the join may be another process), and a joined worker
+ *   whose heartbeats stop for `leaveAfterMs` leaves the pool; `leave` is its goodbye;
  * - a probe loop asks every known worker for Info each `probeIntervalMs`, recording
  *   memory and `last_seen_at`; one that does not answer goes `offline`, and one that
  *   answers again comes back `idle` (or stays `busy` if a job holds it); one whose
@@ -55,6 +60,8 @@ export interface RegistryOptions {
   readonly probeTimeoutMs?: number;
   /** A worker unseen this long leaves the table. @defaultValue 600000 */
   readonly pruneAfterMs?: number;
+  /** A joined worker whose heartbeats stop this long leaves the pool. @defaultValue 30000 */
+  readonly leaveAfterMs?: number;
   readonly tls?: TlsFiles;
   readonly log?: (message: string) => void;
 }
@@ -89,6 +96,61 @@ export class WorkerRegistry {
     await this.upsert(address, info, true);
     this.notify();
     return info;
+  }
+
+  /**
+   * A worker that joins by itself, or says again that it is there: a new one (or one
+   * whose row is gone: pruned, or the database was reset) must answer Info now; a known
+   * one only refreshes its heartbeat (the probe loop checks it answers). Rejects when a
+   * new worker does not answer.
+   */
+  async join(address: string): Promise<{ joined: boolean }> {
+    const now = new Date();
+    const known = await this.prisma.worker.updateMany({ where: { id: address, joinedAt: { not: null } }, data: { heartbeatAt: now } });
+    if (known.count > 0) {
+      this.addresses.add(address);
+      return { joined: false };
+    }
+    const info = await this.info(address);
+    this.addresses.add(address);
+    await this.upsert(address, info, true, { joinedAt: now, heartbeatAt: now });
+    this.options.log?.(`worker ${address} joined (${info.device_kind} ${info.device_name}, ${info.backend})`);
+    this.notify();
+    return { joined: true };
+  }
+
+  /** A joined worker says goodbye (it is stopping): it leaves the pool at once. */
+  async leave(address: string): Promise<boolean> {
+    const r = await this.prisma.worker.deleteMany({ where: { id: address, joinedAt: { not: null } } });
+    this.addresses.delete(address);
+    if (r.count > 0) {
+      this.options.log?.(`worker ${address} left the pool (it is stopping)`);
+      this.notify();
+    }
+    return r.count > 0;
+  }
+
+  /**
+   * Takes up the joined workers of the table this registry does not probe yet, and lets
+   * go of those whose heartbeats stopped `leaveAfterMs` ago (their rows go: a job they
+   * hold fails over, as with any worker that stops answering).
+   */
+  async syncJoined(): Promise<void> {
+    const leaveAfter = this.options.leaveAfterMs ?? 30_000;
+    const rows = await this.prisma.worker.findMany({ where: { joinedAt: { not: null } }, select: { id: true, heartbeatAt: true } });
+    const silentBefore = Date.now() - leaveAfter;
+    for (const r of rows) {
+      if (r.heartbeatAt !== null && r.heartbeatAt.getTime() >= silentBefore) {
+        this.addresses.add(r.id);
+        continue;
+      }
+      const gone = await this.prisma.worker.deleteMany({ where: { id: r.id, heartbeatAt: r.heartbeatAt } });
+      this.addresses.delete(r.id);
+      if (gone.count > 0) {
+        this.options.log?.(`worker ${r.id} left the pool: no heartbeat for ${Math.round(leaveAfter / 1000)} s`);
+        this.notify();
+      }
+    }
   }
 
   /** Forget a worker (it stopped, or its process exited and is replaced): it leaves the pool's table. */
@@ -139,7 +201,8 @@ export class WorkerRegistry {
           .finally(() => this.inFlight.delete(address));
         this.inFlight.set(address, p);
       }
-      this.probing ??= this.prune()
+      this.probing ??= this.syncJoined()
+        .then(() => this.prune())
         .then(() => undefined, (e: Error) => this.options.log?.(`pruning workers: ${e.message}`))
         .finally(() => (this.probing = null));
     }, this.probeIntervalMs);
@@ -245,7 +308,7 @@ export class WorkerRegistry {
   }
 
   /** Writes a probe's result; true when the worker came (back) online. */
-  private async upsert(address: string, info: WorkerInfoMsg, registering: boolean): Promise<boolean> {
+  private async upsert(address: string, info: WorkerInfoMsg, registering: boolean, joined?: { joinedAt: Date; heartbeatAt: Date }): Promise<boolean> {
     const details = {
       address,
       deviceKind: info.device_kind,
@@ -257,6 +320,7 @@ export class WorkerRegistry {
       rssBytes: BigInt(info.rss_bytes),
       memoryLimitBytes: info.memory_limit_bytes > 0 ? BigInt(info.memory_limit_bytes) : null,
       lastSeenAt: new Date(),
+      ...joined,
     };
     const before = await this.prisma.worker.findUnique({ where: { id: address }, select: { state: true, currentJobId: true, pid: true } });
     // A worker that restarted (another pid at this address) holds no job any more.

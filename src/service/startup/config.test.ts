@@ -44,6 +44,9 @@ describe('loadConfig', () => {
       inferMaxMessageBytes: 32 * 1024 * 1024,
       workerPruneAfterMs: 600000,
       shutdownTimeoutMs: 15000,
+      healthPort: null,
+      workerHeartbeatMs: 5000,
+      workerLeaveAfterMs: 30000,
     });
     assert.equal(CONFIG_DEFAULTS.maxUploadBytes, 536870912);
   });
@@ -73,6 +76,9 @@ describe('loadConfig', () => {
         TAS_INFER_MAX_MESSAGE_BYTES: '4MiB',
         TAS_WORKER_PRUNE_AFTER_MS: '120000',
         TAS_SHUTDOWN_TIMEOUT_MS: '5000',
+        TAS_HEALTH_PORT: '8080',
+        TAS_WORKER_HEARTBEAT_MS: '2000',
+        TAS_WORKER_LEAVE_AFTER_MS: '9000',
       },
       CWD,
     );
@@ -99,7 +105,13 @@ describe('loadConfig', () => {
       inferMaxMessageBytes: 4 * 1024 * 1024,
       workerPruneAfterMs: 120000,
       shutdownTimeoutMs: 5000,
+      healthPort: 8080,
+      workerHeartbeatMs: 2000,
+      workerLeaveAfterMs: 9000,
     });
+    // Leaving needs more than one heartbeat's silence; unset, it is at least three.
+    assert.throws(() => loadConfig({ TAS_WORKER_HEARTBEAT_MS: '5000', TAS_WORKER_LEAVE_AFTER_MS: '5000' }, CWD), /TAS_WORKER_LEAVE_AFTER_MS: must be more than TAS_WORKER_HEARTBEAT_MS/);
+    assert.equal(loadConfig({ TAS_WORKER_HEARTBEAT_MS: '20000' }, CWD).workerLeaveAfterMs, 60000);
   });
 
   test('TAS_AUTH: on unless every listener is on loopback; tokens and CORS origins are checked', () => {

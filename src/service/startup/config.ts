@@ -60,6 +60,15 @@ export interface ServiceConfig {
   readonly workerPruneAfterMs: number;
   /** SIGTERM/SIGINT: the process exits within this time, whatever hangs (TAS_SHUTDOWN_TIMEOUT_MS). @defaultValue 15000 */
   readonly shutdownTimeoutMs: number;
+  /**
+   * Where `tas scheduler` (no API) answers /healthz and /readyz, for an orchestrator's
+   * probes (TAS_HEALTH_PORT); null: it serves no HTTP. The API serves both on TAS_HTTP_PORT.
+   */
+  readonly healthPort: number | null;
+  /** How often a worker that joined by itself (`tas worker --join`) is asked to say it is there (TAS_WORKER_HEARTBEAT_MS). @defaultValue 5000 */
+  readonly workerHeartbeatMs: number;
+  /** A joined worker silent this long leaves the pool (TAS_WORKER_LEAVE_AFTER_MS; more than the heartbeat). @defaultValue 30000 */
+  readonly workerLeaveAfterMs: number;
 }
 
 export const CONFIG_DEFAULTS = {
@@ -77,6 +86,8 @@ export const CONFIG_DEFAULTS = {
   inferMaxMessageBytes: 32 * 1024 * 1024,
   workerPruneAfterMs: 10 * 60_000,
   shutdownTimeoutMs: 15_000,
+  workerHeartbeatMs: 5000,
+  workerLeaveAfterMs: 30_000,
 } as const;
 
 /** A configuration variable with a bad value: `${variable}: ${reason}, got '${value}'`. */
@@ -101,6 +112,11 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     throw new ConfigError('TAS_GRPC_PORT', `must differ from TAS_HTTP_PORT (${httpPort})`, String(grpcPort));
   }
   const listenHost = host(env);
+  const workerHeartbeatMs = optionalInteger(env, 'TAS_WORKER_HEARTBEAT_MS', 100, 3_600_000) ?? CONFIG_DEFAULTS.workerHeartbeatMs;
+  const workerLeaveAfterMs = optionalInteger(env, 'TAS_WORKER_LEAVE_AFTER_MS', 1000, 86_400_000) ?? Math.max(CONFIG_DEFAULTS.workerLeaveAfterMs, 3 * workerHeartbeatMs);
+  if (workerLeaveAfterMs <= workerHeartbeatMs) {
+    throw new ConfigError('TAS_WORKER_LEAVE_AFTER_MS', `must be more than TAS_WORKER_HEARTBEAT_MS (${workerHeartbeatMs})`, String(workerLeaveAfterMs));
+  }
   return {
     httpPort,
     grpcPort,
@@ -124,6 +140,9 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     inferMaxMessageBytes: bytes(env, 'TAS_INFER_MAX_MESSAGE_BYTES', CONFIG_DEFAULTS.inferMaxMessageBytes),
     workerPruneAfterMs: optionalInteger(env, 'TAS_WORKER_PRUNE_AFTER_MS', 1000, 365 * 86_400_000) ?? CONFIG_DEFAULTS.workerPruneAfterMs,
     shutdownTimeoutMs: optionalInteger(env, 'TAS_SHUTDOWN_TIMEOUT_MS', 1000, 3_600_000) ?? CONFIG_DEFAULTS.shutdownTimeoutMs,
+    healthPort: get(env, 'TAS_HEALTH_PORT') === undefined ? null : port(env, 'TAS_HEALTH_PORT', 0),
+    workerHeartbeatMs,
+    workerLeaveAfterMs,
   };
 }
 

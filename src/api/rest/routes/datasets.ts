@@ -221,7 +221,7 @@ export const DRAIN_MS = 5000;
  * for that itself), but destroy the connection once DRAIN_BYTES more arrived or DRAIN_MS
  * passed, so a client that never stops costs no more than that.
  */
-function drainBriefly(req: IncomingMessage): void {
+export function drainBriefly(req: IncomingMessage): void {
   if (req.complete || req.destroyed) return;
   let dropped = 0;
   const cleanup = () => {
