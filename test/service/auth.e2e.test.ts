@@ -284,6 +284,19 @@ describe('API keys, tenants and quotas', { skip: unavailable ?? false }, () => {
     // Its owner's passes that check (and meets the next: 1000 workers is more than the pool).
     const own = await call('POST', `${served.url}/v1/jobs`, 'own', { body: spec });
     assert.equal((own.body as any).error.code, 'TAS_ERR_POOL_TOO_SMALL');
+    // A fine-tune starts only from its tenant's own jobs' artifacts.
+    const artifact = `jobs/${acmeJob.id}/model.safetensors`;
+    const fineTune = { ...short('fine-tune'), data: acmeData, init_from: artifact };
+    const foreign = await call('POST', `${served.url}/v1/jobs`, 'other', { body: fineTune });
+    assert.equal(foreign.status, 400);
+    assert.deepEqual([(foreign.body as any).error.field, (foreign.body as any).error.message.split(' is ')[1]], ['data.path', 'not one of your datasets (upload it with POST /v1/datasets)']);
+    const foreignInit = await call('POST', `${served.url}/v1/jobs`, 'other', { body: { ...short('fine-tune'), init_from: artifact } });
+    assert.equal(foreignInit.status, 400);
+    assert.equal((foreignInit.body as any).error.message, `init_from: "${artifact}" is not one of your jobs' artifacts or datasets`);
+    const ownInit = await call('POST', `${served.url}/v1/jobs`, 'own', { body: fineTune });
+    assert.equal(ownInit.status, 201, JSON.stringify(ownInit.body));
+    const tuned = await waitFor<JobStatusView>(`${served.url}/v1/jobs/${(ownInit.body as { id: string }).id}`, (j) => ['succeeded', 'failed', 'cancelled'].includes(j.status), 120_000, 5, auth.own);
+    assert.equal(tuned.status, 'succeeded', JSON.stringify(tuned));
   });
 
   test("quotas: over max_workers is refused; within it waits while the tenant's jobs hold the rest; max_queued_jobs", async () => {

@@ -108,7 +108,7 @@ export class JobService {
     const { priority, max_restarts, ...trainSpec } = body as Record<string, unknown>;
     const service = validateAgainst<{ priority?: number; max_restarts?: number }>('job-request.schema.json', { priority, max_restarts }, '');
     const spec = resolveTrainSpec(trainSpec);
-    await this.checkDataFiles(who, spec.data);
+    await this.checkDataFiles(who, spec.data, spec.initFrom);
     const limits = who.role === 'tenant' ? who.limits : null;
     if (limits?.maxWorkers != null && spec.workers > limits.maxWorkers) {
       throw new ServiceError('TAS_ERR_QUOTA', `workers: the job asks for ${spec.workers} workers; tenant ${who.tenantName} may use at most ${limits.maxWorkers} (max_workers)`, { field: 'workers' });
@@ -247,19 +247,23 @@ export class JobService {
   }
 
   /**
-   * Relative data files must exist in the data directory now, not fail minutes later. A
-   * tenant's job may read only its own datasets (`datasets/<id>/...`); the admin's, any
-   * file of the data directory.
+   * Relative data files (and `init_from`) must exist in the data directory now, not fail
+   * minutes later. A tenant's job may read only its own datasets (`datasets/<id>/...`)
+   * and start from its own jobs' artifacts (`jobs/<id>/...`); the admin's, any file of
+   * the data directory.
    */
-  private async checkDataFiles(who: Principal, data: DataSource): Promise<void> {
-    for (const [field, path] of dataFiles(data)) {
+  private async checkDataFiles(who: Principal, data: DataSource, initFrom: string | null): Promise<void> {
+    const files = [...dataFiles(data), ...(initFrom !== null ? [['init_from', initFrom] as [string, string]] : [])];
+    for (const [field, path] of files) {
       const full = resolve(this.options.dataDir, path);
       const rel = relative(resolve(this.options.dataDir), full);
       if (rel.startsWith('..') || isAbsolute(rel)) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}" is outside the data directory`, field);
       if (who.role === 'tenant') {
-        const id = /^datasets\/([0-9a-f-]{36})\//.exec(rel.split(sep).join('/'))?.[1];
-        const owned = id !== undefined && (await this.options.prisma.dataset.count({ where: { id, tenantId: who.tenantId } })) > 0;
-        if (!owned) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}" is not one of your datasets (upload it with POST /v1/datasets)`, field);
+        const m = /^(datasets|jobs)\/([0-9a-f-]{36})\//.exec(rel.split(sep).join('/'));
+        const where = { id: m?.[2] ?? '', tenantId: who.tenantId };
+        const owned = m !== null && (m[1] === 'datasets' ? await this.options.prisma.dataset.count({ where }) : await this.options.prisma.job.count({ where })) > 0;
+        const yours = field === 'init_from' ? "one of your jobs' artifacts or datasets" : 'one of your datasets (upload it with POST /v1/datasets)';
+        if (!owned) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}" is not ${yours}`, field);
       }
       const ok = await stat(full).then((s) => s.isFile(), () => false);
       if (!ok) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}": no such file in the data directory (upload it with POST /v1/datasets)`, field);
