@@ -16,7 +16,7 @@
  * call (another collective, length or root) is a mismatch and fails the group.
  *
  * Failure: a stream error or end without GOODBYE ("rank 2 unreachable: ..."), no frame
- * from a peer for `timeoutMs` ("no heartbeat from rank 2 for 5012 ms"; idle streams carry
+ * from a peer for `timeoutMs` ("rank 0 got no heartbeat from rank 2 (host:port) for 5012 ms"; idle streams carry
  * a HEARTBEAT every `heartbeatMs`), a frame of another job/generation, or a collective
  * mismatch fails the whole group: every pending and later call rejects with a
  * `CollectiveError` (`TrainerError` code TAS_ERR_COLLECTIVE) naming the rank, and an ABORT
@@ -462,7 +462,9 @@ export class CollectiveGroup implements RoutedGroup, LinkOwner {
       if (now - l.lastSend >= this.heartbeatMs - tick / 2 && !l.blocked) l.sendControl(this.heartbeatFrame);
       // Judged one tick early so that the call fails within timeoutMs of the last frame.
       if (now >= this.graceUntil && now - l.lastRecv > this.timeoutMs - tick) {
-        this.fail(new CollectiveError(`no heartbeat from rank ${l.peer} for ${Math.round(now - l.lastRecv)} ms (timeout ${this.timeoutMs} ms)`, l.peer));
+        // Says who lost whom: relayed to the other ranks, it tells the rank that went silent
+        // (across a partition, still alive) which peer it lost.
+        this.fail(new CollectiveError(`rank ${this.rank} got no heartbeat from rank ${l.peer} (${this.peers[l.peer]}) for ${Math.round(now - l.lastRecv)} ms (timeout ${this.timeoutMs} ms)`, l.peer));
         return;
       }
     }

@@ -513,7 +513,7 @@ describe('GrpcCollective', () => {
       const t0 = performance.now();
       const results = await Promise.allSettled([g.cs[0].allReduce(new Float32Array(8)), g.cs[1].allReduce(new Float32Array(8))]);
       const elapsed = performance.now() - t0;
-      for (const r of results) isCollectiveError(/no heartbeat from rank 2 for \d+ ms/, 2)((r as PromiseRejectedResult).reason);
+      for (const r of results) isCollectiveError(/rank [01] got no heartbeat from rank 2 \(127\.0\.0\.1:\d+\) for \d+ ms/, 2)((r as PromiseRejectedResult).reason);
       assert.ok(elapsed <= timeoutMs + 50, `took ${elapsed} ms`);
       // Ranks 0 and 1 sent their parts of that call before giving up, so rank 2 may still
       // complete it from what it holds; the next call needs frames that never come, and

@@ -210,6 +210,7 @@ export function addWorkerService(server: grpc.Server, deps: WorkerDeps): void {
             process.stderr.write(`[tas worker] tensor engine failed: ${(e as Error).stack ?? failed}\n`);
           }
           const s = toStatus(failed !== null ? new TrainerError('TAS_ERR_ENGINE', `the worker's tensor engine failed (${failed}); the worker restarts before it takes another job`) : e);
+          if (!abort.signal.aborted) deps.log?.(`job ${req.job_id} rank ${req.rank} (generation ${req.generation}) failed: ${s.details}`);
           call.emit('error', Object.assign(new Error(s.details), { code: s.code, details: s.details }));
           // After the status is on its way: the worker is restarted (worker-main.ts exits).
           if (failed !== null) setImmediate(() => deps.onEngineFailure?.(failed));

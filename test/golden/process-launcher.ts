@@ -4,7 +4,7 @@
  * a GrpcCollective and reports its results; the parent's launcher collects them in rank
  * order, so the parent computes the same checks as in-process.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { RankLauncher } from './cases.js';
 
@@ -18,8 +18,18 @@ interface ChildMsg {
   message?: string;
 }
 
-/** Start `world` children for one (fixture, case) run; returns the launcher that reads their results. */
-export async function processLauncher(fixturePath: string, world: number, timeoutMs = 120_000): Promise<{ launcher: RankLauncher; stop: () => void }> {
+/** Where a rank runs: a host of its own (a network namespace, test/netns/hosts.ts), at `ip`. */
+export interface RankPlacement {
+  readonly ip: string;
+  spawn(command: string, args: readonly string[], options: SpawnOptions): ChildProcess;
+}
+
+/**
+ * Start `world` children for one (fixture, case) run; returns the launcher that reads their
+ * results. With `placement`, rank r runs on placement[r] and its peers dial it there (TCP
+ * across the hosts' links); else every rank runs here, on loopback.
+ */
+export async function processLauncher(fixturePath: string, world: number, timeoutMs = 120_000, placement?: readonly RankPlacement[]): Promise<{ launcher: RankLauncher; stop: () => void }> {
   const children: ChildProcess[] = [];
   const queues: ChildMsg[][] = [];
   const waiting: Array<((m: ChildMsg) => void) | null> = [];
@@ -34,7 +44,14 @@ export async function processLauncher(fixturePath: string, world: number, timeou
     });
   };
   for (let r = 0; r < world; r++) {
-    const child = fork(CHILD, [fixturePath, String(world), String(r)], { execArgv: ['--import', 'tsx'], serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const at = placement?.[r];
+    const child = at
+      ? at.spawn(process.execPath, ['--import', 'tsx', CHILD, fixturePath, String(world), String(r)], {
+          env: { ...process.env, GOLDEN_HOST: at.ip },
+          serialization: 'advanced',
+          stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+        })
+      : fork(CHILD, [fixturePath, String(world), String(r)], { execArgv: ['--import', 'tsx'], serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     children.push(child);
     queues.push([]);
     waiting.push(null);
@@ -68,7 +85,7 @@ export async function processLauncher(fixturePath: string, world: number, timeou
     stop();
     throw new Error(bad.message ?? 'a rank failed to start');
   }
-  const peers = ports.map((m) => `127.0.0.1:${m.port}`);
+  const peers = ports.map((m, r) => `${placement?.[r]?.ip ?? '127.0.0.1'}:${m.port}`);
   children.forEach((c) => c.send({ type: 'peers', peers }));
 
   let invocation = 0;

@@ -1,5 +1,6 @@
 /**
- * One rank of a golden case in its own process: binds a gRPC collective server, reports
+ * One rank of a golden case in its own process: binds a gRPC collective server (on
+ * GOLDEN_HOST, default loopback), reports
  * its port, receives every rank's address, then runs the case with a launcher that runs
  * only this rank and sends each result to the parent.
  *   rank-child.ts <fixture.json> <world> <rank>
@@ -17,7 +18,7 @@ const send = (m: object) => new Promise<void>((resolve) => process.send!(m, () =
 
 try {
   await initBackend(undefined, () => {});
-  const { server, port } = await listenCollectiveServer({ host: '127.0.0.1', port: 0 });
+  const { server, port } = await listenCollectiveServer({ host: process.env.GOLDEN_HOST ?? '127.0.0.1', port: 0 });
   const peersMsg = new Promise<string[]>((resolve) => process.once('message', (m: { peers: string[] }) => resolve(m.peers)));
   await send({ type: 'port', port });
   const peers = await peersMsg;

@@ -6,14 +6,20 @@
  * and, for training and recalibration fixtures with more than one rank, as separate
  * processes over the gRPC collective. One line per case, then `N passed, N failed`;
  * exit 1 on any failure. Reads the format, not particular files.
- *   GOLDEN_TRANSPORTS=inproc,grpc (default both)
+ *   GOLDEN_TRANSPORTS=inproc,grpc (default both); `multihost`: each rank a process on a
+ *   host of its own (a network namespace on a bridge, test/netns/hosts.ts; needs root),
+ *   the ranks talking TCP across the hosts' links, every rank's results also checked
+ *   bit for bit against the in-process group's (run with TAS_COMPUTE_THREADS=1, so both
+ *   sides compute with the same BLAS thread count).
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { initBackend } from '../../src/trainer/backend.js';
 import { inProcessLauncher, useLauncher } from './cases.js';
 import type { Check } from './fixture.js';
-import { processLauncher } from './process-launcher.js';
+import { processLauncher, type RankPlacement } from './process-launcher.js';
+import { makeNetwork, netnsUnavailable, type Network } from '../netns/hosts.js';
+import type { RankLauncher } from './cases.js';
 import { caseFor } from './run-case.js';
 
 type Json = Record<string, unknown>;
@@ -38,6 +44,56 @@ if (process.env.TAS_REQUIRE_NATIVE === '1' && (process.env.TAS_BACKEND ?? 'auto'
 console.log(`golden: ${files.length} fixtures in ${dir}, backend ${backend.name}, transports ${transports.join('+')}`);
 let passed = 0;
 let failed = 0;
+let skipped = 0;
+
+// Hosts for the multihost transport: as many as the largest world, made once.
+let network: Network | null = null;
+const noNetns = transports.includes('multihost') ? netnsUnavailable() : null;
+if (transports.includes('multihost') && !noNetns) network = await makeNetwork(4, { rateMbit: 1000 });
+const placement = (w: number): RankPlacement[] => network!.hosts.slice(0, w).map((h) => ({ ip: h.ip, spawn: (c, a, o) => h.spawn(c, a, o) }));
+
+/**
+ * Where two results first differ, bit for bit (typed arrays by their bytes); null when
+ * equal. A record's `at` (when it was made: a wall-clock time) is not a result.
+ */
+function firstDifference(a: unknown, b: unknown, path = 'result'): string | null {
+  if (path.endsWith('.at') && typeof a === 'string' && typeof b === 'string' && !Number.isNaN(Date.parse(a)) && !Number.isNaN(Date.parse(b))) return null;
+  if (ArrayBuffer.isView(a) && ArrayBuffer.isView(b)) {
+    const x = Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    const y = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    if (x.equals(y)) return null;
+    const i = x.findIndex((v, k) => v !== y[k]);
+    return `${path}: bytes differ (lengths ${x.length}/${y.length}, first at byte ${i})`;
+  }
+  if (typeof a === 'number' && typeof b === 'number') return Object.is(a, b) ? null : `${path}: ${a} vs ${b}`;
+  if (a === null || b === null || typeof a !== 'object' || typeof b !== 'object') return a === b ? null : `${path}: ${String(a)} vs ${String(b)}`;
+  if (a instanceof Map && b instanceof Map) {
+    for (const [k, v] of a) {
+      const d = firstDifference(v, b.get(k), `${path}.${String(k)}`);
+      if (d) return d;
+    }
+    return a.size === b.size ? null : `${path}: ${a.size} vs ${b.size} entries`;
+  }
+  const ka = Object.keys(a);
+  const kb = Object.keys(b);
+  if (ka.length !== kb.length) return `${path}: keys ${ka.join(',')} vs ${kb.join(',')}`;
+  for (const k of ka) {
+    const d = firstDifference((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], `${path}.${k}`);
+    if (d) return d;
+  }
+  return null;
+}
+
+/** Runs the ranks with `remote`, again in this process, and fails unless every rank's result is the same bits. */
+function bitsEqualToInProcess(remote: RankLauncher): RankLauncher {
+  return async (w, fn) => {
+    const got = await remote(w, fn);
+    const local = await inProcessLauncher(w, fn);
+    const d = firstDifference(got, local);
+    if (d) throw new Error(`ranks across hosts differ from the in-process group: ${d}`);
+    return got;
+  };
+}
 
 function report(name: string, checks: Check[], ms: number): void {
   const bad = checks.filter((k) => !k.ok);
@@ -64,8 +120,14 @@ for (const f of files) {
   }
   for (const transport of transports) {
     for (const w of c.worlds) {
-      if (transport === 'grpc' && (w === 1 || (c.kind !== 'training' && c.kind !== 'precise_bn'))) continue;
-      const name = `${f.replace(/\.json$/, '')} [${c.kind}] world=${w} ${transport === 'grpc' ? 'grpc-processes' : 'in-process'}`;
+      if (transport !== 'inproc' && (w === 1 || (c.kind !== 'training' && c.kind !== 'precise_bn'))) continue;
+      const label = transport === 'grpc' ? 'grpc-processes' : transport === 'multihost' ? `multihost (${w} namespace hosts, bits = in-process)` : 'in-process';
+      const name = `${f.replace(/\.json$/, '')} [${c.kind}] world=${w} ${label}`;
+      if (transport === 'multihost' && noNetns) {
+        skipped++;
+        console.log(`SKIP ${name}: ${noNetns}`);
+        continue;
+      }
       const t = performance.now();
       let stop = () => {};
       try {
@@ -73,6 +135,10 @@ for (const f of files) {
           const p = await processLauncher(path, w);
           stop = p.stop;
           useLauncher(p.launcher);
+        } else if (transport === 'multihost') {
+          const p = await processLauncher(path, w, 120_000, placement(w));
+          stop = p.stop;
+          useLauncher(bitsEqualToInProcess(p.launcher));
         } else useLauncher(inProcessLauncher);
         report(name, await c.run(fx, w), performance.now() - t);
       } catch (e) {
@@ -84,5 +150,6 @@ for (const f of files) {
     }
   }
 }
-console.log(`${passed} passed, ${failed} failed`);
+await network?.close();
+console.log(`${passed} passed, ${failed} failed${skipped > 0 ? `, ${skipped} skipped` : ''}`);
 process.exit(failed > 0 ? 1 : 0);

@@ -4,7 +4,7 @@
  * own, and a temporary data directory; plus an HTTP client that long-polls instead of
  * sleeping (`?wait=` with If-None-Match: the server answers when the resource changes).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -62,9 +62,18 @@ export interface Served {
  */
 export async function startServe(
   env: ServeEnv,
-  opts: { workers?: number; noWorkers?: boolean; lockDurationMs?: number; command?: 'serve' | 'api' | 'scheduler'; env?: Record<string, string>; detached?: boolean } = {},
+  opts: {
+    workers?: number;
+    noWorkers?: boolean;
+    lockDurationMs?: number;
+    command?: 'serve' | 'api' | 'scheduler';
+    env?: Record<string, string>;
+    detached?: boolean;
+    /** Runs it elsewhere (in a network namespace: test/netns/hosts.ts). */
+    spawn?: (command: string, args: readonly string[], options: SpawnOptions) => ChildProcess;
+  } = {},
 ): Promise<Served> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, opts.command ?? 'serve', ...(opts.noWorkers ? ['--no-workers'] : [])], {
+  const child = (opts.spawn ?? spawn)(process.execPath, ['--import', 'tsx', MAIN, opts.command ?? 'serve', ...(opts.noWorkers ? ['--no-workers'] : [])], {
     env: {
       ...process.env,
       DATABASE_URL: env.databaseUrl,

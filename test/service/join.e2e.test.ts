@@ -16,6 +16,7 @@ import { databaseUnavailable } from '../../src/service/db/testing/fresh-schema.j
 import { decodeSafetensors } from '../../src/trainer/artifact/safetensors.js';
 import { serviceEnvironment, startServe, waitFor, TERMINAL, type JobStatusView, type Served } from './harness.js';
 import { startJoinedWorker, type JoinedWorker } from './joined-worker.js';
+import { spiralsCsv } from './spirals-csv.js';
 
 const unavailable = await databaseUnavailable();
 const ADMIN = 'admin-token-join-0123456789abcdef';
@@ -23,18 +24,6 @@ const WORKER_TOKEN = 'worker-token-join-0123456789abcdef';
 const LEAVE_AFTER_MS = 2500;
 const admin = { authorization: `Bearer ${ADMIN}` };
 const asWorker = { authorization: `Bearer ${WORKER_TOKEN}` };
-
-/** Two interleaved classes in the plane, as CSV with a header (x1, x2, y). */
-function spiralsCsv(n: number): string {
-  const rows = ['x1,x2,y'];
-  for (let i = 0; i < n; i++) {
-    const c = i % 2;
-    const t = (i / n) * 3 * Math.PI;
-    const r = 0.2 + t / (3 * Math.PI);
-    rows.push(`${(r * Math.cos(t + c * Math.PI)).toFixed(5)},${(r * Math.sin(t + c * Math.PI)).toFixed(5)},${c}`);
-  }
-  return rows.join('\n') + '\n';
-}
 
 async function call(method: string, url: string, init: { body?: unknown; raw?: string | Uint8Array<ArrayBuffer>; headers?: Record<string, string> } = {}): Promise<{ status: number; body: any; headers: Headers }> {
   const headers: Record<string, string> = { ...admin, ...init.headers };
