@@ -2,6 +2,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { STALE_PROBES } from '../../../service/scheduling/worker-registry.js';
 import type { PrismaClient } from '../../../service/db/client.js';
+import { ChangeWatch } from '../long-poll.js';
 import { sendWhenChanged, waitQuery } from './jobs.js';
 
 export interface PoolRouteOptions {
@@ -10,6 +11,8 @@ export interface PoolRouteOptions {
 }
 
 export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { prisma, probeIntervalMs }) => {
+  const watch = new ChangeWatch();
+  app.addHook('onClose', async () => watch.close());
   const read = async () => {
     const rows = await prisma.worker.findMany({ orderBy: { id: 'asc' } });
     const staleBefore = Date.now() - STALE_PROBES * probeIntervalMs;
@@ -42,6 +45,6 @@ export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { pr
       },
     },
     // The ETag covers last_seen_at and memory too, so a long poll also ends at each probe.
-    async (request, reply) => sendWhenChanged(request, reply, read, request.query.wait),
+    async (request, reply) => sendWhenChanged(request, reply, watch, 'pool', read, request.query.wait),
   );
 };
