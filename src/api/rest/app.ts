@@ -16,6 +16,7 @@ import { healthRoutes, type ReadinessCheck } from './routes/health.js';
 import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
 import { poolRoutes } from './routes/pool.js';
+import { uiRoutes } from './routes/ui.js';
 import { addSharedSchemas } from './schemas.js';
 
 export interface BuildAppOptions {
@@ -97,6 +98,8 @@ export interface ApiDeps {
   readonly registerInference?: (app: FastifyInstance) => Promise<void>;
   /** The Prometheus registry /metrics serves (shared with inference). @defaultValue a new one */
   readonly registry?: Registry;
+  /** The built dashboard served at /ui/. @defaultValue ui/dist */
+  readonly uiDir?: string;
 }
 
 /** The whole REST API: OpenAPI at /docs, then every resource's routes. */
@@ -128,6 +131,7 @@ export async function buildApp(deps: ApiDeps, options: BuildAppOptions = {}): Pr
   await app.register(jobRoutes, { jobs: deps.jobs });
   await app.register(modelRoutes, { models: deps.models });
   await app.register(poolRoutes, { prisma: deps.prisma, probeIntervalMs: deps.probeIntervalMs });
+  await app.register(uiRoutes, deps.uiDir !== undefined ? { dir: deps.uiDir } : {});
   if (deps.registerDatasets) await deps.registerDatasets(app);
   if (deps.registerInference) await deps.registerInference(app);
   return app;
