@@ -46,6 +46,19 @@ describe('ChangeWatch', () => {
     watch.close();
   });
 
+  test('latest: polls within one check share one read', async () => {
+    const watch = new ChangeWatch({ checkMs: 50 });
+    const r = resource();
+    const values = await Promise.all(Array.from({ length: 100 }, () => watch.latest('k', r.read)));
+    assert.ok(values.every((v) => v === 1));
+    assert.equal(r.reads, 1);
+    assert.equal(await watch.latest('k', r.read), 1);
+    assert.equal(r.reads, 1, 'still fresh: no new read');
+    // A failed read is not remembered.
+    await assert.rejects(watch.latest('bad', async () => Promise.reject(new Error('gone'))), /gone/);
+    watch.close();
+  });
+
   test('each waiter compares with its own tag', async () => {
     const watch = new ChangeWatch({ checkMs: 5 });
     const r = resource();

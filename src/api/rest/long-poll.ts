@@ -2,8 +2,9 @@
  * Long polls that cost one read per resource, not one per waiting client. A request that
  * asks to wait (`?wait=S` with If-None-Match) parks here under its resource's key; while
  * any request waits on a key, the resource is read once every `checkMs` and every waiter
- * whose ETag no longer matches is answered. A thousand dashboards watching one job cost
- * the same reads as one; a key nobody waits on is not read at all.
+ * whose ETag no longer matches is answered. A poll starts from the last read when it is
+ * at most one check old (`latest`). A thousand dashboards watching one job cost the same
+ * reads as one; a key nobody polls is not read at all.
  */
 
 export interface ChangeWatchOptions {
@@ -25,8 +26,14 @@ interface Watched {
   readonly waiters: Set<Waiter>;
 }
 
+/** Keys whose last read is kept for `latest` (each a job view or a list page, both cached elsewhere too). */
+const RECENT_KEYS = 5000;
+
 export class ChangeWatch {
   private readonly watched = new Map<string, Watched>();
+  /** The last read of each recently polled key (most recent last), and reads in flight. */
+  private readonly recent = new Map<string, { value: unknown; at: number }>();
+  private readonly reading = new Map<string, Promise<unknown>>();
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   readonly checkMs: number;
@@ -74,6 +81,40 @@ export class ChangeWatch {
     });
   }
 
+  /**
+   * `key`'s value for a long poll: the last read of it when that is at most one check
+   * old, else a new read shared by every caller asking meanwhile. However many polls
+   * arrive, a resource is read at most about once per check (a change a cached read
+   * misses is reported by the next check); plain GETs do not come here and read fresh.
+   */
+  latest<T>(key: string, read: () => Promise<T>): Promise<T> {
+    const now = performance.now();
+    const hit = this.recent.get(key);
+    if (hit && now - hit.at <= this.checkMs) return Promise.resolve(hit.value as T);
+    let pending = this.reading.get(key);
+    if (!pending) {
+      pending = read().then(
+        (value) => {
+          this.remember(key, value);
+          return value;
+        },
+        (err: unknown) => {
+          this.recent.delete(key);
+          throw err;
+        },
+      );
+      pending.finally(() => this.reading.delete(key)).catch(() => undefined);
+      this.reading.set(key, pending);
+    }
+    return pending as Promise<T>;
+  }
+
+  private remember(key: string, value: unknown): void {
+    this.recent.delete(key);
+    this.recent.set(key, { value, at: performance.now() });
+    if (this.recent.size > RECENT_KEYS) this.recent.delete(this.recent.keys().next().value!);
+  }
+
   /** Waiters parked now (all keys). */
   get waiting(): number {
     let n = 0;
@@ -88,6 +129,7 @@ export class ChangeWatch {
     this.timer = null;
     for (const w of this.watched.values()) for (const waiter of [...w.waiters]) waiter.finish(waiter.latest);
     this.watched.clear();
+    this.recent.clear();
   }
 
   private schedule(): void {
@@ -104,6 +146,7 @@ export class ChangeWatch {
         }
         try {
           const value = await entry.read();
+          this.remember(key, value);
           const etag = entry.tagOf(value);
           for (const waiter of [...entry.waiters]) {
             waiter.latest = value;

@@ -39,8 +39,10 @@ function clientHas(request: FastifyRequest, tag: string): boolean {
  * conditional GET. Resolves with the latest read.
  */
 async function latestWhenChanged<T>(request: FastifyRequest, reply: FastifyReply, watch: ChangeWatch, key: string, read: () => Promise<T>, tagOf: (t: T) => string, waitSeconds: number | undefined): Promise<T> {
-  const t = await read();
-  if (!waitSeconds || request.headers['if-none-match'] === undefined || !clientHas(request, tagOf(t))) return t;
+  const polling = Boolean(waitSeconds) && request.headers['if-none-match'] !== undefined;
+  // A long poll starts from a read shared with the other polls of this check.
+  const t = polling ? await watch.latest(key, read) : await read();
+  if (!waitSeconds || !polling || !clientHas(request, tagOf(t))) return t;
   const gone = new AbortController();
   reply.raw.once('close', () => gone.abort());
   return watch.wait(key, read, tagOf, (tag) => clientHas(request, tag), t, waitSeconds * 1000, gone.signal);
