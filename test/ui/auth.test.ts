@@ -3,20 +3,15 @@
 // does with API keys on. The dashboard asks for a key, keeps it for the tab only
 // (sessionStorage), and sends it on every call, long polls included.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
-import type { Redis } from 'ioredis';
 import type { Browser } from 'playwright-core';
 import { createBaseApp } from '../../src/api/rest/app.js';
 import { jobRoutes } from '../../src/api/rest/routes/jobs.js';
 import { uiRoutes } from '../../src/api/rest/routes/ui.js';
 import { addSharedSchemas } from '../../src/api/rest/schemas.js';
-import { createPrismaClient, type PrismaClient } from '../../src/service/db/client.js';
-import { migrate } from '../../src/service/db/migrate.js';
-import { createFreshSchema, databaseUnavailable, type FreshSchema } from '../../src/service/db/testing/fresh-schema.js';
-import { JobService } from '../../src/service/jobs/job-service.js';
-import { JobQueue, redisConnection } from '../../src/service/scheduling/job-queue.js';
+import { databaseUnavailable } from '../../src/service/db/testing/fresh-schema.js';
+import { jobServiceFixture, type JobServiceFixture } from '../../src/service/jobs/testing/job-service-fixture.js';
 import { browserUnavailable, buildDashboard, launch } from './browser.js';
 
 const skip = (await databaseUnavailable()) ?? (await browserUnavailable());
@@ -25,11 +20,7 @@ if (skip) console.log(`# skipping the dashboard key test: ${skip}`);
 const KEY = 'tas_test_key_1';
 
 describe('dashboard behind API keys', { skip: skip ?? false }, () => {
-  let schema: FreshSchema;
-  let prisma: PrismaClient;
-  let redis: Redis;
-  let queueConnection: Redis;
-  let queue: JobQueue;
+  let fixture: JobServiceFixture;
   let app: FastifyInstance;
   let base: string;
   let browser: Browser;
@@ -39,13 +30,8 @@ describe('dashboard behind API keys', { skip: skip ?? false }, () => {
 
   before(async () => {
     await buildDashboard();
-    schema = await createFreshSchema();
-    await migrate(schema.url);
-    prisma = createPrismaClient(schema.url);
-    redis = redisConnection(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
-    queueConnection = redisConnection(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
-    queue = new JobQueue(queueConnection, `tas-test-${randomBytes(4).toString('hex')}`);
-    await prisma.job.create({ data: { name: 'behind-a-key', spec: {}, workers: 2, status: 'succeeded' } });
+    fixture = await jobServiceFixture();
+    await fixture.prisma.job.create({ data: { name: 'behind-a-key', spec: {}, workers: 2, status: 'succeeded' } });
     app = createBaseApp();
     addSharedSchemas(app);
     // The API-key contract: every /v1 route wants `Authorization: Bearer <key>`.
@@ -60,7 +46,7 @@ describe('dashboard behind API keys', { skip: skip ?? false }, () => {
           .send({ error: { code: 'TAS_ERR_UNAUTHENTICATED', message: request.headers.authorization ? 'unknown API key' : 'an API key is required (Authorization: Bearer <key>)' } });
       }
     });
-    await app.register(jobRoutes, { jobs: new JobService({ prisma, queue, redis, dataDir: '/nonexistent', probeIntervalMs: 1000 }) });
+    await app.register(jobRoutes, { jobs: fixture.jobs });
     await app.register(uiRoutes);
     base = await app.listen({ port: 0, host: '127.0.0.1' });
     browser = await launch();
@@ -68,11 +54,7 @@ describe('dashboard behind API keys', { skip: skip ?? false }, () => {
   after(async () => {
     await browser?.close();
     await app?.close();
-    await queue?.close();
-    queueConnection?.disconnect();
-    redis?.disconnect();
-    await prisma?.$disconnect();
-    await schema?.drop();
+    await fixture?.close();
   });
 
   test('a 401 asks for a key; a wrong one is refused; the right one is kept for the tab and sent on every call', async () => {

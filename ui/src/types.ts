@@ -32,26 +32,8 @@ export interface JobPage {
   next_cursor: string | null;
 }
 
-export interface BnSummary {
-  mean: { mean: number; min: number; max: number; l2: number };
-  var: { mean: number; min: number; max: number };
-}
-
-export interface Metrics {
-  job_id: string;
-  steps_recorded: number;
-  points: Array<{
-    step: number;
-    loss: number | null;
-    accuracy: number | null;
-    lr: number | null;
-    samples_per_sec: number | null;
-    time_ms: { compute: number | null; bn_forward_sync: number | null; bn_backward_sync: number | null; grad_sync: number | null };
-  }>;
-  time_split: { compute_ms: number; bn_forward_sync_ms: number; bn_backward_sync_ms: number; grad_sync_ms: number; bn_sync_fraction: number } | null;
-  bn_layers: Array<{ layer: string; channels: number; points: Array<{ step: number } & BnSummary>; last: (BnSummary & { layer: string }) | null; final: (BnSummary & { layer: string }) | null }>;
-  recalibration: { mode: string; after_step: number | null } | null;
-}
+/** The metrics view (pure, no dependencies): the server's own declaration of what it sends. */
+export type { JobMetricsView as Metrics } from '../../src/service/jobs/metrics-view';
 
 export interface LogLine {
   id: string;

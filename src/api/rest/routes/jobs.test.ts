@@ -2,16 +2,13 @@
 // the list's pages (cached per version) against the repository, the list and a job
 // long-polled until a row changes, and the metrics downsampled with ETags.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
-import type { Redis } from 'ioredis';
-import { createPrismaClient, type PrismaClient } from '../../../service/db/client.js';
-import { migrate } from '../../../service/db/migrate.js';
-import { createFreshSchema, databaseUnavailable, type FreshSchema } from '../../../service/db/testing/fresh-schema.js';
-import { JobService } from '../../../service/jobs/job-service.js';
+import type { PrismaClient } from '../../../service/db/client.js';
+import { databaseUnavailable } from '../../../service/db/testing/fresh-schema.js';
+import type { JobService } from '../../../service/jobs/job-service.js';
 import type { JobMetricsView } from '../../../service/jobs/metrics-view.js';
-import { JobQueue, redisConnection } from '../../../service/scheduling/job-queue.js';
+import { jobServiceFixture, type JobServiceFixture } from '../../../service/jobs/testing/job-service-fixture.js';
 import { createBaseApp } from '../app.js';
 import { addSharedSchemas } from '../schemas.js';
 import { jobRoutes } from './jobs.js';
@@ -24,24 +21,16 @@ interface Page {
 }
 
 describe('job routes for dashboards', { skip: unavailable ?? false }, () => {
-  let schema: FreshSchema;
+  let fixture: JobServiceFixture;
   let prisma: PrismaClient;
-  let redis: Redis;
-  let queueConnection: Redis;
-  let queue: JobQueue;
   let app: FastifyInstance;
   let base: string;
   let jobs: JobService;
   const ids: string[] = [];
 
   before(async () => {
-    schema = await createFreshSchema();
-    await migrate(schema.url);
-    prisma = createPrismaClient(schema.url);
-    redis = redisConnection(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
-    queueConnection = redisConnection(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
-    queue = new JobQueue(queueConnection, `tas-test-${randomBytes(4).toString('hex')}`);
-    jobs = new JobService({ prisma, queue, redis, dataDir: '/nonexistent', probeIntervalMs: 1000 });
+    fixture = await jobServiceFixture();
+    ({ prisma, jobs } = fixture);
     app = createBaseApp();
     addSharedSchemas(app);
     await app.register(jobRoutes, { jobs, longPollCheckMs: 10 });
@@ -58,11 +47,7 @@ describe('job routes for dashboards', { skip: unavailable ?? false }, () => {
   });
   after(async () => {
     await app?.close();
-    await queue?.close();
-    queueConnection?.disconnect();
-    redis?.disconnect();
-    await prisma?.$disconnect();
-    await schema?.drop();
+    await fixture?.close();
   });
 
   test('pages through every job once, newest first, equal to the uncached list', async () => {
