@@ -49,7 +49,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libopenblas0-pthread \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-ENV NODE_ENV=production
+# Every interface: API keys are then required (TAS_AUTH defaults to on beyond loopback).
+ENV NODE_ENV=production TAS_HOST=0.0.0.0
 COPY . .
 COPY --from=api-build /app/node_modules ./node_modules
 COPY --from=api-build /app/src/service/db/generated ./src/service/db/generated

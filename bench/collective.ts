@@ -15,6 +15,11 @@
  * The rank processes start exactly as the pool starts its workers: the same Node flags
  * and malloc environment (src/gpu-pool/worker-env.ts; the first JSON line says which);
  * BENCH_WORKER_ENV=0 starts them as plain `node --import tsx` instead.
+ * Namespace mode (BENCH_NETNS=1, needs root): each rank on a host of its own (a network
+ * namespace, test/netns/hosts.ts) behind a link rate-limited to BENCH_LINK_MBIT (default
+ * 1000) both ways, and gloo's ranks on the same hosts; lines give the all-reduce's bus
+ * bandwidth (algorithm bandwidth x 2(W-1)/W, the share of each link an all-reduce uses)
+ * against the link rate.
  * Internally re-runs this file as `rank` and `tcp-echo` child processes.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -27,9 +32,11 @@ import { fileURLToPath } from 'node:url';
 import { SUM_BACKEND } from '../src/collective/collective-math.js';
 import { GrpcCollective, listenCollectiveServer } from '../src/collective/grpc-collective.js';
 import { WORKER_MALLOC_ENV, workerEnv, workerNodeFlags } from '../src/gpu-pool/worker-env.js';
+import { makeNetwork, netnsUnavailable, type Network } from '../test/netns/hosts.js';
 
 const SELF = fileURLToPath(import.meta.url);
 const GLOO = join(import.meta.dirname, 'peers/gloo_allreduce.py');
+const GLOO_RANK = join(import.meta.dirname, 'peers/gloo_allreduce_rank.py');
 
 function quantile(xs: number[], q: number): number {
   const s = xs.slice().sort((a, b) => a - b);
@@ -50,7 +57,7 @@ function round(x: number, digits = 3): number {
 /** One rank: bind, report the port, read the peers, connect, measure; rank 0 prints results. */
 async function rankMain(world: number, rank: number, transport: string): Promise<void> {
   const unixPath = join(tmpdir(), `tas-bench-${process.pid}.sock`);
-  const { server, port } = await listenCollectiveServer({ host: '127.0.0.1', port: 0, unixPath });
+  const { server, port } = await listenCollectiveServer({ host: process.env.BENCH_LISTEN_HOST ?? '127.0.0.1', port: 0, unixPath });
   process.stdout.write(JSON.stringify({ port, unixPath }) + '\n');
   const rl = createInterface({ input: process.stdin });
   const line = await new Promise<string>((r) => rl.once('line', r));
@@ -90,14 +97,15 @@ async function rankMain(world: number, rank: number, transport: string): Promise
   ] as const) {
     // allReduceInPlace is torch.distributed.all_reduce's form, which gloo's script times;
     // allReduce also allocates the result array.
-    for (const op of ['allReduceInPlace', 'allReduce'] as const) {
+    // Across hosts, the trainer's form only (the link, not allocation, is the question there).
+    for (const op of transport === 'netns' ? (['allReduceInPlace'] as const) : (['allReduceInPlace', 'allReduce'] as const)) {
       const x = new Float32Array(n).fill(1);
       const ts = await time(() => (op === 'allReduce' ? c.allReduce(x) : c.allReduceInPlace(x)), 5, iters);
       const p50 = quantile(ts, 0.5);
       report({ op, floats: n, iters, p50_us: round(p50 * 1000, 1), algbw_GBps: round((n * 4) / (p50 / 1000) / 1e9) });
     }
   }
-  {
+  if (transport !== 'netns') {
     // One direction only (root 0 to the others): the transport's own throughput, the
     // ceiling under the all-reduce's (which also adds and copies).
     const n = 4_194_304;
@@ -134,6 +142,60 @@ function spawnChild(args: string[], hostWorkers = 0): { child: ChildProcess; lin
   const child = spawn(process.execPath, [...flags, '--import', 'tsx', SELF, ...args], { stdio: ['pipe', 'pipe', 'inherit'], env: asWorker ? workerEnv(process.env) : process.env });
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
   return { child, lines };
+}
+
+/** A rank on host `r` of a namespace network, started as a pool worker of a one-worker host. */
+function spawnOnHost(net: Network, r: number, args: string[]): { child: ChildProcess; lines: AsyncIterator<string> } {
+  const host = net.hosts[r]!;
+  const flags = AS_WORKER ? workerNodeFlags(1) : [];
+  const env = { ...(AS_WORKER ? workerEnv(process.env) : process.env), BENCH_LISTEN_HOST: host.ip };
+  const child = host.spawn(process.execPath, [...flags, '--import', 'tsx', SELF, ...args], { stdio: ['pipe', 'pipe', 'inherit'], env });
+  return { child, lines: createInterface({ input: child.stdout! })[Symbol.asyncIterator]() };
+}
+
+/** gloo's ranks on the same hosts (one process each); rank 0's lines. */
+async function glooOnHosts(net: Network, world: number, port: number): Promise<Record<string, unknown>[]> {
+  const env = { ...process.env, MASTER_ADDR: net.hosts[0]!.ip, MASTER_PORT: String(port), GLOO_SOCKET_IFNAME: 'eth0' };
+  const procs = net.hosts.slice(0, world).map((h, r) => h.spawn('/usr/bin/python3', [GLOO_RANK, String(world), String(r)], { env, stdio: ['ignore', 'pipe', 'pipe'] }));
+  const lines: string[] = [];
+  createInterface({ input: procs[0]!.stdout! }).on('line', (l) => lines.push(l));
+  const guard = setTimeout(() => procs.forEach((p) => p.kill('SIGKILL')), 300_000);
+  try {
+    await Promise.all(procs.map((p) => new Promise((r) => p.once('exit', r))));
+  } finally {
+    clearTimeout(guard);
+  }
+  return lines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/** Namespace mode: the 16 MB all-reduce's bus bandwidth over rate-limited links, ours and gloo's. */
+async function acrossHosts(worlds: number[]): Promise<void> {
+  const why = netnsUnavailable();
+  if (why) {
+    emit({ bench: 'collective', mode: 'netns', skipped: why });
+    return;
+  }
+  const rate = Number(process.env.BENCH_LINK_MBIT ?? 1000);
+  const linkGBps = (rate * 1e6) / 8 / 1e9;
+  const torch = hasTorch();
+  for (const w of worlds) {
+    const net = await makeNetwork(w, { rateMbit: rate });
+    try {
+      const busbw = (algbw: number) => (algbw * 2 * (w - 1)) / w;
+      const ours = (await grpcWorld(w, 'netns', net)).find((r) => r.op === 'allReduceInPlace' && r.floats === 4_194_304);
+      const oursBus = ours ? busbw(Number(ours.algbw_GBps)) : NaN;
+      emit({ bench: 'collective', mode: 'netns', impl: 'grpc', world: w, link_mbit: rate, floats: 4_194_304, busbw_GBps: round(oursBus), ratio_to_link: round(oursBus / linkGBps), target: '>= 0.9', met: oursBus / linkGBps >= 0.9 });
+      if (!torch) {
+        emit({ bench: 'collective', mode: 'netns', impl: 'gloo', skipped: 'no torch in /usr/bin/python3 (or BENCH_GLOO=0)' });
+        continue;
+      }
+      const g = (await glooOnHosts(net, w, 29_500 + Math.floor(Math.random() * 400) * 10)).find((r) => r.floats === 4_194_304);
+      const glooBus = g ? busbw(Number(g.algbw_GBps)) : NaN;
+      emit({ bench: 'collective', mode: 'netns', impl: 'gloo', world: w, link_mbit: rate, floats: 4_194_304, busbw_GBps: round(glooBus), ratio_to_link: round(glooBus / linkGBps), ours_over_gloo: round(oursBus / glooBus) });
+    } finally {
+      await net.close();
+    }
+  }
 }
 
 async function nextJson(lines: AsyncIterator<string>): Promise<Record<string, unknown> | null> {
@@ -173,8 +235,8 @@ async function tcpRoundTrip(): Promise<void> {
   emit({ bench: 'tcp_rtt', impl: 'node:net', bytes: 2048, iters: ts.length, p50_us: round(quantile(ts, 0.5) * 1000, 1), p99_us: round(quantile(ts, 0.99) * 1000, 1) });
 }
 
-async function grpcWorld(world: number, transport: string): Promise<Record<string, unknown>[]> {
-  const ranks = Array.from({ length: world }, (_, r) => spawnChild(['rank', String(world), String(r), transport], AS_WORKER ? world : 0));
+async function grpcWorld(world: number, transport: string, net?: Network): Promise<Record<string, unknown>[]> {
+  const ranks = Array.from({ length: world }, (_, r) => (net ? spawnOnHost(net, r, ['rank', String(world), String(r), transport]) : spawnChild(['rank', String(world), String(r), transport], AS_WORKER ? world : 0)));
   const kill = () => ranks.forEach((x) => x.child.kill('SIGKILL'));
   const guard = setTimeout(() => {
     process.stderr.write(`bench: world ${world} timed out\n`);
@@ -182,7 +244,7 @@ async function grpcWorld(world: number, transport: string): Promise<Record<strin
   }, 300_000);
   try {
     const addrs = await Promise.all(ranks.map(async (x) => (await nextJson(x.lines)) as { port: number; unixPath: string }));
-    const peers = addrs.map((a) => (transport === 'unix' ? `unix:${a.unixPath}` : `127.0.0.1:${a.port}`));
+    const peers = addrs.map((a, r) => (transport === 'unix' ? `unix:${a.unixPath}` : `${net ? net.hosts[r]!.ip : '127.0.0.1'}:${a.port}`));
     for (const x of ranks) x.child.stdin!.write(JSON.stringify({ peers }) + '\n');
     const results: Record<string, unknown>[] = [];
     for (let o = await nextJson(ranks[0].lines); o; o = await nextJson(ranks[0].lines)) {
@@ -227,6 +289,7 @@ async function main(): Promise<void> {
   if (role === 'tcp-echo') return tcpEcho();
 
   const worlds = (process.env.BENCH_WORLDS ?? '2,4').split(',').map(Number);
+  if (process.env.BENCH_NETNS === '1') return acrossHosts(worlds);
   const transports = (process.env.BENCH_TRANSPORTS ?? 'tcp,unix').split(',');
   const env = workerEnv(process.env);
   emit({

@@ -59,6 +59,7 @@ import { readArtifact } from '../src/trainer/artifact/artifact.js';
 import { initBackend } from '../src/trainer/backend.js';
 import { runLocalJob } from '../src/trainer/engine/local-job.js';
 import { MLP } from './train/models.js';
+import { DEFAULT_TENANT_ID } from '../src/service/tenants/principal.js';
 
 interface LoadArgs {
   /**
@@ -465,7 +466,7 @@ async function backendCases(store: ModelStore, seconds: number, dir: string): Pr
       continue;
     }
     try {
-      await service.repository.configure(name, { maxBatchSize: 64, maxQueueDelayMs: 0 });
+      await service.repository.configure(DEFAULT_TENANT_ID, name, { maxBatchSize: 64, maxQueueDelayMs: 0 });
       for (const concurrency of [1, 64]) {
         const s = summary(await runLoad({ transport: 'grpc-stream', target: service.grpc!.address, model: name, concurrency, seconds, features: 784, outFloats: 10 }));
         console.log(JSON.stringify({ bench: 'infer', case: 'backend', model: name, rpc: 'ModelStreamInfer', backend: service.engine.backend, dynamic_batching: true, concurrency, ...s }));
@@ -540,7 +541,7 @@ if (process.env.TAS_BENCH_LOAD) {
     const h2load = spawnSync('h2load', ['--version']).status === 0;
     const unary: LoadArgs['transport'] = h2load ? 'grpc-h2load' : 'grpc';
     const rest: LoadArgs['transport'] = h2load ? 'rest-h2load' : 'rest';
-    const outFloats = (await service.repository.metadata(spec.name, '')).served.output.shape.slice(1).reduce((a, b) => a * b, 1);
+    const outFloats = (await service.repository.metadata(DEFAULT_TENANT_ID, spec.name, '')).served.output.shape.slice(1).reduce((a, b) => a * b, 1);
     // BENCH_CASES=grpc-stream/64,rest/16 runs only those (transport/concurrency), for profiling.
     const only = process.env.BENCH_CASES?.split(',');
     try {
@@ -557,7 +558,7 @@ if (process.env.TAS_BENCH_LOAD) {
       for (const transport of [unary, 'grpc-stream', rest] as const) cases.push({ batching: false, transport, concurrency: 64 });
       for (const c of cases) {
         if (only && !only.includes(`${c.transport}/${c.concurrency}`)) continue;
-        await service.repository.configure(spec.name, c.batching ? { maxBatchSize: 64, maxQueueDelayMs: Number(process.env.BENCH_QUEUE_DELAY_MS ?? 0) } : { maxBatchSize: 1, maxQueueDelayMs: 0 });
+        await service.repository.configure(DEFAULT_TENANT_ID, spec.name, c.batching ? { maxBatchSize: 64, maxQueueDelayMs: Number(process.env.BENCH_QUEUE_DELAY_MS ?? 0) } : { maxBatchSize: 1, maxQueueDelayMs: 0 });
         const isRest = c.transport.startsWith('rest');
         const target = isRest ? restUrl : service.grpc!.address;
         const b0 = await counters();

@@ -13,7 +13,7 @@ import { INFERENCE_ERROR_CODES } from '../inference/errors.js';
 import { SERVICE_ERROR_CODES } from '../service/errors.js';
 import { SERVICE_START_ERROR_CODES } from '../service/startup/start-errors.js';
 import type { TrainerErrorCode } from '../trainer/errors.js';
-import { GRPC_STATUS } from './grpc/grpc-status.js';
+import { GRPC_AUTH_CODES, GRPC_STATUS } from './grpc/grpc-status.js';
 import { API_ERROR_CODES, ApiError, HTTP_STATUS, toApiError } from './rest/http-errors.js';
 import { ServiceError } from '../service/errors.js';
 import { TrainerError } from '../trainer/errors.js';
@@ -65,8 +65,9 @@ describe('error catalogue', () => {
     assert.deepEqual(new Set(keys(HTTP_STATUS)), new Set(httpCodes), 'HTTP_STATUS maps exactly the codes of the layers');
   });
 
-  test('every inference code has a gRPC status, and every trainer code one on the worker control plane', () => {
-    assert.deepEqual(keys(GRPC_STATUS).sort(), keys(INFERENCE_ERROR_CODES).sort());
+  test('every inference code and the gRPC binding\'s auth codes have a gRPC status, and every trainer code one on the worker control plane', () => {
+    assert.deepEqual(keys(GRPC_STATUS).sort(), [...keys(INFERENCE_ERROR_CODES), ...GRPC_AUTH_CODES].sort());
+    for (const code of GRPC_AUTH_CODES) assert.ok(code in API_ERROR_CODES, `${code} is one of the REST layer's codes too`);
     assert.deepEqual(keys(WORKER_GRPC_STATUS).sort(), keys(TRAINER_CODES).sort());
     for (const s of [...Object.values(GRPC_STATUS), ...Object.values(WORKER_GRPC_STATUS)]) assert.ok(s !== status.OK && grpcName(s), `status ${s}`);
   });

@@ -8,7 +8,11 @@ import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 import type { TlsFiles } from '../grpc/tls-files.js';
 import { InferenceEngine } from '../inference/engine.js';
-import { startInferenceGrpcServer, type InferenceGrpcServer } from './grpc/inference-server.js';
+import { GrpcRefusal, startInferenceGrpcServer, type InferenceGrpcServer } from './grpc/inference-server.js';
+import type * as grpcJs from '@grpc/grpc-js';
+import { Unauthenticated, type Authenticator } from './auth.js';
+import type { RateCounter } from './rate-limit.js';
+import type { Principal } from '../service/tenants/principal.js';
 import { InferenceMetrics } from '../inference/metrics.js';
 import { ModelRepository, type RepositoryChanges, type RepositorySource } from '../inference/repository.js';
 import { inferenceRoutes } from './rest/routes/inference.js';
@@ -28,7 +32,26 @@ export interface InferenceServiceOptions {
   /** Where gRPC serves; null: REST only. */
   readonly grpc: { readonly host: string; readonly port: number; readonly tls?: TlsFiles } | null;
   readonly refreshMs?: number;
+  /** Who gRPC calls come from, and their rate (REST checks both in the app's hooks). @defaultValue every call is the admin */
+  readonly access?: { readonly auth: Authenticator; readonly rate: RateCounter };
   readonly log?: (message: string) => void;
+}
+
+/** A gRPC call's principal from its `authorization` metadata, and one request off its rate. */
+function grpcAuthorizer(access: { auth: Authenticator; rate: RateCounter }): (metadata: grpcJs.Metadata) => Promise<Principal> {
+  return async (metadata) => {
+    const value = metadata.get('authorization')[0];
+    let who: Principal;
+    try {
+      who = await access.auth.principal(typeof value === 'string' ? value : undefined);
+    } catch (e) {
+      if (e instanceof Unauthenticated) throw new GrpcRefusal('TAS_ERR_UNAUTHENTICATED', e.message);
+      throw e;
+    }
+    const d = await access.rate.take(who);
+    if (!d.allowed) throw new GrpcRefusal('TAS_ERR_RATE_LIMITED', `the key's requests per minute are spent; retry in ${Math.ceil(d.retryAfterMs / 1000)} s`);
+    return who;
+  };
 }
 
 export interface InferenceService {
@@ -64,8 +87,9 @@ export async function startInferenceService(options: InferenceServiceOptions): P
       ...(options.log ? { log: options.log } : {}),
     };
     if (options.grpc) {
-      grpc = await startInferenceGrpcServer({ ...common, host: options.grpc.host, port: options.grpc.port, ...(options.grpc.tls ? { tls: options.grpc.tls } : {}), ...(options.maxMessageBytes ? { maxMessageBytes: options.maxMessageBytes } : {}) });
-      options.log?.(`gRPC inference (Open Inference Protocol, health, reflection) on ${grpc.address}`);
+      grpc = await startInferenceGrpcServer({ ...common, ...(options.access ? { authorize: grpcAuthorizer(options.access) } : {}), host: options.grpc.host, port: options.grpc.port, ...(options.grpc.tls ? { tls: options.grpc.tls } : {}), ...(options.maxMessageBytes ? { maxMessageBytes: options.maxMessageBytes } : {}) });
+      const port = grpc.address.slice(grpc.address.lastIndexOf(':') + 1);
+      options.log?.(`gRPC inference (Open Inference Protocol, health, reflection) listening on ${options.grpc.host}:${port}${grpc.address.startsWith(`${options.grpc.host}:`) ? '' : ` (from this machine: ${grpc.address})`}`);
     }
     await repository.start();
     grpc?.setServing(true);

@@ -25,6 +25,10 @@ import { startInferenceService, type InferenceService } from '../api/inference-s
 import { modelChangesChannel, redisModelChanges } from '../service/models/model-changes.js';
 import { ModelStore } from '../service/models/model-store.js';
 import { ensureRedis } from '../service/startup/redis-server.js';
+import { keyRevocationsChannel, redisKeyRevocations, TenantStore } from '../service/tenants/tenant-store.js';
+import { Authenticator } from '../api/auth.js';
+import { RateCounter } from '../api/rate-limit.js';
+import { ensureWorkerToken, writeAdminKey } from './secrets.js';
 
 export interface ServiceParts {
   /** Serve the REST API, and inference (REST /v2 on the same port, gRPC on TAS_GRPC_PORT). */
@@ -62,6 +66,11 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
   };
   try {
     await mkdir(config.dataDir, { recursive: true });
+    if (config.auth === 'on') {
+      // Workers take work only from holders of the workers' token (local ones get it at spawn).
+      const source = await ensureWorkerToken(config.dataDir);
+      log(`workers: TAS_WORKER_TOKEN ${source === 'environment' ? 'from the environment' : `in ${config.dataDir}/worker.key${source === 'new' ? ' (new)' : ''}`}; remote workers need the same`);
+    }
 
     let databaseUrl = config.databaseUrl;
     let maxConnections: number | undefined;
@@ -137,6 +146,25 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
     let httpUrl: string | null = null;
     let grpcAddress: string | null = null;
     if (parts.api) {
+      // Keys: checked against the database, revocations heard from every API process.
+      const revocationsSubscriber = redisConnection(redis.url);
+      stops.push(async () => revocationsSubscriber.quit());
+      const tenants = new TenantStore(prisma, { revocations: redisKeyRevocations(commands, revocationsSubscriber, keyRevocationsChannel(config.queueName)) });
+      await tenants.start();
+      if (config.auth === 'on' && config.adminToken === null) {
+        const made = await tenants.ensureAdminKey();
+        if (made) {
+          const file = await writeAdminKey(config.dataDir, made.api_key);
+          log(`auth: made the admin key (shown once; also written to ${file}, mode 0600): ${made.api_key}`);
+        }
+      }
+      const auth = new Authenticator({ mode: config.auth, tenants, adminToken: config.adminToken, metricsToken: config.metricsToken });
+      const rateNamespace = `tas:${config.queueName}:rate:`;
+      log(
+        config.auth === 'on'
+          ? `auth: on (API keys required${config.adminToken ? '; admin key from TAS_ADMIN_TOKEN' : ''}; CORS ${config.corsOrigins.length ? `for ${config.corsOrigins.join(', ')}` : 'off'})`
+          : `auth: off (every request is the admin; set TAS_AUTH=on, or listen beyond loopback, to require keys)`,
+      );
       const registry = new Registry();
       const inference: InferenceService = await startInferenceService({
         source: new ModelStore(prisma),
@@ -146,6 +174,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         maxRequestRows: config.inferMaxRows,
         maxMessageBytes: config.inferMaxMessageBytes,
         grpc: { host: config.host, port: config.grpcPort, ...(options.tls ? { tls: options.tls } : {}) },
+        access: { auth, rate: new RateCounter(commands, rateNamespace) },
         log,
       });
       stops.push(() => inference.close());
@@ -164,12 +193,14 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         registerDatasets: async (a) => void (await a.register(datasetRoutes, { store: datasets, maxUploadBytes: config.maxUploadBytes })),
         registerInference: (a) => inference.registerRoutes(a),
         registry,
-      });
+        tenants,
+      }, { access: { auth, corsOrigins: config.corsOrigins, redis: commands, rateLimitNamespace: rateNamespace } });
       const server = app;
       stops.push(() => server.close());
       const address = await app.listen({ port: config.httpPort, host: config.host });
-      httpUrl = address.replace('0.0.0.0', '127.0.0.1').replace('[::]', '127.0.0.1');
-      log(`REST API on ${httpUrl} (OpenAPI at ${httpUrl}/docs)`);
+      // The address bound, as the server reports it, and one this machine can dial.
+      httpUrl = address.replace('0.0.0.0', '127.0.0.1').replace('[::]', '[::1]');
+      log(`REST API listening on ${address}${httpUrl !== address ? ` (from this machine: ${httpUrl})` : ''}; OpenAPI at ${httpUrl}/docs`);
     }
 
     return { httpUrl, grpcAddress, databaseUrl, redisUrl: redis.url, embeddedDatabase: config.databaseUrl === null, prisma, app, localPool, stop };

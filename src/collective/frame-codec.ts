@@ -41,6 +41,8 @@ export interface Frame {
   root: number;
   failedRank?: number;
   worldSize: number;
+  /** HELLO: the attempt's collective token ('' when none). */
+  token: string;
 }
 
 export const EXCHANGE_PATH = '/tas.collective.v1.Collective/Exchange';
@@ -49,7 +51,7 @@ const EMPTY = Buffer.alloc(0);
 // Field tags: (field number << 3) | wire type.
 const T_JOB = 0x0a, T_GEN = 0x10, T_SRC = 0x18, T_SEQ = 0x20, T_OP = 0x28, T_CHUNK = 0x30;
 const T_PAYLOAD = 0x3a, T_ERROR = 0x42, T_OFFSET = 0x48, T_TOTAL = 0x50, T_ROOT = 0x58;
-const T_FAILED = 0x60, T_WORLD = 0x68, T_PAD = 0x7a;
+const T_FAILED = 0x60, T_WORLD = 0x68, T_TOKEN = 0x72, T_PAD = 0x7a;
 /** Receivers get each message at the start of its own 8-aligned buffer (grpc-h2.ts). */
 const MSG_START = 0;
 
@@ -82,6 +84,7 @@ export interface FrameFields {
   error?: string;
   failedRank?: number;
   worldSize?: number;
+  token?: string;
 }
 
 /**
@@ -102,6 +105,7 @@ export function encodeFrameParts(header: Buffer, f: FrameFields, payload?: Uint8
   const seq = f.seq ?? 0, chunk = f.chunk ?? 0, offset = f.offset ?? 0, total = f.total ?? 0, root = f.root ?? 0;
   const world = f.worldSize ?? 0;
   const err = f.error ? Buffer.from(f.error, 'utf8') : undefined;
+  const token = f.token ? Buffer.from(f.token, 'utf8') : undefined;
   let size = header.length + 2; // + op (always written: 1-byte tag, 1-byte value)
   if (seq) size += 1 + varintLen(seq);
   if (chunk) size += 1 + varintLen(chunk);
@@ -111,6 +115,7 @@ export function encodeFrameParts(header: Buffer, f: FrameFields, payload?: Uint8
   if (f.failedRank !== undefined) size += 1 + varintLen(f.failedRank);
   if (world) size += 1 + varintLen(world);
   if (err) size += 1 + varintLen(err.length) + err.length;
+  if (token) size += 1 + varintLen(token.length) + token.length;
   let pad = 0;
   const plen = payload ? payload.byteLength : 0;
   if (plen > 0) {
@@ -158,6 +163,11 @@ export function encodeFrameParts(header: Buffer, f: FrameFields, payload?: Uint8
     p = putVarint(buf, p, err.length);
     p += err.copy(buf, p);
   }
+  if (token) {
+    buf[p++] = T_TOKEN;
+    p = putVarint(buf, p, token.length);
+    p += token.copy(buf, p);
+  }
   if (plen > 0) {
     if (pad > 0) {
       buf[p++] = T_PAD;
@@ -191,7 +201,7 @@ export function peekFrame(head: Buffer): { f: Frame; payloadAt: number; payloadL
 }
 
 function parseFrame(buf: Buffer, head: boolean, tail?: Uint8Array): { f: Frame; payloadAt: number; payloadLen: number } {
-  const f: Frame = { jobId: '', generation: 0, srcRank: 0, seq: 0, op: Op.OP_UNSPECIFIED, chunk: 0, payload: EMPTY, error: '', offset: 0, total: 0, root: 0, worldSize: 0 };
+  const f: Frame = { jobId: '', generation: 0, srcRank: 0, seq: 0, op: Op.OP_UNSPECIFIED, chunk: 0, payload: EMPTY, error: '', offset: 0, total: 0, root: 0, worldSize: 0, token: '' };
   const end = buf.length;
   let p = 0;
   const varint = (): number => {
@@ -232,6 +242,7 @@ function parseFrame(buf: Buffer, head: boolean, tail?: Uint8Array): { f: Frame; 
       if (field === 1) f.jobId = buf.toString('utf8', p, p + len);
       else if (field === 7) f.payload = buf.subarray(p, p + len);
       else if (field === 8) f.error = buf.toString('utf8', p, p + len);
+      else if (field === 14) f.token = buf.toString('utf8', p, p + len);
       p += len;
     } else if (wire === 1) p += 8;
     else if (wire === 5) p += 4;

@@ -30,6 +30,13 @@ import { Link, routerFor, type CollectiveServer, type LinkOwner, type RoutedGrou
 import { frameOf, recvAlloc } from './receive-buffers.js';
 import { dial as dialH2, Status, statusName, type CallStatus, type GrpcCall } from './transport/grpc-h2.js';
 import type { TlsFiles } from '../grpc/tls-files.js';
+import { timingSafeEqual } from 'node:crypto';
+
+/** Whether a HELLO's token is this attempt's (constant time for equal lengths). */
+function sameToken(given: string, expected: string): boolean {
+  const a = Buffer.from(given), b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
 
 export interface GrpcCollectiveOptions {
   jobId: string;
@@ -47,6 +54,11 @@ export interface GrpcCollectiveOptions {
   server?: CollectiveServer;
   /** A dead, hung or partitioned peer fails every call within this (default 5000 ms). */
   timeoutMs?: number;
+  /**
+   * The attempt's secret: every rank is given the same one, HELLOs carry it, and a HELLO
+   * without it is refused, so nothing but this attempt's ranks joins (default '': none).
+   */
+  token?: string;
   /** Heartbeat interval on idle streams (default 500 ms; at most timeoutMs / 2). */
   heartbeatMs?: number;
   /** How long `connect` waits for the whole mesh (default max(30000, timeoutMs)). */
@@ -130,6 +142,8 @@ export class CollectiveGroup implements RoutedGroup, LinkOwner {
   /** Largest payload per frame of a large allReduce. */
   protected readonly reduceFrameFloats: number;
   protected readonly header: Buffer;
+  /** This attempt's collective token: a HELLO must carry it (GrpcCollectiveOptions.token). */
+  private readonly token: string;
   private readonly heartbeatFrame: Buffer;
   private readonly links: Array<Link | undefined>;
   private readonly connections: Array<() => void> = [];
@@ -170,6 +184,7 @@ export class CollectiveGroup implements RoutedGroup, LinkOwner {
     this.reduceFrameFloats = Math.max(1, Math.floor((opts.frameBytes ?? defaultReduceFrameBytes(this.worldSize)) / 4));
     this.log = opts.log ?? ((m) => console.warn(m));
     this.header = encodeFrameHeader(this.jobId, this.generation, this.rank);
+    this.token = opts.token ?? '';
     this.heartbeatFrame = encodeFrame(this.header, { op: Op.HEARTBEAT });
     this.links = new Array<Link | undefined>(this.worldSize);
     this.router = routerFor(server);
@@ -199,7 +214,7 @@ export class CollectiveGroup implements RoutedGroup, LinkOwner {
   }
 
   private dial(p: number, deadline: number): void {
-    const hello = encodeFrame(this.header, { op: Op.HELLO, worldSize: this.worldSize });
+    const hello = encodeFrame(this.header, { op: Op.HELLO, worldSize: this.worldSize, token: this.token });
     let backoff = 20;
     const attempt = () => {
       if (this.failure || this.closing) return;
@@ -237,6 +252,13 @@ export class CollectiveGroup implements RoutedGroup, LinkOwner {
           call.cancel();
           return;
         }
+        if (!sameToken(f.token, this.token)) {
+          // Something at the peer's address that is not a rank of this attempt.
+          abandon();
+          call.cancel();
+          this.fail(new CollectiveError(`rank ${p} unreachable: ${this.peers[p]} answered without this attempt's collective token`, p));
+          return;
+        }
         this.dialCalls.delete(call);
         link = this.attach(p, call, true);
       });
@@ -264,6 +286,7 @@ export class CollectiveGroup implements RoutedGroup, LinkOwner {
   accept(call: GrpcCall, hello: Frame): string | null {
     const p = hello.srcRank;
     if (this.failure || this.closing) return `the collective of job ${this.jobId} generation ${this.generation} on rank ${this.rank} is ${this.closing ? 'closed' : 'failed'}`;
+    if (!sameToken(hello.token, this.token)) return `a HELLO as rank ${p} without this attempt's collective token`;
     if (hello.worldSize !== this.worldSize) return `rank ${p} has world size ${hello.worldSize}, rank ${this.rank} has ${this.worldSize}`;
     if (!Number.isInteger(p) || p === this.rank || p < 0 || p >= this.worldSize) return `rank ${p} is not a peer of rank ${this.rank} (world size ${this.worldSize})`;
     if (this.links[p]?.tx) return `rank ${p} is already connected to rank ${this.rank}`;
@@ -278,7 +301,7 @@ export class CollectiveGroup implements RoutedGroup, LinkOwner {
       }
       this.onFrame(link, f);
     });
-    link.sendControl(encodeFrame(this.header, { op: Op.HELLO, worldSize: this.worldSize }));
+    link.sendControl(encodeFrame(this.header, { op: Op.HELLO, worldSize: this.worldSize, token: this.token }));
     return null;
   }
 

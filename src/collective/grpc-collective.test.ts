@@ -87,7 +87,7 @@ describe('collective.proto wire format', () => {
   it('our hand-written codec and proto-loader agree in both directions', () => {
     assert.equal(exchange.path, EXCHANGE_PATH);
     const payload = Float32Array.from([1.5, -2, 3.25, Math.PI]);
-    const ours = encodeFrame(encodeFrameHeader('job-é', 2 ** 40 + 3, 3), { seq: 300, op: Op.ALL_GATHER_RING, chunk: 2, offset: 1 << 22, total: (1 << 22) + 16, root: 1, failedRank: 0, worldSize: 4, error: 'x' }, bytes(payload));
+    const ours = encodeFrame(encodeFrameHeader('job-é', 2 ** 40 + 3, 3), { seq: 300, op: Op.ALL_GATHER_RING, chunk: 2, offset: 1 << 22, total: (1 << 22) + 16, root: 1, failedRank: 0, worldSize: 4, error: 'x', token: 'tök' }, bytes(payload));
     const viaLoader = exchange.requestDeserialize(ours);
     assert.equal(viaLoader.job_id, 'job-é');
     assert.equal(viaLoader.generation, 2 ** 40 + 3);
@@ -101,11 +101,14 @@ describe('collective.proto wire format', () => {
     assert.equal(viaLoader.failed_rank, 0);
     assert.equal(viaLoader.world_size, 4);
     assert.equal(viaLoader.error, 'x');
+    assert.equal(viaLoader.token, 'tök');
     assert.deepEqual(new Float32Array(new Uint8Array(viaLoader.payload as Buffer).buffer), payload);
 
     const theirs = exchange.requestSerialize({ job_id: 'j', generation: 7, src_rank: 1, seq: 9, op: Op.BROADCAST, root: 1, total: 8, payload: bytes(Float32Array.from([4, 5])), extra_unknown: 1 });
     const f = decodeFrame(theirs);
-    assert.deepEqual({ ...f, payload: Array.from(new Float32Array(new Uint8Array(f.payload).buffer)) }, { jobId: 'j', generation: 7, srcRank: 1, seq: 9, op: Op.BROADCAST, chunk: 0, offset: 0, total: 8, root: 1, error: '', worldSize: 0, payload: [4, 5] });
+    assert.deepEqual({ ...f, payload: Array.from(new Float32Array(new Uint8Array(f.payload).buffer)) }, { jobId: 'j', generation: 7, srcRank: 1, seq: 9, op: Op.BROADCAST, chunk: 0, offset: 0, total: 8, root: 1, error: '', worldSize: 0, token: '', payload: [4, 5] });
+    const hello = decodeFrame(exchange.requestSerialize({ job_id: 'j', op: Op.HELLO, world_size: 2, token: 'attempt-secret' }));
+    assert.deepEqual([hello.op, hello.worldSize, hello.token], [Op.HELLO, 2, 'attempt-secret']);
   });
 
   it('pads so that the payload is 4-byte aligned in the receiver\'s message buffer; the parts encode as the copied frame', () => {
@@ -389,6 +392,36 @@ describe('GrpcCollective', () => {
     } finally {
       await g.close();
     }
+  });
+
+  it('with a collective token, ranks that carry it form the group; a HELLO without it is refused and logged', async () => {
+    const logs: string[] = [];
+    const g = await makeGroup(2, { generation: 3, token: 'attempt-secret', log: (m) => logs.push(m) });
+    try {
+      const hello = (token: string | undefined) =>
+        new Promise<grpc.ServiceError>((resolve, reject) => {
+          const client = new grpc.Client(g.peers[0], grpc.credentials.createInsecure());
+          const call = client.makeBidiStreamRequest<Buffer, Frame>(EXCHANGE_PATH, (b) => b, decodeFrame);
+          call.on('data', (f: Frame) => reject(new Error(`accepted: ${Op[f.op]}`)));
+          call.on('error', (e: grpc.ServiceError) => {
+            client.close();
+            resolve(e);
+          });
+          call.write(encodeFrame(encodeFrameHeader(g.jobId, 3, 1), { op: Op.HELLO, worldSize: 2, ...(token !== undefined ? { token } : {}) }));
+        });
+      for (const token of [undefined, 'guessed-secret']) {
+        const refused = await hello(token);
+        assert.equal(refused.code, grpc.status.FAILED_PRECONDITION);
+        assert.match(refused.details, /without this attempt's collective token/);
+      }
+      assert.ok(logs.some((l) => /collective token/.test(l)), logs.join('\n'));
+      const sums = await Promise.all(g.cs.map((c) => c.allReduce(Float32Array.from([c.rank, 1]))));
+      for (const s of sums) assert.deepEqual(Array.from(s), [1, 2]);
+    } finally {
+      await g.close();
+    }
+    // Ranks given different tokens never form a group.
+    await assert.rejects(makeGroup(2, { connectTimeoutMs: 1500, timeoutMs: 1000 }, (rank) => ({ token: `secret-${rank}` })), isCollectiveError(/collective token|unreachable/));
   });
 
   for (const [what, jobId, generation] of [

@@ -30,6 +30,8 @@ export interface RunRequestMsg {
   data_dir: string;
   resume: boolean;
   timeout_ms: number;
+  /** The attempt's collective secret (every rank the same); '' from an older pool. */
+  collective_token: string;
 }
 
 export interface StepMsg {

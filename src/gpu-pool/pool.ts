@@ -7,7 +7,7 @@
  * worker is one gRPC address serving the Worker and Collective services.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
@@ -149,6 +149,8 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
     const infos = await Promise.all(clients.map((c) => c.info()));
     options.onStart?.(infos);
     const specJson = JSON.stringify(rawSpec);
+    // This attempt's collective secret: its ranks admit no stream without it.
+    const collectiveToken = randomBytes(16).toString('hex');
     // The first failure in time is the cause (a dead worker's dropped stream, say); the
     // other ranks then fail because of it, so it is the one reported.
     let first: { rank: number; error: Error & { details?: string; code?: number } } | null = null;
@@ -167,6 +169,7 @@ export async function runJobOnWorkers(rawSpec: unknown, addresses: string[], opt
             data_dir: options.dataDir ?? process.cwd(),
             resume: options.resume ?? true,
             timeout_ms: options.timeoutMs ?? 5000,
+            collective_token: collectiveToken,
           },
           rank === 0 ? options.onStep : undefined,
         )

@@ -19,6 +19,7 @@ import type { BnLayerSummary } from '../trainer/math/bn-summary.js';
 import { join } from 'node:path';
 import type { DeviceAssignment } from './device.js';
 import type { BnLayerStatsMsg, RunEventMsg, RunRequestMsg, WorkerInfoMsg } from './messages.js';
+import { NOT_YOUR_WORKER, presentsToken, workerToken } from './worker-token.js';
 import { workerProto } from '../grpc/proto.js';
 
 export interface CollectiveRequest {
@@ -28,6 +29,8 @@ export interface CollectiveRequest {
   worldSize: number;
   peers: string[];
   timeoutMs: number;
+  /** Only HELLOs carrying it join (RunRequest.collective_token). */
+  token: string;
 }
 
 export interface WorkerDeps {
@@ -100,10 +103,16 @@ export function addWorkerService(server: grpc.Server, deps: WorkerDeps): void {
     };
   };
 
+  // With a worker token, only its scheduler may call (worker-token.ts).
+  const token = workerToken();
   server.addService(service, {
-    Info: (_call: grpc.ServerUnaryCall<unknown, WorkerInfoMsg>, cb: grpc.sendUnaryData<WorkerInfoMsg>) => cb(null, info()),
+    Info: (call: grpc.ServerUnaryCall<unknown, WorkerInfoMsg>, cb: grpc.sendUnaryData<WorkerInfoMsg>) => {
+      if (!presentsToken(call.metadata, token)) return cb(NOT_YOUR_WORKER);
+      cb(null, info());
+    },
 
     Cancel: (call: grpc.ServerUnaryCall<{ job_id: string }, { cancelled: boolean }>, cb: grpc.sendUnaryData<{ cancelled: boolean }>) => {
+      if (!presentsToken(call.metadata, token)) return cb(NOT_YOUR_WORKER);
       const job = running.get(call.request.job_id);
       if (job) {
         job.abort.abort();
@@ -114,6 +123,10 @@ export function addWorkerService(server: grpc.Server, deps: WorkerDeps): void {
 
     Run: (call: grpc.ServerWritableStream<RunRequestMsg, RunEventMsg>) => {
       const req = call.request;
+      if (!presentsToken(call.metadata, token)) {
+        call.emit('error', Object.assign(new Error(NOT_YOUR_WORKER.details), NOT_YOUR_WORKER));
+        return;
+      }
       if (running.size > 0) {
         // emit('error'), not destroy(): grpc-js sends the status from the stream's error
         // handler; a destroyed stream never sends one and the client waits forever.
@@ -169,6 +182,7 @@ async function runRank(
     worldSize: req.world_size,
     peers: req.peers,
     timeoutMs: req.timeout_ms || 5000,
+    token: req.collective_token ?? '',
   });
   onCollective(collective);
   const result = await trainRank({

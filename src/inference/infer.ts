@@ -15,6 +15,8 @@ export interface InferInput extends InputHeader {
 }
 
 export interface InferRequest {
+  /** The caller's tenant: model names are per tenant. */
+  readonly tenant: string;
   readonly model: string;
   /** "" = the default version. */
   readonly version: string;
@@ -43,7 +45,7 @@ export async function infer(repo: ModelRepository, req: InferRequest, protocol: 
   let version = req.version;
   try {
     req.check?.();
-    const served = await repo.resolve(req.model, req.version);
+    const served = await repo.resolve(req.tenant, req.model, req.version);
     version = String(served.version);
     if (req.inputs.length !== 1) {
       throw new InferenceError('INVALID_INPUT', `expected 1 inputs but got ${req.inputs.length} inputs for model '${req.model}'`);

@@ -21,6 +21,10 @@ import type { LoadedSignature } from './thread-messages.js';
 
 /** A model as the database describes it. */
 export interface ModelRecord {
+  /** The owning tenant's id: model names are per tenant. */
+  readonly tenant: string;
+  /** The owning tenant's name (metrics labels). */
+  readonly tenantName?: string;
   readonly name: string;
   readonly loaded: boolean;
   readonly maxBatchSize: number;
@@ -37,8 +41,8 @@ export interface ServingSettings {
 /** Where the repository reads and writes its truth (the ModelStore over PostgreSQL). */
 export interface RepositorySource {
   servingIndex(): Promise<ModelRecord[]>;
-  /** Persist settings of model `name`; false when there is no such model. */
-  setServing(name: string, settings: ServingSettings): Promise<boolean>;
+  /** Persist settings of tenant `tenant`'s model `name`; false when there is no such model. */
+  setServing(tenant: string, name: string, settings: ServingSettings): Promise<boolean>;
 }
 
 /** Cross-process change notices (Redis pub/sub in the service). */
@@ -72,7 +76,10 @@ interface VersionEntry {
 }
 
 interface ModelEntry {
+  readonly tenant: string;
   readonly name: string;
+  /** The name in metrics and logs: `tenant/name`, or the name alone for the tenant `default`. */
+  readonly label: string;
   loaded: boolean;
   limits: BatchLimits;
   readonly versions: Map<number, VersionEntry>;
@@ -137,11 +144,13 @@ export class ModelRepository {
     const seen = new Set<string>();
     const loads: Promise<void>[] = [];
     for (const r of records) {
-      seen.add(r.name);
-      let m = this.models.get(r.name);
+      const scope = scoped(r.tenant, r.name);
+      seen.add(scope);
+      let m = this.models.get(scope);
       if (!m) {
-        m = { name: r.name, loaded: r.loaded, limits: limitsOf(r), versions: new Map() };
-        this.models.set(r.name, m);
+        const label = r.tenantName === undefined || r.tenantName === 'default' ? r.name : `${r.tenantName}/${r.name}`;
+        m = { tenant: r.tenant, name: r.name, label, loaded: r.loaded, limits: limitsOf(r), versions: new Map() };
+        this.models.set(scope, m);
       }
       m.loaded = r.loaded;
       m.limits = limitsOf(r);
@@ -164,10 +173,10 @@ export class ModelRepository {
         }
       }
     }
-    for (const [name, m] of this.models) {
-      if (seen.has(name)) continue;
+    for (const [scope, m] of this.models) {
+      if (seen.has(scope)) continue;
       for (const e of m.versions.values()) loads.push(this.unloadVersion(m, e, 'deleted'));
-      this.models.delete(name);
+      this.models.delete(scope);
     }
     await Promise.all(loads);
   }
@@ -177,23 +186,23 @@ export class ModelRepository {
     e.state = 'loading';
     e.loading = (async () => {
       try {
-        const sig = await this.options.engine.load(keyOf(m.name, e.version), e.artifactPath);
+        const sig = await this.options.engine.load(keyOf(m, e.version), e.artifactPath);
         const served = this.serve(m, e.version, sig);
         if (!m.loaded || this.closed) {
           // Unloaded while it was loading.
           served.batcher.close(notReady(m.name, e.version, 'unloaded on request'));
-          await this.options.engine.unload(keyOf(m.name, e.version));
+          await this.options.engine.unload(keyOf(m, e.version));
           e.state = 'unloaded';
           return;
         }
         e.served = served;
         e.state = 'ready';
         e.reason = null;
-        this.options.log?.(`serving ${m.name} version ${e.version} (input ${JSON.stringify(served.input.shape)}, output ${JSON.stringify(served.output.shape)})`);
+        this.options.log?.(`serving ${m.label} version ${e.version} (input ${JSON.stringify(served.input.shape)}, output ${JSON.stringify(served.output.shape)})`);
       } catch (err) {
         e.state = 'failed';
         e.reason = (err as Error).message;
-        this.options.log?.(`could not load ${m.name} version ${e.version}: ${e.reason}`);
+        this.options.log?.(`could not load ${m.label} version ${e.version}: ${e.reason}`);
       } finally {
         e.loading = null;
       }
@@ -204,7 +213,7 @@ export class ModelRepository {
   private serve(m: ModelEntry, version: number, sig: LoadedSignature): ServedVersion {
     const rowSize = sig.inputShape.reduce((a, b) => a * b, 1);
     const outRowSize = sig.outputShape.reduce((a, b) => a * b, 1);
-    const key = keyOf(m.name, version);
+    const key = keyOf(m, version);
     const v = String(version);
     const batcher = new DynamicBatcher({
       ...effectiveLimits(m.limits, sig),
@@ -212,7 +221,7 @@ export class ModelRepository {
       outRowSize,
       maxInFlight: this.options.engine.threadCount,
       run: (input, rows) => this.options.engine.run(key, input, rows),
-      onBatch: (b) => this.options.metrics?.batchRan(m.name, v, b.rows, b.computeMs),
+      onBatch: (b) => this.options.metrics?.batchRan(m.label, v, b.rows, b.computeMs),
     });
     return {
       model: m.name,
@@ -232,20 +241,23 @@ export class ModelRepository {
     e.reason = why;
     if (served) {
       served.batcher.close(notReady(m.name, e.version, why));
-      await this.options.engine.unload(keyOf(m.name, e.version)).catch(() => undefined);
-      this.options.log?.(`unloaded ${m.name} version ${e.version} (${why})`);
+      await this.options.engine.unload(keyOf(m, e.version)).catch(() => undefined);
+      this.options.log?.(`unloaded ${m.label} version ${e.version} (${why})`);
     }
   }
 
-  /** The version a request names ("" = the default), ready to run; waits while it loads. */
-  async resolve(name: string, version: string): Promise<ServedVersion> {
-    let m = this.models.get(name);
+  /**
+   * The version a request names ("" = the default) of tenant `tenant`'s model `name`,
+   * ready to run; waits while it loads. Another tenant's model of that name is not found.
+   */
+  async resolve(tenant: string, name: string, version: string): Promise<ServedVersion> {
+    let m = this.models.get(scoped(tenant, name));
     if (!m && Date.now() - this.lastMissRefresh > 1000) {
       // A model published since the last read: look once more before saying no (at most
       // once a second, so a client calling a wrong name cannot hammer the database).
       this.lastMissRefresh = Date.now();
       await this.refresh();
-      m = this.models.get(name);
+      m = this.models.get(scoped(tenant, name));
     }
     if (!m) throw modelNotFound(name);
     if (version !== '' && !VERSION_TEXT.test(version)) throw modelNotFound(name, version);
@@ -263,26 +275,26 @@ export class ModelRepository {
   }
 
   /** ModelReady: exists, is loaded, not loading. */
-  modelReady(name: string, version: string): boolean {
-    const m = this.models.get(name);
+  modelReady(tenant: string, name: string, version: string): boolean {
+    const m = this.models.get(scoped(tenant, name));
     if (!m || (version !== '' && !VERSION_TEXT.test(version))) return false;
     const e = version === '' ? this.defaultVersion(m) : m.versions.get(Number(version));
     return e?.state === 'ready';
   }
 
   /** Model metadata: every version's name, and the signature of the named (or default) one. */
-  async metadata(name: string, version: string): Promise<{ name: string; versions: string[]; served: ServedVersion }> {
-    const served = await this.resolve(name, version);
-    const m = this.models.get(name)!;
+  async metadata(tenant: string, name: string, version: string): Promise<{ name: string; versions: string[]; served: ServedVersion }> {
+    const served = await this.resolve(tenant, name, version);
+    const m = this.models.get(scoped(tenant, name))!;
     const versions = [...m.versions.keys()].sort((a, b) => a - b).map(String);
     return { name, versions, served };
   }
 
   /** Load a model (all its versions) and keep it loaded across restarts. */
-  async load(name: string): Promise<void> {
-    await this.persist(name, { loaded: true });
+  async load(tenant: string, name: string): Promise<void> {
+    await this.persist(tenant, name, { loaded: true });
     await this.changed();
-    const m = this.models.get(name);
+    const m = this.models.get(scoped(tenant, name));
     const failed = m ? [...m.versions.values()].filter((e) => e.state === 'failed') : [];
     if (failed.length > 0) {
       // An explicit load retries versions that failed before.
@@ -293,22 +305,22 @@ export class ModelRepository {
   }
 
   /** Unload a model (all its versions) and keep it unloaded across restarts. */
-  async unload(name: string): Promise<void> {
-    await this.persist(name, { loaded: false });
+  async unload(tenant: string, name: string): Promise<void> {
+    await this.persist(tenant, name, { loaded: false });
     await this.changed();
   }
 
   /** Change a model's dynamic-batching settings (persisted; every API process applies them). */
-  async configure(name: string, limits: Partial<BatchLimits>): Promise<void> {
-    await this.persist(name, {
+  async configure(tenant: string, name: string, limits: Partial<BatchLimits>): Promise<void> {
+    await this.persist(tenant, name, {
       ...(limits.maxBatchSize !== undefined ? { maxBatchSize: limits.maxBatchSize } : {}),
       ...(limits.maxQueueDelayMs !== undefined ? { maxQueueDelayUs: Math.round(limits.maxQueueDelayMs * 1000) } : {}),
     });
     await this.changed();
   }
 
-  private async persist(name: string, settings: ServingSettings): Promise<void> {
-    if (!(await this.options.source.setServing(name, settings))) throw modelNotFound(name);
+  private async persist(tenant: string, name: string, settings: ServingSettings): Promise<void> {
+    if (!(await this.options.source.setServing(tenant, name, settings))) throw modelNotFound(name);
   }
 
   private async changed(): Promise<void> {
@@ -316,10 +328,11 @@ export class ModelRepository {
     await this.options.changes?.notify();
   }
 
-  /** Every known version and its state (the repository index). */
-  list(): Array<{ name: string; version: string; state: VersionState; reason: string | null; maxBatchSize: number; maxQueueDelayMs: number }> {
+  /** Every known version of tenant `tenant`'s models (null: every tenant's) and its state (the repository index). */
+  list(tenant: string | null): Array<{ name: string; version: string; state: VersionState; reason: string | null; maxBatchSize: number; maxQueueDelayMs: number }> {
     const out = [];
-    for (const m of [...this.models.values()].sort((a, b) => a.name.localeCompare(b.name))) {
+    const models = [...this.models.values()].filter((m) => tenant === null || m.tenant === tenant);
+    for (const m of models.sort((a, b) => a.name.localeCompare(b.name) || a.tenant.localeCompare(b.tenant))) {
       for (const e of [...m.versions.values()].sort((a, b) => a.version - b.version)) {
         out.push({ name: m.name, version: String(e.version), state: e.state, reason: e.reason, ...m.limits });
       }
@@ -330,7 +343,7 @@ export class ModelRepository {
   /** Requests waiting or running, per served version (the pending-requests gauge). */
   *pending(): Iterable<{ model: string; version: string; count: number }> {
     for (const m of this.models.values()) {
-      for (const e of m.versions.values()) if (e.served) yield { model: m.name, version: String(e.version), count: e.served.batcher.pending };
+      for (const e of m.versions.values()) if (e.served) yield { model: m.label, version: String(e.version), count: e.served.batcher.pending };
     }
   }
 
@@ -343,8 +356,14 @@ export class ModelRepository {
   }
 }
 
-function keyOf(name: string, version: number): string {
-  return `${name}\u0000${version}`;
+/** A model's place in the repository: names are per tenant. */
+function scoped(tenant: string, name: string): string {
+  return `${tenant}\u0000${name}`;
+}
+
+/** A version's key in the inference threads. */
+function keyOf(m: ModelEntry, version: number): string {
+  return `${scoped(m.tenant, m.name)}\u0000${version}`;
 }
 
 function limitsOf(r: ModelRecord): BatchLimits {

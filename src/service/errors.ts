@@ -20,6 +20,8 @@ export const SERVICE_ERROR_CODES = {
   TAS_ERR_IDEMPOTENCY_CONFLICT: 'an Idempotency-Key reused with a different request',
   TAS_ERR_PAYLOAD_TOO_LARGE: 'an upload passed the byte limit (the partial file is gone)',
   TAS_ERR_POOL_TOO_SMALL: 'a job asks for more workers than the pool has online of one device kind',
+  TAS_ERR_QUOTA: "a job asks for more workers than its tenant's max_workers (the limit is named)",
+  TAS_ERR_QUEUE_FULL: "the tenant already has max_queued_jobs jobs waiting",
   TAS_ERR_MIGRATION_CHECKSUM: "an applied migration's migration.sql was edited",
   TAS_ERR_MIGRATION_FAILED: 'a migration failed now, or one is recorded as failed',
   TAS_ERR_MIGRATION_LOCK_TIMEOUT: 'another migrator held the migration lock too long',

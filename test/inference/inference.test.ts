@@ -22,6 +22,7 @@ import { INFERENCE_PROTO } from '../../src/api/grpc/inference-server.js';
 import { startInferenceService, type InferenceService } from '../../src/api/inference-service.js';
 import { fixtureArtifactBytes, type TrainingFixture } from '../golden/artifact.js';
 import { checkMaxAbs } from '../golden/fixture.js';
+import { adminPrincipal } from '../../src/service/tenants/principal.js';
 
 const unavailable = await databaseUnavailable();
 // The repository's copy of the PyTorch fixtures (these two by name, whatever GOLDEN_DIR says).
@@ -380,7 +381,7 @@ describe('inference serving', { skip: unavailable ?? false }, () => {
     const out = await unary<InferResponseMsg>(h.grpc, 'ModelInfer', typedRequest('cnn', cnn.eval.x));
     assert.ok(checkMaxAbs('cnn after reload', out.outputs[0]!.contents!.fp32_contents, cnn.eval.logits.data).ok);
     // The batching settings set before the restart were kept.
-    assert.deepEqual((await h.store.list()).find((m) => m.name === 'cnn')!.serving, { loaded: true, maxBatchSize: 16, maxQueueDelayUs: 2000 });
+    assert.deepEqual((await h.store.list(adminPrincipal())).find((m) => m.name === 'cnn')!.serving, { loaded: true, maxBatchSize: 16, maxQueueDelayUs: 2000 });
   });
 
   test('metrics: requests, failures, queue and compute time, batch sizes, pending, per model', async () => {

@@ -50,9 +50,9 @@ export interface Served {
   stop(): Promise<void>;
 }
 
-/** Start `tas serve` with `workers` local workers; resolves when it listens. */
-export async function startServe(env: ServeEnv, opts: { workers?: number; lockDurationMs?: number } = {}): Promise<Served> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'serve'], {
+/** Start `tas serve` (or `tas api`) with `workers` local workers; resolves when it listens. */
+export async function startServe(env: ServeEnv, opts: { workers?: number; lockDurationMs?: number; command?: 'serve' | 'api'; env?: Record<string, string> } = {}): Promise<Served> {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, opts.command ?? 'serve'], {
     env: {
       ...process.env,
       DATABASE_URL: env.databaseUrl,
@@ -65,6 +65,7 @@ export async function startServe(env: ServeEnv, opts: { workers?: number; lockDu
       TAS_WORKERS: String(opts.workers ?? 2),
       TAS_PROBE_INTERVAL_MS: '500',
       TAS_LOCK_DURATION_MS: String(opts.lockDurationMs ?? 4000),
+      ...opts.env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -128,14 +129,15 @@ export async function postJson<T>(url: string, body: unknown, headers: Record<st
 /**
  * Follow a resource by long polling until `done(body)` holds: each request returns when
  * the resource changed (or after `waitS`, with 304), so no fixed sleeps. Fails after
- * `timeoutMs` with the last body seen.
+ * `timeoutMs` with the last body seen. `authorization`: the header, where keys are required.
  */
-export async function waitFor<T>(url: string, done: (body: T) => boolean, timeoutMs = 120_000, waitS = 5): Promise<T> {
+export async function waitFor<T>(url: string, done: (body: T) => boolean, timeoutMs = 120_000, waitS = 5, authorization?: string): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let etag: string | null = null;
   let last: T | null = null;
   while (Date.now() < deadline) {
-    const r: Response = await fetch(`${url}${url.includes('?') ? '&' : '?'}wait=${waitS}`, { headers: etag ? { 'if-none-match': etag } : {} });
+    const headers: Record<string, string> = { ...(etag ? { 'if-none-match': etag } : {}), ...(authorization ? { authorization } : {}) };
+    const r: Response = await fetch(`${url}${url.includes('?') ? '&' : '?'}wait=${waitS}`, { headers });
     if (r.status === 304) continue;
     if (r.status !== 200) throw new Error(`GET ${url}: ${r.status} ${await r.text()}`);
     etag = r.headers.get('etag');

@@ -191,6 +191,12 @@ describe('service end to end', { skip: unavailable ?? false }, () => {
     assert.ok(Date.parse(second.attempt_history[0]!.started_at) >= Date.parse(first.attempt_history[0]!.ended_at!), 'the gangs overlapped');
   });
 
+  test('on loopback auth is off: every request is the admin, with no key', async () => {
+    assert.ok(served.log.some((l) => /auth: off/.test(l)), served.log.join('\n'));
+    const who = await getJson<{ role: string; tenant: string }>(`${served.url}/v1/auth/whoami`);
+    assert.deepEqual([who.status, who.body.role, who.body.tenant], [200, 'admin', 'default']);
+  });
+
   test('submission errors name the field; an Idempotency-Key returns the same job', async () => {
     const bad = await postJson<{ error: { code: string; field: string; message: string } }>(`${served.url}/v1/jobs`, { ...SHORT, optimizer: { type: 'sgd', lr: -1 } });
     assert.equal(bad.status, 400);
@@ -246,7 +252,8 @@ describe('a scheduler SIGKILLed mid-job', { skip: unavailable ?? false }, () => 
     let second: Served | null = null;
     const first = await startServe(env, { workers: 2, lockDurationMs: 3000 });
     try {
-      const spec = { ...SHORT, name: 'scheduler-fault', epochs: 12, checkpoint: { every_steps: 10 } };
+      // Long enough (about 2,300 steps) that the kill lands mid-job on the fastest backend.
+      const spec = { ...SHORT, name: 'scheduler-fault', epochs: 120, checkpoint: { every_steps: 50 } };
       // The reference: the same spec run without interruption.
       const ref = await postJson<JobStatusView>(`${first.url}/v1/jobs`, { ...spec, name: 'scheduler-fault-reference' });
       const refDone = await until(first, ref.body.id, (j) => TERMINAL.has(j.status));

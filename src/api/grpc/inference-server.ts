@@ -10,7 +10,8 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { serverCredentials, type TlsFiles } from '../../grpc/tls-files.js';
 import { PROTO_DIR } from '../../grpc/proto.js';
-import { GRPC_STATUS } from './grpc-status.js';
+import { GRPC_STATUS, type GrpcAuthCode } from './grpc-status.js';
+import { adminPrincipal, type Principal } from '../../service/tenants/principal.js';
 import { InferenceError, toInferenceError } from '../../inference/errors.js';
 import { infer, type InferInput, type InferOptions } from '../../inference/infer.js';
 import type { ModelRepository } from '../../inference/repository.js';
@@ -27,7 +28,23 @@ export const PROTO_OPTIONS: protoLoader.Options = { keepCase: true, longs: Numbe
 export interface InferenceGrpcOptions extends InferOptions {
   readonly repository: ModelRepository;
   readonly identity: ServerIdentity;
+  /**
+   * Who a call comes from (its `authorization` metadata), once per request; throws a
+   * GrpcRefusal. Liveness, readiness and server metadata are not asked. @defaultValue the admin
+   */
+  readonly authorize?: (metadata: grpc.Metadata) => Promise<Principal>;
   readonly log?: (message: string) => void;
+}
+
+/** A call the binding refuses before inference sees it: no valid key, or its rate spent. */
+export class GrpcRefusal extends Error {
+  constructor(
+    readonly code: GrpcAuthCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'GrpcRefusal';
+  }
 }
 
 interface NameVersionMsg {
@@ -45,16 +62,18 @@ export function loadInferenceDefinition(): protoLoader.PackageDefinition {
 export function addInferenceService(server: grpc.Server, options: InferenceGrpcOptions, definition = loadInferenceDefinition()): void {
   const pkg = grpc.loadPackageDefinition(definition) as unknown as { inference: { GRPCInferenceService: grpc.ServiceClientConstructor } };
   const repo = options.repository;
+  const authorize = options.authorize ?? (async () => adminPrincipal());
 
   /** Errors as gRPC statuses; unexpected ones are logged and sent as an opaque INTERNAL. */
   const fail = (cb: grpc.sendUnaryData<unknown>, e: unknown) => {
+    if (e instanceof GrpcRefusal) return cb({ code: GRPC_STATUS[e.code], details: e.message });
     const err = toInferenceError(e);
     if (err.code === 'INTERNAL') options.log?.(`inference error: ${(e as Error)?.stack ?? String(e)}`);
     cb({ code: GRPC_STATUS[err.code], details: err.message });
   };
 
   /** One ModelInferRequest, answered in the form asked (raw bytes for raw requests, what Triton's clients send and read; typed contents otherwise). */
-  const inferMessage = async (r: ModelInferRequestMsg): Promise<ModelInferResponseMsg> => {
+  const inferMessage = async (who: Principal, r: ModelInferRequestMsg): Promise<ModelInferResponseMsg> => {
     const raw = r.raw_input_contents.length > 0;
     // Checks only this binding can make (counted as failures like the shared ones).
     const check = () => {
@@ -71,7 +90,7 @@ export function addInferenceService(server: grpc.Server, options: InferenceGrpcO
       shape: t.shape,
       decode: (model, checked) => (raw ? fromRaw(model, checked, r.raw_input_contents[i]!) : fromTyped(model, checked, t.contents ?? {})),
     }));
-    const res = await infer(repo, { model: r.model_name, version: r.model_version, id: r.id, inputs, outputs: r.outputs.map((x) => x.name), check }, 'grpc', options);
+    const res = await infer(repo, { tenant: who.tenantId, model: r.model_name, version: r.model_version, id: r.id, inputs, outputs: r.outputs.map((x) => x.name), check }, 'grpc', options);
     return {
       model_name: res.model,
       model_version: res.version,
@@ -82,7 +101,7 @@ export function addInferenceService(server: grpc.Server, options: InferenceGrpcO
   };
 
   const ModelInfer: Unary<ModelInferRequestMsg> = (call, cb) => {
-    inferMessage(call.request).then(
+    authorize(call.metadata).then((who) => inferMessage(who, call.request)).then(
       (res) => cb(null, res),
       (e: unknown) => fail(cb, e),
     );
@@ -103,13 +122,14 @@ export function addInferenceService(server: grpc.Server, options: InferenceGrpcO
     };
     call.on('data', (r: ModelInferRequestMsg) => {
       inFlight++;
-      inferMessage(r).then(
+      // Each request on the stream is one request of the key's (its rate counts each).
+      authorize(call.metadata).then((who) => inferMessage(who, r)).then(
         (res) => {
           if (!call.cancelled) write({ error_message: '', infer_response: res });
           settle();
         },
         (e: unknown) => {
-          const err = toInferenceError(e);
+          const err = e instanceof GrpcRefusal ? e : toInferenceError(e);
           if (err.code === 'INTERNAL') options.log?.(`inference error: ${(e as Error)?.stack ?? String(e)}`);
           if (!call.cancelled) write({ error_message: err.message, infer_response: { model_name: r.model_name, model_version: r.model_version, id: r.id } });
           settle();
@@ -141,10 +161,15 @@ export function addInferenceService(server: grpc.Server, options: InferenceGrpcO
   server.addService(service, {
     ServerLive: ((_call, cb) => cb(null, { live: true })) as Unary<unknown>,
     ServerReady: ((_call, cb) => cb(null, { ready: repo.isReady() })) as Unary<unknown>,
-    ModelReady: ((call, cb) => cb(null, { ready: repo.modelReady(call.request.name, call.request.version) })) as Unary<NameVersionMsg>,
+    ModelReady: ((call, cb) => {
+      authorize(call.metadata).then(
+        (who) => cb(null, { ready: repo.modelReady(who.tenantId, call.request.name, call.request.version) }),
+        (e: unknown) => fail(cb, e),
+      );
+    }) as Unary<NameVersionMsg>,
     ServerMetadata: ((_call, cb) => cb(null, { name: options.identity.name, version: options.identity.version, extensions: [...options.identity.extensions] })) as Unary<unknown>,
     ModelMetadata: ((call, cb) => {
-      repo.metadata(call.request.name, call.request.version).then(
+      authorize(call.metadata).then((who) => repo.metadata(who.tenantId, call.request.name, call.request.version)).then(
         (m) =>
           cb(null, {
             name: m.name,

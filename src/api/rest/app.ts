@@ -10,6 +10,8 @@ import type { JobQueue } from '../../service/scheduling/job-queue.js';
 import type { PrismaClient } from '../../service/db/client.js';
 import type { JobService } from '../../service/jobs/job-service.js';
 import type { ModelStore } from '../../service/models/model-store.js';
+import type { TenantStore } from '../../service/tenants/tenant-store.js';
+import { openAccess, registerAccess, type AccessOptions } from './access.js';
 import { ApiError, toApiError } from './http-errors.js';
 import { registerPrometheus } from './prometheus.js';
 import { healthRoutes, type ReadinessCheck } from './routes/health.js';
@@ -17,6 +19,7 @@ import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
 import { poolRoutes } from './routes/pool.js';
 import { uiRoutes } from './routes/ui.js';
+import { tenantRoutes, whoamiRoute } from './routes/tenants.js';
 import { addSharedSchemas } from './schemas.js';
 
 export interface BuildAppOptions {
@@ -24,9 +27,11 @@ export interface BuildAppOptions {
   readonly logger?: FastifyServerOptions['logger'];
   /** Largest JSON body, bytes. @defaultValue 1 MiB */
   readonly bodyLimit?: number;
+  /** Keys, cross-site rules, rate limits (./access.ts). @defaultValue auth off */
+  readonly access?: AccessOptions;
 }
 
-/** An app with the error model of ./errors.ts and nothing routed yet. */
+/** An app with the error model of ./http-errors.ts and the access checks of ./access.ts, nothing routed yet. */
 export function createBaseApp(options: BuildAppOptions = {}): FastifyInstance {
   const app = Fastify({
     logger: options.logger ?? false,
@@ -44,6 +49,7 @@ export function createBaseApp(options: BuildAppOptions = {}): FastifyInstance {
     const api = new ApiError('TAS_ERR_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`);
     void reply.status(404).send(api.body());
   });
+  registerAccess(app, options.access ?? openAccess());
   return app;
 }
 
@@ -100,6 +106,8 @@ export interface ApiDeps {
   readonly registry?: Registry;
   /** The built dashboard served at /ui/. @defaultValue ui/dist */
   readonly uiDir?: string;
+  /** Tenants and keys (/v1/tenants); without it those routes are absent. */
+  readonly tenants?: TenantStore;
 }
 
 /** The whole REST API: OpenAPI at /docs, then every resource's routes. */
@@ -119,6 +127,7 @@ export async function buildApp(deps: ApiDeps, options: BuildAppOptions = {}): Pr
         { name: 'datasets', description: 'Uploaded training data' },
         { name: 'models', description: 'Trained models and artifacts' },
         { name: 'pool', description: 'The worker pool' },
+        { name: 'tenants', description: 'Tenants, their limits and API keys (admin); who a key is' },
         { name: 'health', description: 'Liveness, readiness, Prometheus metrics' },
         { name: 'inference', description: 'The Open Inference Protocol (KServe v2 / Triton) over REST; the same over gRPC on TAS_GRPC_PORT' },
       ],
@@ -132,6 +141,8 @@ export async function buildApp(deps: ApiDeps, options: BuildAppOptions = {}): Pr
   await app.register(modelRoutes, { models: deps.models });
   await app.register(poolRoutes, { prisma: deps.prisma, probeIntervalMs: deps.probeIntervalMs });
   await app.register(uiRoutes, deps.uiDir !== undefined ? { dir: deps.uiDir } : {});
+  await app.register(whoamiRoute);
+  if (deps.tenants) await app.register(tenantRoutes, { tenants: deps.tenants });
   if (deps.registerDatasets) await deps.registerDatasets(app);
   if (deps.registerInference) await deps.registerInference(app);
   return app;

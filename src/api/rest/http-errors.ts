@@ -31,6 +31,10 @@ export const API_ERROR_CODES = {
   TAS_ERR_NOT_EXPORTABLE: 'a stored model that cannot be exported in the asked format (ONNX)',
   TAS_ERR_UNAVAILABLE: 'a dependency (database, Redis) is down',
   TAS_ERR_INTERNAL: 'anything unexpected (the cause is logged, never sent)',
+  TAS_ERR_UNAUTHENTICATED: 'auth is on and the request has no API key, a malformed one, or one that is unknown or revoked',
+  TAS_ERR_FORBIDDEN: "the key may not do this: a tenant's key on an admin route (tenants, /metrics)",
+  TAS_ERR_RATE_LIMITED: "the key's requests per minute are spent (Retry-After says when to try again)",
+  TAS_ERR_CROSS_SITE: 'a state-changing request another site could have made: a browser Origin not allowed, or a form content type',
 } as const;
 
 export type ApiErrorCode = keyof typeof API_ERROR_CODES;
@@ -52,6 +56,10 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   TAS_ERR_NOT_EXPORTABLE: 422,
   TAS_ERR_UNAVAILABLE: 503,
   TAS_ERR_INTERNAL: 500,
+  TAS_ERR_UNAUTHENTICATED: 401,
+  TAS_ERR_FORBIDDEN: 403,
+  TAS_ERR_RATE_LIMITED: 429,
+  TAS_ERR_CROSS_SITE: 403,
   // The trainer's (spec validation at submission, datasets checked by its parsers).
   TAS_ERR_INVALID_SPEC: 400,
   TAS_ERR_SHAPE: 400,
@@ -68,6 +76,8 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   TAS_ERR_INVALID_TRANSITION: 409,
   TAS_ERR_IDEMPOTENCY_CONFLICT: 409,
   TAS_ERR_POOL_TOO_SMALL: 400,
+  TAS_ERR_QUOTA: 403,
+  TAS_ERR_QUEUE_FULL: 429,
   TAS_ERR_MIGRATION_CHECKSUM: 500,
   TAS_ERR_MIGRATION_FAILED: 500,
   TAS_ERR_MIGRATION_LOCK_TIMEOUT: 503,

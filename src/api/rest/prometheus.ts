@@ -69,7 +69,7 @@ export function registerPrometheus(app: FastifyInstance, options: PrometheusOpti
     requests.inc({ route, method: request.method, status: String(reply.statusCode) });
     duration.observe({ route, method: request.method }, reply.elapsedTime / 1000);
   });
-  app.get('/metrics', { schema: { tags: ['health'], summary: 'Prometheus metrics', hide: false } }, async (_request, reply) => {
+  app.get('/metrics', { config: { access: 'metrics' }, schema: { tags: ['health'], summary: 'Prometheus metrics (with auth on: the admin key or TAS_METRICS_TOKEN)', hide: false } }, async (_request, reply) => {
     return reply.header('content-type', registry.contentType).send(await registry.metrics());
   });
   return registry;

@@ -19,6 +19,7 @@ export const SHARED_SCHEMAS = [
     ...obj(
       {
         id: { type: 'string', format: 'uuid' },
+        tenant: { type: 'string' },
         name: { type: 'string' },
         status: { type: 'string', enum: ['queued', 'scheduled', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] },
         priority: { type: 'integer' },

@@ -17,6 +17,9 @@ import { migrate } from '../db/migrate.js';
 import { createFreshSchema, databaseUnavailable, type FreshSchema } from '../db/testing/fresh-schema.js';
 import { chunked, f32, i64, npyBytes } from './testing/dataset-fixtures.js';
 import { TrainerError } from '../../trainer/errors.js';
+import { adminPrincipal } from '../tenants/principal.js';
+
+const ADMIN = adminPrincipal();
 
 const unavailable = await databaseUnavailable();
 
@@ -81,7 +84,7 @@ describe('DatasetStore', { skip: unavailable ?? false }, () => {
     const dir = dataDir();
     const store = new DatasetStore({ prisma: ctx.prisma, dataDir: dir });
     const body = new Uint8Array(100_000).fill(0x30);
-    await assert.rejects(store.ingest({ name: 'big', format: 'csv', stream: chunked(body, 1024), maxBytes: 50_000 }), (err) => isDatasetError(err, 'TAS_ERR_PAYLOAD_TOO_LARGE'));
+    await assert.rejects(store.ingest({ who: ADMIN, name: 'big', format: 'csv', stream: chunked(body, 1024), maxBytes: 50_000 }), (err) => isDatasetError(err, 'TAS_ERR_PAYLOAD_TOO_LARGE'));
     assert.deepEqual(incoming(dir), []);
   });
 
@@ -100,7 +103,7 @@ describe('DatasetStore', { skip: unavailable ?? false }, () => {
           }
         })(),
       );
-      await assert.rejects(store.ingest({ name: 'big', format: 'csv', stream: body, maxBytes: 100_000 }), (err) => isDatasetError(err, 'TAS_ERR_PAYLOAD_TOO_LARGE'));
+      await assert.rejects(store.ingest({ who: ADMIN, name: 'big', format: 'csv', stream: body, maxBytes: 100_000 }), (err) => isDatasetError(err, 'TAS_ERR_PAYLOAD_TOO_LARGE'));
     }
     assert.deepEqual(incoming(dir), []);
   });
@@ -109,7 +112,7 @@ describe('DatasetStore', { skip: unavailable ?? false }, () => {
     const dir = dataDir();
     const store = new DatasetStore({ prisma: ctx.prisma, dataDir: dir });
     const stream = new PassThrough();
-    const result = store.ingest({ name: 'cut', format: 'csv', stream, maxBytes: 1_000_000 });
+    const result = store.ingest({ who: ADMIN, name: 'cut', format: 'csv', stream, maxBytes: 1_000_000 });
     stream.write('a,label\n1,0\n');
     await once(stream, 'resume');
     stream.destroy(new Error('socket hang up'));
@@ -132,13 +135,13 @@ describe('DatasetStore', { skip: unavailable ?? false }, () => {
       return checkUpload(req);
     };
     const store = new DatasetStore({ prisma: ctx.prisma, dataDir: dir, check });
-    const first = pending(await store.ingest({ name: 'race', format: 'npy', part: 'x', stream: chunked(X), maxBytes: 1 << 20 }));
+    const first = pending(await store.ingest({ who: ADMIN, name: 'race', format: 'npy', part: 'x', stream: chunked(X), maxBytes: 1 << 20 }));
 
     // B has read the pending upload and waits for its body; A claims it and is checking.
     const bodyB = new PassThrough();
-    const b = store.ingest({ uploadId: first.uploadId, stream: bodyB, maxBytes: 1 << 20 });
+    const b = store.ingest({ who: ADMIN, uploadId: first.uploadId, stream: bodyB, maxBytes: 1 << 20 });
     await once(bodyB, 'resume');
-    const a = store.ingest({ uploadId: first.uploadId, stream: chunked(Y), maxBytes: 1 << 20 });
+    const a = store.ingest({ who: ADMIN, uploadId: first.uploadId, stream: chunked(Y), maxBytes: 1 << 20 });
     await inCheck;
     bodyB.end(Buffer.from(Y));
     await assert.rejects(b, (err) => isDatasetError(err, 'TAS_ERR_CONFLICT'));
@@ -153,10 +156,10 @@ describe('DatasetStore', { skip: unavailable ?? false }, () => {
     const dir = dataDir();
     let now = Date.parse('2026-01-01T00:00:00Z');
     const store = new DatasetStore({ prisma: ctx.prisma, dataDir: dir, pendingTtlMs: 60_000, now: () => now });
-    const p = pending(await store.ingest({ name: 'late', format: 'npy', part: 'y', stream: chunked(Y), maxBytes: 1 << 20 }));
+    const p = pending(await store.ingest({ who: ADMIN, name: 'late', format: 'npy', part: 'y', stream: chunked(Y), maxBytes: 1 << 20 }));
     assert.equal(p.expiresAt.toISOString(), '2026-01-01T00:01:00.000Z');
     now += 60_001;
-    await assert.rejects(store.ingest({ uploadId: p.uploadId, stream: chunked(X), maxBytes: 1 << 20 }), (err) => isDatasetError(err, 'TAS_ERR_NOT_FOUND'));
+    await assert.rejects(store.ingest({ who: ADMIN, uploadId: p.uploadId, stream: chunked(X), maxBytes: 1 << 20 }), (err) => isDatasetError(err, 'TAS_ERR_NOT_FOUND'));
     assert.deepEqual(incoming(dir), [], 'the expired upload and the refused body are gone');
   });
 
@@ -177,10 +180,10 @@ describe('DatasetStore', { skip: unavailable ?? false }, () => {
   test('a dataset whose manifest was removed still lists, without a data block', async () => {
     const dir = dataDir();
     const store = new DatasetStore({ prisma: ctx.prisma, dataDir: dir });
-    const d = created(await store.ingest({ name: 'gone', format: 'csv', stream: chunked(utf8('a,label\n1,0\n2,1\n')), maxBytes: 1 << 20 }));
+    const d = created(await store.ingest({ who: ADMIN, name: 'gone', format: 'csv', stream: chunked(utf8('a,label\n1,0\n2,1\n')), maxBytes: 1 << 20 }));
     assert.deepEqual(d.data, { type: 'csv', path: `datasets/${d.id}/data.csv` });
     rmSync(join(dir, 'datasets', d.id, 'dataset.json'));
-    const again = await store.get(d.id);
+    const again = await store.get(ADMIN, d.id);
     assert.equal(again.data, null);
     assert.equal(again.samples, 2);
   });
@@ -188,7 +191,7 @@ describe('DatasetStore', { skip: unavailable ?? false }, () => {
   test('the trainer error of a malformed file comes back from the worker thread unchanged', async () => {
     const dir = dataDir();
     const store = new DatasetStore({ prisma: ctx.prisma, dataDir: dir });
-    await assert.rejects(store.ingest({ name: 'bad', format: 'csv', stream: chunked(utf8('a,b,label\n1,2,0\n3,4\n')), maxBytes: 1 << 20 }), (err) => {
+    await assert.rejects(store.ingest({ who: ADMIN, name: 'bad', format: 'csv', stream: chunked(utf8('a,b,label\n1,2,0\n3,4\n')), maxBytes: 1 << 20 }), (err) => {
       assert.ok(err instanceof TrainerError, String(err));
       assert.equal(err.code, 'TAS_ERR_DATA_FORMAT');
       assert.equal(err.field, 'data.path');
@@ -204,20 +207,20 @@ describe('DatasetStore', { skip: unavailable ?? false }, () => {
     const store = new DatasetStore({ prisma: ctx.prisma, dataDir: dir, checkHeapMiB: 32 });
     const rows = ['a,b,c,label'];
     for (let i = 0; i < 400_000; i++) rows.push(`${i % 7}.5,${i % 3},${i % 11},${i % 2}`);
-    await assert.rejects(store.ingest({ name: 'huge', format: 'csv', stream: chunked(utf8(rows.join('\n')), 65536), maxBytes: 1 << 30 }), (err) => {
+    await assert.rejects(store.ingest({ who: ADMIN, name: 'huge', format: 'csv', stream: chunked(utf8(rows.join('\n')), 65536), maxBytes: 1 << 30 }), (err) => {
       assert.ok(isDatasetError(err, 'TAS_ERR_PAYLOAD_TOO_LARGE'), String(err));
       assert.match(err.message, /too large to check within the memory limit of 32 MiB/);
       return true;
     });
     assert.deepEqual(readdirSync(join(dir, 'datasets')), ['.incoming']);
     assert.deepEqual(incoming(dir), []);
-    const small = created(await store.ingest({ name: 'small', format: 'csv', stream: chunked(utf8('a,label\n1,0\n')), maxBytes: 1 << 20 }));
+    const small = created(await store.ingest({ who: ADMIN, name: 'small', format: 'csv', stream: chunked(utf8('a,label\n1,0\n')), maxBytes: 1 << 20 }));
     assert.equal(small.samples, 1);
   });
 
   test('get of an unknown id is a DbError TAS_ERR_NOT_FOUND', async () => {
     const store = new DatasetStore({ prisma: ctx.prisma, dataDir: dataDir() });
-    await assert.rejects(store.get('00000000-0000-4000-8000-000000000000'), (err) => isDbError(err, 'TAS_ERR_NOT_FOUND'));
-    await assert.rejects(store.list({ limit: 0 }), (err) => isDbError(err, 'TAS_ERR_INVALID_ARGUMENT'));
+    await assert.rejects(store.get(ADMIN, '00000000-0000-4000-8000-000000000000'), (err) => isDbError(err, 'TAS_ERR_NOT_FOUND'));
+    await assert.rejects(store.list(ADMIN, { limit: 0 }), (err) => isDbError(err, 'TAS_ERR_INVALID_ARGUMENT'));
   });
 });

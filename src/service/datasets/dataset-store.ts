@@ -49,7 +49,9 @@ import type { Readable } from 'node:stream';
 import type { DataSource } from '../../trainer/data/load.js';
 import type { Dataset as DatasetRow, PrismaClient } from '../db/generated/client.js';
 import { decodeCursor, encodeCursor, UUID } from '../db/cursor.js';
+import { DEFAULT_TENANT_ID } from '../db/default-tenant.js';
 import { DbError } from '../db/errors.js';
+import { canSee, visibleTenant, type Principal } from '../tenants/principal.js';
 import { checkInWorker, type CheckRequest, type CheckResult, type TargetsSummary } from './dataset-check.js';
 import { DatasetError } from './dataset-errors.js';
 import { Semaphore } from './semaphore.js';
@@ -89,6 +91,8 @@ const OPTIONS_OF: Readonly<Record<UploadFormat, readonly (keyof UploadOptions)[]
 
 /** A new dataset: the whole CSV, or the first file of a pair (then `part` is required). */
 export interface NewUploadInput {
+  /** Who uploads: the dataset is its tenant's. */
+  readonly who: Principal;
   readonly name: string;
   readonly format: UploadFormat;
   readonly part?: DatasetPart;
@@ -99,6 +103,8 @@ export interface NewUploadInput {
 
 /** The second file of a pair, to the pending upload the first one made. */
 export interface ContinueUploadInput {
+  /** Must be of the tenant that made the pending upload (another's is not found). */
+  readonly who: Principal;
   readonly uploadId: string;
   /** @defaultValue the missing part */
   readonly part?: DatasetPart;
@@ -201,6 +207,8 @@ const PENDING = 'upload.json';
 /** upload.json of a pending upload. */
 interface PendingFile {
   readonly version: 1;
+  /** The uploading tenant (absent in files written before tenants: the tenant `default`). */
+  readonly tenantId?: string;
   readonly name: string;
   readonly format: PairFormat;
   readonly options: UploadOptions;
@@ -255,21 +263,26 @@ export class DatasetStore {
     return 'uploadId' in input ? this.continueUpload(input) : this.newUpload(input);
   }
 
-  async get(id: string): Promise<DatasetRecord> {
+  /** Dataset `id`, if `who` may see it (another tenant's is not found, as a missing one). */
+  async get(who: Principal, id: string): Promise<DatasetRecord> {
     const row = UUID.test(id) ? await this.prisma.dataset.findUnique({ where: { id } }) : null;
-    if (!row) throw new DbError('TAS_ERR_NOT_FOUND', `no dataset ${JSON.stringify(id)}`);
+    if (!row || !canSee(who, row.tenantId)) throw new DbError('TAS_ERR_NOT_FOUND', `no dataset ${JSON.stringify(id)}`);
     return this.recordOf(row);
   }
 
   /** Newest first; keyset pages on (createdAt, id), so new uploads do not shift them. */
-  async list(options: ListDatasetsOptions = {}): Promise<DatasetPage> {
+  async list(who: Principal, options: ListDatasetsOptions = {}): Promise<DatasetPage> {
     const limit = options.limit ?? DEFAULT_PAGE;
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_DATASET_PAGE) {
       throw new DbError('TAS_ERR_INVALID_ARGUMENT', `limit must be an integer from 1 to ${MAX_DATASET_PAGE}, got ${limit}`);
     }
     const after = options.cursor === undefined ? undefined : decodeCursor(options.cursor);
+    const tenantId = visibleTenant(who);
     const rows = await this.prisma.dataset.findMany({
-      where: after ? { OR: [{ createdAt: { lt: after.createdAt } }, { createdAt: after.createdAt, id: { lt: after.id } }] } : {},
+      where: {
+        ...(tenantId !== null ? { tenantId } : {}),
+        ...(after ? { OR: [{ createdAt: { lt: after.createdAt } }, { createdAt: after.createdAt, id: { lt: after.id } }] } : {}),
+      },
       orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
       take: limit + 1,
     });
@@ -332,7 +345,7 @@ export class DatasetStore {
       const result = await this.checkDataset(source);
       const files: DatasetFile[] = [{ part: 'path', path: this.finalPath(id, 'data.csv'), bytes: received.bytes, sha256: received.sha256 }];
       const data: DataBlock = { ...source, path: this.finalPath(id, 'data.csv') };
-      return await this.publish(staging, { version: 1, id, name, format: 'csv', data, files, targets: result.targets }, result);
+      return await this.publish(staging, { version: 1, id, name, format: 'csv', data, files, targets: result.targets }, result, input.who.tenantId);
     } catch (err) {
       await rm(received.file, { force: true });
       await rm(staging, { recursive: true, force: true });
@@ -349,7 +362,7 @@ export class DatasetStore {
       const file = await fileNameOf(format, part, received.file);
       await mkdir(staging);
       await rename(received.file, join(staging, file));
-      const pending: PendingFile = { version: 1, name, format, options, files: [{ part, file, bytes: received.bytes, sha256: received.sha256, shape }], createdAt: this.now() };
+      const pending: PendingFile = { version: 1, tenantId: input.who.tenantId, name, format, options, files: [{ part, file, bytes: received.bytes, sha256: received.sha256, shape }], createdAt: this.now() };
       await writeFile(join(staging, PENDING), JSON.stringify(pending));
       await rename(staging, join(this.incoming, uploadId));
       return this.pendingView(uploadId, pending);
@@ -364,6 +377,9 @@ export class DatasetStore {
     const { uploadId } = input;
     const draftDir = join(this.incoming, UPLOAD_ID.test(uploadId) ? uploadId : '-');
     const pending = await this.readPending(uploadId, draftDir);
+    if (!canSee(input.who, pending.tenantId ?? DEFAULT_TENANT_ID)) {
+      throw new DatasetError('TAS_ERR_NOT_FOUND', `no pending upload ${JSON.stringify(uploadId)} (it was completed, it expired, or it never existed)`);
+    }
     if (input.format !== undefined && input.format !== pending.format) {
       throw new DatasetError('TAS_ERR_BAD_REQUEST', `format: upload ${uploadId} is ${pending.format}, not ${input.format}`, 'format');
     }
@@ -419,7 +435,7 @@ export class DatasetStore {
       await rm(join(staging, PENDING));
       try {
         const manifest: ManifestFile = { version: 1, id, name: pending.name, format: pending.format, data: block((f) => this.finalPath(id, f)), files, targets: result.targets };
-        return { status: 'created', dataset: await this.publish(staging, manifest, result) };
+        return { status: 'created', dataset: await this.publish(staging, manifest, result, pending.tenantId ?? DEFAULT_TENANT_ID) };
       } catch (err) {
         await writeFile(join(staging, PENDING), JSON.stringify(pending)).catch(() => undefined);
         throw err;
@@ -457,14 +473,14 @@ export class DatasetStore {
   }
 
   /** Manifest into the assembled directory, the directory into place, then the row. */
-  private async publish(staging: string, manifest: ManifestFile, result: Extract<CheckResult, { kind: 'dataset' }>): Promise<DatasetRecord> {
+  private async publish(staging: string, manifest: ManifestFile, result: Extract<CheckResult, { kind: 'dataset' }>, tenantId: string): Promise<DatasetRecord> {
     await writeFile(join(staging, MANIFEST), JSON.stringify(manifest, null, 2));
     const dir = join(this.root, manifest.id);
     await rename(staging, dir);
     const bytes = manifest.files.reduce((s, f) => s + f.bytes, 0);
     try {
       const row = await this.prisma.dataset.create({
-        data: { id: manifest.id, name: manifest.name, format: manifest.format, path: this.rel(dir), bytes: BigInt(bytes), samples: result.samples, sampleShape: result.sampleShape },
+        data: { id: manifest.id, tenantId, name: manifest.name, format: manifest.format, path: this.rel(dir), bytes: BigInt(bytes), samples: result.samples, sampleShape: result.sampleShape },
       });
       return recordFrom(row, manifest);
     } catch (err) {

@@ -10,11 +10,14 @@ import { Prisma, type PrismaClient } from './client.js';
 import { decodeCursor, encodeCursor, UUID } from './cursor.js';
 import { DbError } from './errors.js';
 import type { Job, JobTransition } from './generated/client.js';
+import { DEFAULT_TENANT_ID } from './default-tenant.js';
 import { canTransition, isJobStatus, isTerminal, nextStates, type JobStatus } from './job-states.js';
 
 export type { Job, JobTransition, JobStatus };
 
 export interface CreateJobInput {
+  /** The owner. @defaultValue the tenant `default` */
+  readonly tenantId?: string;
   readonly name: string;
   /** The train spec (schemas/train.schema.json), validated by the caller. */
   readonly spec: Prisma.InputJsonValue;
@@ -27,7 +30,8 @@ export interface CreateJobInput {
   readonly totalSteps?: number | null;
   /**
    * A client's key for this request: creating again with the same key returns the job
-   * created the first time (the client may retry a POST whose answer it lost).
+   * created the first time (the client may retry a POST whose answer it lost). Keys are
+   * per tenant.
    */
   readonly idempotencyKey?: string;
 }
@@ -39,6 +43,8 @@ export interface CreateJobResult {
 }
 
 export interface ListJobsOptions {
+  /** Only this tenant's jobs. @defaultValue every tenant's */
+  readonly tenantId?: string;
   /** Only jobs in this state (or these states). */
   readonly status?: JobStatus | readonly JobStatus[];
   /** Page size, 1 to 500. @defaultValue 50 */
@@ -59,8 +65,14 @@ const DEFAULT_PAGE_SIZE = 50;
 export class JobRepository {
   constructor(private readonly prisma: PrismaClient) {}
 
-  async createJob(input: CreateJobInput): Promise<CreateJobResult> {
+  /**
+   * `guard` runs in the insert's transaction, after the owner's tenant row is locked, so
+   * checks of the tenant's jobs (its queue quota) and the insert are one step: two
+   * submissions of one tenant cannot both pass a check that only one of them fits.
+   */
+  async createJob(input: CreateJobInput, guard?: (tx: Prisma.TransactionClient) => Promise<void>): Promise<CreateJobResult> {
     const data = {
+      tenantId: input.tenantId ?? DEFAULT_TENANT_ID,
       name: input.name,
       spec: input.spec,
       workers: input.workers,
@@ -70,16 +82,20 @@ export class JobRepository {
       idempotencyKey: input.idempotencyKey ?? null,
     };
     try {
-      // One statement set in one transaction: the job and its creation record.
-      const job = await this.prisma.job.create({
-        data: { ...data, transitions: { create: { from: null, to: 'queued', reason: 'created' } } },
+      // One transaction: the guard's checks, the job and its creation record.
+      const job = await this.prisma.$transaction(async (tx) => {
+        if (guard) {
+          await tx.$queryRaw`SELECT 1 FROM tenants WHERE id = ${data.tenantId}::uuid FOR UPDATE`;
+          await guard(tx);
+        }
+        return tx.job.create({ data: { ...data, transitions: { create: { from: null, to: 'queued', reason: 'created' } } } });
       });
       return { job, created: true };
     } catch (err) {
       // The unique index on idempotency_key decides between racing creates: the loser
       // waits for the winner's commit, fails with P2002 and returns the winner's job.
       if (input.idempotencyKey === undefined || !isUniqueViolation(err)) throw err;
-      const existing = await this.prisma.job.findUnique({ where: { idempotencyKey: input.idempotencyKey } });
+      const existing = await this.prisma.job.findUnique({ where: { tenantId_idempotencyKey: { tenantId: data.tenantId, idempotencyKey: input.idempotencyKey } } });
       if (!existing) throw err;
       if (!sameRequest(existing, data)) {
         throw new DbError(
@@ -111,9 +127,9 @@ export class JobRepository {
    * the row past the page, which decides `nextCursor`): a cheap read that changes
    * whenever the page does, for long polls and caches.
    */
-  async listJobStamps(options: ListJobsOptions = {}): Promise<Array<{ id: string; status: JobStatus; updatedAt: Date }>> {
+  async listJobStamps(options: ListJobsOptions = {}): Promise<Array<{ id: string; status: JobStatus; updatedAt: Date; tenantId: string }>> {
     const { args } = pageQuery(options);
-    return this.prisma.job.findMany({ ...args, select: { id: true, status: true, updatedAt: true } });
+    return this.prisma.job.findMany({ ...args, select: { id: true, status: true, updatedAt: true, tenantId: true } });
   }
 
   /**
@@ -179,6 +195,7 @@ function pageQuery(options: ListJobsOptions) {
     limit,
     args: {
       where: {
+        ...(options.tenantId !== undefined ? { tenantId: options.tenantId } : {}),
         ...(statuses ? { status: { in: statuses } } : {}),
         // (createdAt, id) < (cursor.createdAt, cursor.id): rows after the cursor in
         // descending order, served by the (created_at, id) indexes.

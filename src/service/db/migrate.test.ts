@@ -87,7 +87,7 @@ describe('migrate', { skip: unavailable ?? false }, () => {
     );
     assert.deepEqual(
       tables.map((t) => t.table_name),
-      ['_prisma_migrations', 'datasets', 'job_attempts', 'job_logs', 'job_metrics', 'job_transitions', 'jobs', 'model_versions', 'models', 'workers'],
+      ['_prisma_migrations', 'api_keys', 'datasets', 'job_attempts', 'job_logs', 'job_metrics', 'job_transitions', 'jobs', 'model_versions', 'models', 'tenants', 'workers'],
     );
     // Prisma's history table, column for column.
     const columns = await query<{ column_name: string; data_type: string; is_nullable: string }>(

@@ -85,6 +85,23 @@ describe('schema.prisma and the migrations agree', { skip: unavailable ?? false 
       (err: unknown) => err instanceof Prisma.PrismaClientKnownRequestError && err.code === 'P2002',
     );
 
+    // Tenants: `default` owns what was made without one; names, model names and
+    // idempotency keys are unique per tenant; at most one live admin key.
+    const unique = (err: unknown) => err instanceof Prisma.PrismaClientKnownRequestError && err.code === 'P2002';
+    const def = await prisma.tenant.findUniqueOrThrow({ where: { name: 'default' } });
+    assert.equal(def.id, '00000000-0000-0000-0000-000000000000');
+    assert.deepEqual([job.tenantId, dataset.tenantId, model.tenantId], [def.id, def.id, def.id]);
+    const acme = await prisma.tenant.create({ data: { name: 'acme', maxWorkers: 2, maxQueuedJobs: 10, requestsPerMinute: 60, createdAt: at } });
+    assert.deepEqual(await prisma.tenant.findUniqueOrThrow({ where: { id: acme.id } }), acme);
+    await assert.rejects(prisma.tenant.create({ data: { name: 'acme' } }), unique);
+    const key = await prisma.apiKey.create({ data: { id: 'a1b2c3d4e5f6', tenantId: acme.id, salt: 's', hash: 'h', createdAt: at, revokedAt: at } });
+    assert.deepEqual(await prisma.apiKey.findUniqueOrThrow({ where: { id: key.id } }), key);
+    await prisma.model.create({ data: { tenantId: acme.id, name: 'mnist-cnn' } });
+    await prisma.job.create({ data: { tenantId: acme.id, name: 'x', spec: {}, workers: 1, idempotencyKey: 'k' } });
+    await assert.rejects(prisma.job.create({ data: { tenantId: acme.id, name: 'x', spec: {}, workers: 1, idempotencyKey: 'k' } }), unique);
+    await prisma.apiKey.create({ data: { id: '000000000001', tenantId: def.id, admin: true, salt: 's', hash: 'h' } });
+    await assert.rejects(prisma.apiKey.create({ data: { id: '000000000002', tenantId: def.id, admin: true, salt: 's', hash: 'h' } }), unique);
+
     // Deleting the job: its attempts, transitions and metrics go; the worker and the
     // model version stay, no longer pointing at it.
     await prisma.job.delete({ where: { id: job.id } });
@@ -102,6 +119,8 @@ describe('schema.prisma and the migrations agree', { skip: unavailable ?? false 
     assert.match(byName.get('jobs_status_created_at_id_idx') ?? '', /\(status, created_at, id\)/);
     assert.match(byName.get('jobs_created_at_id_idx') ?? '', /\(created_at, id\)/);
     assert.match(byName.get('job_metrics_job_id_step_idx') ?? '', /\(job_id, step\)/);
-    assert.match(byName.get('jobs_idempotency_key_key') ?? '', /UNIQUE INDEX .*\(idempotency_key\)/);
+    assert.match(byName.get('jobs_tenant_id_idempotency_key_key') ?? '', /UNIQUE INDEX .*\(tenant_id, idempotency_key\)/);
+    assert.match(byName.get('models_tenant_id_name_key') ?? '', /UNIQUE INDEX .*\(tenant_id, name\)/);
+    assert.match(byName.get('api_keys_one_live_admin') ?? '', /UNIQUE INDEX .*\(admin\) WHERE \(admin AND \(revoked_at IS NULL\)\)/);
   });
 });

@@ -4,7 +4,7 @@
  * No HTTP here: routes translate requests to these calls and errors to statuses.
  */
 import { stat } from 'node:fs/promises';
-import { isAbsolute, relative, resolve } from 'node:path';
+import { isAbsolute, relative, resolve, sep } from 'node:path';
 import type { Redis } from 'ioredis';
 import { gangCapacity, waitingFor } from '../../gpu-pool/gang.js';
 import { CANCEL_CHANNEL, type JobQueue } from '../scheduling/job-queue.js';
@@ -23,6 +23,8 @@ import { summariseMetrics, type JobMetricsView } from './metrics-view.js';
 import { ModelStore } from '../models/model-store.js';
 import { SingleFlight } from './single-flight.js';
 import { createHash } from 'node:crypto';
+import { canSee, visibleTenant, type Principal } from '../tenants/principal.js';
+import { quotaWait, tenantWorkersHeld } from '../scheduling/tenant-quota.js';
 
 export interface JobServiceOptions {
   readonly prisma: PrismaClient;
@@ -42,6 +44,8 @@ export interface SubmitResult {
 
 export interface JobView {
   id: string;
+  /** The owning tenant's name. */
+  tenant: string;
   name: string;
   status: JobStatus;
   priority: number;
@@ -99,10 +103,12 @@ function tagged(body: unknown): Tagged {
 export class JobService {
   readonly repo: JobRepository;
   private readonly models: ModelStore;
-  private readonly versionReads = new SingleFlight<string, string | null>();
+  private readonly versionReads = new SingleFlight<string, { version: string; tenantId: string } | null>();
+  /** Pool and tenant counts a waiting job's version includes, shared by its pollers. */
+  private readonly countReads = new SingleFlight<string, string>();
   private readonly viewBuilds = new SingleFlight<string, TaggedView>();
   private readonly views = new Map<string, { version: string; tagged: TaggedView }>();
-  private readonly listReads = new SingleFlight<string, Array<{ id: string; status: JobStatus; updatedAt: Date }>>();
+  private readonly listReads = new SingleFlight<string, Array<{ id: string; status: JobStatus; updatedAt: Date; tenantId: string }>>();
   private readonly builds = new SingleFlight<string, Tagged>();
   private readonly listPages = new Map<string, { version: string; tagged: Tagged }>();
   private readonly metricViews = new Map<string, { version: string; tagged: Tagged }>();
@@ -112,24 +118,42 @@ export class JobService {
     this.models = new ModelStore(options.prisma);
   }
 
-  async submit(body: unknown, idempotencyKey?: string): Promise<SubmitResult> {
+  /** Submit a job as `who` (the job is its tenant's); quotas of tenant keys apply. */
+  async submit(who: Principal, body: unknown, idempotencyKey?: string): Promise<SubmitResult> {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ServiceError('TAS_ERR_BAD_REQUEST', 'body: must be a JSON object (a training spec)', { field: 'body' });
     const { priority, max_restarts, ...trainSpec } = body as Record<string, unknown>;
     const service = validateAgainst<{ priority?: number; max_restarts?: number }>('job-request.schema.json', { priority, max_restarts }, '');
     const spec = resolveTrainSpec(trainSpec);
-    await this.checkDataFiles(spec.data);
+    await this.checkDataFiles(who, spec.data);
+    const limits = who.role === 'tenant' ? who.limits : null;
+    if (limits?.maxWorkers != null && spec.workers > limits.maxWorkers) {
+      throw new ServiceError('TAS_ERR_QUOTA', `workers: the job asks for ${spec.workers} workers; tenant ${who.tenantName} may use at most ${limits.maxWorkers} (max_workers)`, { field: 'workers' });
+    }
     const capacity = gangCapacity(await poolCounts(this.options.prisma, this.options.probeIntervalMs));
     if (spec.workers > capacity) {
       throw new ServiceError('TAS_ERR_POOL_TOO_SMALL', `workers: the job asks for ${spec.workers} workers but the pool has at most ${capacity} online workers of one device kind`, { field: 'workers' });
     }
+    // A retried submission gets its job back even when the queue is full now.
+    const replay = idempotencyKey !== undefined && (await this.options.prisma.job.count({ where: { tenantId: who.tenantId, idempotencyKey } })) > 0;
+    const maxQueued = limits?.maxQueuedJobs ?? null;
+    const guard =
+      maxQueued === null || replay
+        ? undefined
+        : async (tx: Prisma.TransactionClient) => {
+            const waiting = await tx.job.count({ where: { tenantId: who.tenantId, status: { in: ['queued', 'retrying'] } } });
+            if (waiting >= maxQueued) {
+              throw new ServiceError('TAS_ERR_QUEUE_FULL', `tenant ${who.tenantName} has ${waiting} jobs waiting, its max_queued_jobs; submit again once one has started`);
+            }
+          };
     const { job, created } = await this.repo.createJob({
+      tenantId: who.tenantId,
       name: spec.name,
       spec: trainSpec as Prisma.InputJsonValue,
       workers: spec.workers,
       priority: service.priority ?? 0,
       maxRestarts: service.max_restarts ?? 5,
       ...(idempotencyKey !== undefined ? { idempotencyKey } : {}),
-    });
+    }, guard);
     if (created) {
       await appendJobLog(this.options.prisma, job.id, 'info', `queued: ${spec.workers} workers, global batch ${spec.globalBatch} (${spec.localBatchSizes.join(' + ')}), ${spec.epochs} epochs`);
     }
@@ -139,8 +163,15 @@ export class JobService {
     return { job: await this.view(job), created };
   }
 
-  async get(id: string): Promise<JobView> {
-    return this.view(await this.repo.getJob(id));
+  async get(who: Principal, id: string): Promise<JobView> {
+    return this.view(await this.visibleJob(who, id));
+  }
+
+  /** Job `id` if `who` may see it; another tenant's job is not found, as a missing one. */
+  private async visibleJob(who: Principal, id: string): Promise<Job> {
+    const job = await this.repo.getJob(id);
+    if (!canSee(who, job.tenantId)) throw new DbError('TAS_ERR_NOT_FOUND', `no job with id ${JSON.stringify(id)}`);
+    return job;
   }
 
   /**
@@ -149,13 +180,14 @@ export class JobService {
    * counts while the job waits), shared by concurrent pollers; the view itself is built
    * only when that version changed. This is the path a polling dashboard takes.
    */
-  async getTagged(id: string): Promise<TaggedView> {
-    const version = await this.versionReads.run(id, () => this.version(id));
-    if (version === null) throw new DbError('TAS_ERR_NOT_FOUND', `no job with id ${JSON.stringify(id)}`);
+  async getTagged(who: Principal, id: string): Promise<TaggedView> {
+    const read = await this.versionReads.run(id, () => this.version(id));
+    if (read === null || !canSee(who, read.tenantId)) throw new DbError('TAS_ERR_NOT_FOUND', `no job with id ${JSON.stringify(id)}`);
+    const version = read.version;
     const cached = this.views.get(id);
     if (cached && cached.version === version) return cached.tagged;
     return this.viewBuilds.run(`${id}@${version}`, async () => {
-      const view = await this.get(id);
+      const view = await this.view(await this.repo.getJob(id));
       const json = JSON.stringify(view);
       const t = { etag: etagOfJson(json), view, json };
       this.views.delete(id);
@@ -165,42 +197,51 @@ export class JobService {
     });
   }
 
-  private async version(id: string): Promise<string | null> {
+  private async version(id: string): Promise<{ version: string; tenantId: string } | null> {
     if (!/^[0-9a-f-]{36}$/i.test(id)) return null;
-    const row = await this.options.prisma.job.findUnique({ where: { id }, select: { updatedAt: true, status: true } });
+    const row = await this.options.prisma.job.findUnique({ where: { id }, select: { updatedAt: true, status: true, tenantId: true } });
     if (!row) return null;
     let v = `${row.updatedAt.getTime()}:${row.status}`;
     if (row.status === 'queued' || row.status === 'retrying') {
-      v += `:${await this.poolVersion()}`;
+      const held = await this.countReads.run(`tenant:${row.tenantId}`, async () => String(await tenantWorkersHeld(this.options.prisma, row.tenantId)));
+      v += `:${await this.poolVersion()}:${held}`;
     }
-    return v;
+    return { version: v, tenantId: row.tenantId };
   }
 
-  async list(options: ListOptions): Promise<{ jobs: JobView[]; next_cursor: string | null }> {
-    const page = await this.repo.listJobs(options);
+  /** `who`'s jobs (every tenant's for the admin), newest first. */
+  async list(who: Principal, options: ListOptions): Promise<{ jobs: JobView[]; next_cursor: string | null }> {
+    const tenantId = visibleTenant(who);
+    const page = await this.repo.listJobs({ ...options, ...(tenantId !== null ? { tenantId } : {}) });
     return { jobs: await this.buildViews(page.jobs, { brief: true }), next_cursor: page.nextCursor };
   }
 
   /**
-   * A page of the job list with its ETag, as polling dashboards read it: one cheap read
-   * of the page's ids, states and update times (plus the pool's counts when a job on it
-   * waits) decides whether the page built last time still holds; it is rebuilt, once for
-   * all concurrent readers, only when that changed.
+   * A page of `who`'s job list with its ETag, as polling dashboards read it: one cheap
+   * read of the page's ids, states and update times (plus the pool's counts and the
+   * tenants' held workers when a job on it waits) decides whether the page built last
+   * time still holds; it is rebuilt, once for all concurrent readers who see the same
+   * jobs, only when that changed.
    */
-  async listTagged(options: ListOptions): Promise<Tagged> {
-    const key = JSON.stringify([options.status ? [...options.status].sort() : null, options.limit ?? null, options.cursor ?? null]);
-    const stamps = await this.listReads.run(key, () => this.repo.listJobStamps(options));
+  async listTagged(who: Principal, options: ListOptions): Promise<Tagged> {
+    const tenantId = visibleTenant(who);
+    const key = JSON.stringify([tenantId, options.status ? [...options.status].sort() : null, options.limit ?? null, options.cursor ?? null]);
+    const stamps = await this.listReads.run(key, () => this.repo.listJobStamps({ ...options, ...(tenantId !== null ? { tenantId } : {}) }));
     let version = stamps.map((r) => `${r.id}:${r.updatedAt.getTime()}:${r.status}`).join(',');
-    if (stamps.some((r) => r.status === 'queued' || r.status === 'retrying')) version += `:${await this.poolVersion()}`;
-    return this.cached(this.listPages, `list:${key}`, version, async () => tagged(await this.list(options)));
+    const waitingTenants = [...new Set(stamps.filter((r) => r.status === 'queued' || r.status === 'retrying').map((r) => r.tenantId))];
+    if (waitingTenants.length > 0) {
+      const held = await Promise.all(waitingTenants.map((t) => this.countReads.run(`tenant:${t}`, async () => String(await tenantWorkersHeld(this.options.prisma, t)))));
+      version += `:${await this.poolVersion()}:${held.join(',')}`;
+    }
+    return this.cached(this.listPages, `list:${key}`, version, async () => tagged(await this.list(who, options)));
   }
 
   /** The metrics view with its ETag, built once per version of the job (its progress moves it). */
-  async metricsTagged(id: string, options: { maxPoints?: number } = {}): Promise<Tagged> {
-    const version = await this.versionReads.run(id, () => this.version(id));
-    if (version === null) throw new DbError('TAS_ERR_NOT_FOUND', `no job with id ${JSON.stringify(id)}`);
+  async metricsTagged(who: Principal, id: string, options: { maxPoints?: number } = {}): Promise<Tagged> {
+    const read = await this.versionReads.run(id, () => this.version(id));
+    if (read === null || !canSee(who, read.tenantId)) throw new DbError('TAS_ERR_NOT_FOUND', `no job with id ${JSON.stringify(id)}`);
     const maxPoints = options.maxPoints ?? DEFAULT_MAX_POINTS;
-    return this.cached(this.metricViews, `metrics:${id}:${maxPoints}`, version, async () => tagged(await this.metrics(id, { maxPoints })));
+    return this.cached(this.metricViews, `metrics:${id}:${maxPoints}`, read.version, async () => tagged(await this.metrics(who, id, { maxPoints })));
   }
 
   /** `build()`'s result for `key` at `version`: from `cache` when it was built at that version, else built once for all callers. */
@@ -217,22 +258,22 @@ export class JobService {
   }
 
   private poolVersion(): Promise<string> {
-    return this.versionReads.run('\0pool', async () => JSON.stringify(await poolCounts(this.options.prisma, this.options.probeIntervalMs))).then((v) => v ?? '');
+    return this.countReads.run('pool', async () => JSON.stringify(await poolCounts(this.options.prisma, this.options.probeIntervalMs)));
   }
 
   /** Cancel: final at once in the database; the scheduler stops every rank and frees the gang. */
-  async cancel(id: string): Promise<JobView> {
-    const job = await this.repo.getJob(id);
+  async cancel(who: Principal, id: string): Promise<JobView> {
+    const job = await this.visibleJob(who, id);
     if (isTerminal(job.status)) throw new ServiceError('TAS_ERR_CONFLICT', `job ${id} already ${job.status}; only unfinished jobs can be cancelled`);
     await this.repo.transition(id, 'cancelled', 'cancelled by request');
     await appendJobLog(this.options.prisma, id, 'info', `cancel requested (was ${job.status})`);
     await this.options.queue.removeWaiting(id).catch(() => false);
     await this.options.redis.publish(CANCEL_CHANNEL, id);
-    return this.get(id);
+    return this.get(who, id);
   }
 
-  async metrics(id: string, options: { maxPoints?: number } = {}): Promise<JobMetricsView> {
-    const job = await this.repo.getJob(id);
+  async metrics(who: Principal, id: string, options: { maxPoints?: number } = {}): Promise<JobMetricsView> {
+    const job = await this.visibleJob(who, id);
     const [rows, version] = await Promise.all([
       this.options.prisma.jobMetric.findMany({ where: { jobId: id }, orderBy: [{ step: 'asc' }, { id: 'asc' }] }),
       this.options.prisma.modelVersion.findFirst({ where: { jobId: id }, orderBy: { createdAt: 'desc' }, select: { metadata: true } }),
@@ -241,8 +282,8 @@ export class JobService {
     return summariseMetrics(job.id, rows, meta?.bn_final ?? null, options.maxPoints ?? DEFAULT_MAX_POINTS, meta?.recalibration ?? null);
   }
 
-  async logs(id: string, after: string | undefined, limit: number): Promise<{ lines: JobLogLine[]; next_after: string | null }> {
-    await this.repo.getJob(id);
+  async logs(who: Principal, id: string, after: string | undefined, limit: number): Promise<{ lines: JobLogLine[]; next_after: string | null }> {
+    await this.visibleJob(who, id);
     let afterId: bigint | null = null;
     if (after !== undefined) {
       if (!/^\d{1,19}$/.test(after)) throw new ServiceError('TAS_ERR_BAD_REQUEST', `after: must be a log line id, got ${JSON.stringify(after)}`, { field: 'after' });
@@ -252,14 +293,23 @@ export class JobService {
     return { lines, next_after: lines.length > 0 ? lines[lines.length - 1]!.id : after ?? null };
   }
 
-  /** Relative data files must exist in the data directory now, not fail minutes later. */
-  private async checkDataFiles(data: DataSource): Promise<void> {
+  /**
+   * Relative data files must exist in the data directory now, not fail minutes later. A
+   * tenant's job may read only its own datasets (`datasets/<id>/...`); the admin's, any
+   * file of the data directory.
+   */
+  private async checkDataFiles(who: Principal, data: DataSource): Promise<void> {
     const files: Array<[string, string]> =
       data.type === 'csv' ? [['data.path', data.path]] : data.type === 'npy' ? [['data.x', data.x], ['data.y', data.y]] : data.type === 'idx' ? [['data.images', data.images], ['data.labels', data.labels]] : [];
     for (const [field, path] of files) {
       const full = resolve(this.options.dataDir, path);
       const rel = relative(resolve(this.options.dataDir), full);
       if (rel.startsWith('..') || isAbsolute(rel)) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}" is outside the data directory`, field);
+      if (who.role === 'tenant') {
+        const id = /^datasets\/([0-9a-f-]{36})\//.exec(rel.split(sep).join('/'))?.[1];
+        const owned = id !== undefined && (await this.options.prisma.dataset.count({ where: { id, tenantId: who.tenantId } })) > 0;
+        if (!owned) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}" is not one of your datasets (upload it with POST /v1/datasets)`, field);
+      }
       const ok = await stat(full).then((s) => s.isFile(), () => false);
       if (!ok) throw new TrainerError('TAS_ERR_INVALID_SPEC', `${field}: "${path}": no such file in the data directory (upload it with POST /v1/datasets)`, field);
     }
@@ -275,7 +325,8 @@ export class JobService {
     const ids = jobs.map((j) => j.id);
     const prisma = this.options.prisma;
     const anyWaiting = jobs.some((j) => j.status === 'queued' || j.status === 'retrying');
-    const [attempts, workers, versions, transitions, counts] = await Promise.all([
+    const [tenants, attempts, workers, versions, transitions, counts] = await Promise.all([
+      prisma.tenant.findMany({ where: { id: { in: [...new Set(jobs.map((j) => j.tenantId))] } }, select: { id: true, name: true, maxWorkers: true } }),
       prisma.jobAttempt.findMany({ where: { jobId: { in: ids } }, orderBy: [{ jobId: 'asc' }, { number: 'asc' }] }),
       prisma.worker.findMany({ where: { currentJobId: { in: ids } }, orderBy: { id: 'asc' } }),
       this.models.byJobs(ids),
@@ -296,6 +347,14 @@ export class JobService {
     // The devices: the gang holding the job now, else the last attempt's workers.
     const lastWorkerIds = jobs.flatMap((j) => (holding.has(j.id) ? [] : attemptsOf.get(j.id)?.at(-1)?.workerIds ?? []));
     const lastWorkers = lastWorkerIds.length > 0 ? await prisma.worker.findMany({ where: { id: { in: [...new Set(lastWorkerIds)] } }, orderBy: { id: 'asc' } }) : [];
+    const tenantOf = new Map(tenants.map((t) => [t.id, t]));
+    // A waiting job within its tenant's max_workers waits while the tenant's other jobs hold the rest.
+    const quotas = new Map<string, string | null>();
+    for (const job of jobs) {
+      const tenant = tenantOf.get(job.tenantId);
+      if (!counts || (job.status !== 'queued' && job.status !== 'retrying') || !tenant || tenant.maxWorkers === null) continue;
+      quotas.set(job.id, quotaWait(tenant.name, await tenantWorkersHeld(prisma, job.tenantId, job.id), tenant.maxWorkers, job.workers));
+    }
     return jobs.map((job) => {
       const jobAttempts = attemptsOf.get(job.id) ?? [];
       const last = jobAttempts[jobAttempts.length - 1];
@@ -304,8 +363,11 @@ export class JobService {
       const w = waiting && counts ? waitingFor(job.workers, counts) : null;
       const published = versions.get(job.id) ?? [];
       const latestVersion = published[published.length - 1];
+      const tenant = tenantOf.get(job.tenantId);
+      if (!tenant) throw new DbError('TAS_ERR_NOT_FOUND', `job ${job.id}: no tenant ${job.tenantId}`);
       return {
         id: job.id,
+        tenant: tenant.name,
         name: job.name,
         status: job.status,
         priority: job.priority,
@@ -325,7 +387,7 @@ export class JobService {
           started_at: a.startedAt.toISOString(),
           ended_at: a.endedAt?.toISOString() ?? null,
         })),
-        waiting_for: w ? { requested_workers: w.requestedWorkers, free_workers: w.freeWorkers, online_workers: w.onlineWorkers, reason: w.reason } : null,
+        waiting_for: w ? { requested_workers: w.requestedWorkers, free_workers: w.freeWorkers, online_workers: w.onlineWorkers, reason: quotas.get(job.id) ?? w.reason } : null,
         error: job.error,
         model: latestVersion ? { name: latestVersion.model, version: latestVersion.version } : null,
         transitions: (transitionsOf.get(job.id) ?? []).map((t) => ({ from: t.from, to: t.to, reason: t.reason, at: t.at.toISOString() })),

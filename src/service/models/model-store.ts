@@ -8,7 +8,9 @@
 import { stat } from 'node:fs/promises';
 import type { ModelRecord, RepositorySource, ServingSettings } from '../../inference/repository.js';
 import { Prisma, type PrismaClient } from '../db/client.js';
+import { DEFAULT_TENANT_ID } from '../db/default-tenant.js';
 import { DbError } from '../db/errors.js';
+import { visibleTenant, type Principal } from '../tenants/principal.js';
 
 export interface ModelVersionView {
   readonly model: string;
@@ -21,6 +23,8 @@ export interface ModelVersionView {
 
 export interface ModelView {
   readonly name: string;
+  /** The owning tenant's name. */
+  readonly tenant: string;
   readonly createdAt: string;
   readonly latestVersion: number | null;
   readonly versions: number;
@@ -28,6 +32,9 @@ export interface ModelView {
 }
 
 export interface PublishInput {
+  /** The owner (the job's tenant). @defaultValue the tenant `default` */
+  readonly tenantId?: string;
+  /** Unique per tenant. */
   readonly name: string;
   /** The job that trained it; null for an artifact imported without a job. */
   readonly jobId: string | null;
@@ -45,7 +52,8 @@ export class ModelStore implements RepositorySource {
     for (let tries = 0; ; tries++) {
       try {
         return await this.prisma.$transaction(async (tx) => {
-          const model = await tx.model.upsert({ where: { name: input.name }, create: { name: input.name }, update: {} });
+          const tenantId = input.tenantId ?? DEFAULT_TENANT_ID;
+          const model = await tx.model.upsert({ where: { tenantId_name: { tenantId, name: input.name } }, create: { tenantId, name: input.name }, update: {} });
           const last = await tx.modelVersion.findFirst({ where: { modelId: model.id }, orderBy: { version: 'desc' }, select: { version: true } });
           const version = (last?.version ?? 0) + 1;
           await tx.modelVersion.create({ data: { modelId: model.id, version, jobId: input.jobId, artifactPath: input.artifactPath, metadata: input.metadata } });
@@ -58,13 +66,17 @@ export class ModelStore implements RepositorySource {
     }
   }
 
-  async list(): Promise<ModelView[]> {
+  /** The models `who` may see: its tenant's, or every tenant's for the admin. */
+  async list(who: Principal): Promise<ModelView[]> {
+    const tenantId = visibleTenant(who);
     const models = await this.prisma.model.findMany({
-      orderBy: { name: 'asc' },
-      include: { versions: { select: { version: true }, orderBy: { version: 'desc' } } },
+      where: tenantId === null ? {} : { tenantId },
+      orderBy: [{ name: 'asc' }, { tenantId: 'asc' }],
+      include: { versions: { select: { version: true }, orderBy: { version: 'desc' } }, tenant: { select: { name: true } } },
     });
     return models.map((m) => ({
       name: m.name,
+      tenant: m.tenant.name,
       createdAt: m.createdAt.toISOString(),
       latestVersion: m.versions[0]?.version ?? null,
       versions: m.versions.length,
@@ -75,24 +87,27 @@ export class ModelStore implements RepositorySource {
   /** Every model with its serving settings and versions: what the inference server mirrors. */
   async servingIndex(): Promise<ModelRecord[]> {
     const models = await this.prisma.model.findMany({
-      select: { name: true, servingLoaded: true, maxBatchSize: true, maxQueueDelayUs: true, versions: { select: { version: true, artifactPath: true }, orderBy: { version: 'asc' } } },
+      select: { tenantId: true, name: true, servingLoaded: true, maxBatchSize: true, maxQueueDelayUs: true, versions: { select: { version: true, artifactPath: true }, orderBy: { version: 'asc' } } },
     });
-    return models.map((m) => ({ name: m.name, loaded: m.servingLoaded, maxBatchSize: m.maxBatchSize, maxQueueDelayUs: m.maxQueueDelayUs, versions: m.versions }));
+    return models.map((m) => ({ tenant: m.tenantId, name: m.name, loaded: m.servingLoaded, maxBatchSize: m.maxBatchSize, maxQueueDelayUs: m.maxQueueDelayUs, versions: m.versions }));
   }
 
-  async setServing(name: string, settings: ServingSettings): Promise<boolean> {
+  async setServing(tenantId: string, name: string, settings: ServingSettings): Promise<boolean> {
     const data = {
       ...(settings.loaded !== undefined ? { servingLoaded: settings.loaded } : {}),
       ...(settings.maxBatchSize !== undefined ? { maxBatchSize: settings.maxBatchSize } : {}),
       ...(settings.maxQueueDelayUs !== undefined ? { maxQueueDelayUs: settings.maxQueueDelayUs } : {}),
     };
-    return (await this.prisma.model.updateMany({ where: { name }, data })).count > 0;
+    return (await this.prisma.model.updateMany({ where: { tenantId, name }, data })).count > 0;
   }
 
-  /** Version `version` of `name`; "latest" (or undefined) is the newest. */
-  async version(name: string, version: number | 'latest'): Promise<ModelVersionView & { artifactPath: string }> {
+  /**
+   * Version `version` of `who`'s model `name` ("latest": the newest). Names are per
+   * tenant; the admin's are the tenant `default`'s.
+   */
+  async version(who: Principal, name: string, version: number | 'latest'): Promise<ModelVersionView & { artifactPath: string }> {
     const row = await this.prisma.modelVersion.findFirst({
-      where: { model: { name }, ...(version === 'latest' ? {} : { version }) },
+      where: { model: { tenantId: who.tenantId, name }, ...(version === 'latest' ? {} : { version }) },
       orderBy: { version: 'desc' },
       include: { model: { select: { name: true } } },
     });

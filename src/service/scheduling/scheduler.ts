@@ -29,6 +29,7 @@ import { TrainerError, type TrainerErrorCode } from '../../trainer/errors.js';
 import type { TlsFiles } from '../../grpc/tls-files.js';
 import { runJobOnWorkers } from '../../gpu-pool/pool.js';
 import { ProgressSink } from './progress.js';
+import { quotaWait, tenantWorkersHeld } from './tenant-quota.js';
 import { CANCEL_CHANNEL, DEFAULT_QUEUE_NAME, JobQueue, type QueuedJob } from './job-queue.js';
 import type { ReservedWorker, WorkerRegistry } from './worker-registry.js';
 
@@ -191,6 +192,7 @@ export class Scheduler {
         const summary = parseSummary(result.done.summary_json);
         const name = modelName(job);
         const version = await this.models.publish({
+          tenantId: job.tenantId,
           name,
           jobId,
           artifactPath: result.done.artifact_path,
@@ -231,12 +233,16 @@ export class Scheduler {
   /** Reserve a gang, waiting while none is free; null when aborted. */
   private async waitForGang(job: Job, signal: AbortSignal): Promise<ReservedWorker[] | null> {
     let logged = false;
+    const tenant = await this.options.prisma.tenant.findUniqueOrThrow({ where: { id: job.tenantId }, select: { name: true, maxWorkers: true } });
+    const quota = tenant.maxWorkers === null ? undefined : { tenantId: job.tenantId, maxWorkers: tenant.maxWorkers };
     while (!signal.aborted) {
-      const gang = await this.options.registry.reserve(job.id, job.workers);
+      const gang = await this.options.registry.reserve(job.id, job.workers, quota);
       if (gang) return gang;
       if (!logged) {
         const c = await this.options.registry.counts();
-        await this.jobLog(job.id, 'info', `waiting for ${job.workers} free workers (free: ${Math.max(c.idle.cpu, c.idle.gpu)})`);
+        const held = quota ? await tenantWorkersHeld(this.options.prisma, job.tenantId, job.id) : 0;
+        const why = quotaWait(tenant.name, held, tenant.maxWorkers, job.workers) ?? `waiting for ${job.workers} free workers (free: ${Math.max(c.idle.cpu, c.idle.gpu)})`;
+        await this.jobLog(job.id, 'info', why);
         logged = true;
       }
       // Woken by a release in this process; the timeout covers other processes' changes.

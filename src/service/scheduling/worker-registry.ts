@@ -16,6 +16,7 @@
 import { EventEmitter } from 'node:events';
 import type { PrismaClient } from '../db/client.js';
 import type { TlsFiles } from '../../grpc/tls-files.js';
+import { tenantWorkersHeld } from './tenant-quota.js';
 import { pickGang, type DeviceKind, type GangCandidate, type PoolCounts } from '../../gpu-pool/gang.js';
 import type { WorkerInfoMsg } from '../../gpu-pool/messages.js';
 import { WorkerClient } from '../../gpu-pool/worker-client.js';
@@ -108,11 +109,18 @@ export class WorkerRegistry {
 
   /**
    * Reserve `n` idle workers of one kind for `jobId`, all or none. Returns them, or null
-   * when no such gang is free now.
+   * when no such gang is free now, or when `quota` is given and the job's tenant would
+   * then hold more than its `maxWorkers` (checked under the tenant's row lock, so two
+   * jobs of one tenant cannot both take room for one).
    */
-  async reserve(jobId: string, n: number): Promise<ReservedWorker[] | null> {
+  async reserve(jobId: string, n: number, quota?: { tenantId: string; maxWorkers: number }): Promise<ReservedWorker[] | null> {
     const fresh = new Date(Date.now() - STALE_PROBES * this.probeIntervalMs);
     return this.prisma.$transaction(async (tx) => {
+      if (quota) {
+        // The tenant's row first, then the workers' (one order, no deadlock).
+        await tx.$queryRaw`SELECT 1 FROM tenants WHERE id = ${quota.tenantId}::uuid FOR UPDATE`;
+        if ((await tenantWorkersHeld(tx, quota.tenantId, jobId)) + n > quota.maxWorkers) return null;
+      }
       // Lock the idle rows in one order: concurrent reservations serialise here, and
       // each sees the other's result, so neither can take part of a gang.
       const idle = await tx.$queryRaw<Array<{ id: string; address: string; device_kind: string; backend: string | null }>>`

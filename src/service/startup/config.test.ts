@@ -24,7 +24,11 @@ describe('loadConfig', () => {
     assert.deepEqual(loadConfig({}, CWD), {
       httpPort: 8000,
       grpcPort: 8001,
-      host: '0.0.0.0',
+      host: '127.0.0.1',
+      auth: 'off',
+      adminToken: null,
+      metricsToken: null,
+      corsOrigins: [],
       dataDir: '/srv/tas/data',
       databaseUrl: null,
       redisUrl: 'redis://127.0.0.1:6379',
@@ -48,6 +52,10 @@ describe('loadConfig', () => {
         TAS_HTTP_PORT: '9000',
         TAS_GRPC_PORT: '9001',
         TAS_HOST: '127.0.0.1',
+        TAS_AUTH: 'on',
+        TAS_ADMIN_TOKEN: 'admin-token-0123456789',
+        TAS_METRICS_TOKEN: 'metrics-token-0123456789',
+        TAS_CORS_ORIGINS: 'https://dash.example.com, http://localhost:5173',
         TAS_DATA_DIR: 'var/tas',
         DATABASE_URL: 'postgresql://tas:secret@db:5432/tas?schema=svc',
         REDIS_URL: 'redis://cache:6380/2',
@@ -68,6 +76,10 @@ describe('loadConfig', () => {
       httpPort: 9000,
       grpcPort: 9001,
       host: '127.0.0.1',
+      auth: 'on',
+      adminToken: 'admin-token-0123456789',
+      metricsToken: 'metrics-token-0123456789',
+      corsOrigins: ['https://dash.example.com', 'http://localhost:5173'],
       dataDir: '/srv/tas/var/tas',
       databaseUrl: 'postgresql://tas:secret@db:5432/tas?schema=svc',
       redisUrl: 'redis://cache:6380/2',
@@ -82,6 +94,20 @@ describe('loadConfig', () => {
       inferMaxRows: 64,
       inferMaxMessageBytes: 4 * 1024 * 1024,
     });
+  });
+
+  test('TAS_AUTH: on unless every listener is on loopback; tokens and CORS origins are checked', () => {
+    assert.equal(loadConfig({}, CWD).auth, 'off');
+    assert.equal(loadConfig({ TAS_HOST: '0.0.0.0' }, CWD).auth, 'on');
+    assert.equal(loadConfig({ TAS_HOST: '10.0.0.5' }, CWD).auth, 'on');
+    assert.equal(loadConfig({ TAS_HOST: '::1' }, CWD).auth, 'off');
+    assert.equal(loadConfig({ TAS_HOST: 'localhost' }, CWD).auth, 'off');
+    assert.equal(loadConfig({ TAS_HOST: '0.0.0.0', TAS_AUTH: 'off' }, CWD).auth, 'off');
+    assert.equal(loadConfig({ TAS_AUTH: 'ON' }, CWD).auth, 'on');
+    fails({ TAS_AUTH: 'yes' }, 'TAS_AUTH', "TAS_AUTH: must be on or off, got 'yes'");
+    fails({ TAS_ADMIN_TOKEN: 'short' }, 'TAS_ADMIN_TOKEN', /at least 16 characters/);
+    fails({ TAS_CORS_ORIGINS: 'https://a.example.com/path' }, 'TAS_CORS_ORIGINS', /is not an origin/);
+    fails({ TAS_CORS_ORIGINS: '*' }, 'TAS_CORS_ORIGINS', /is not an origin/);
   });
 
   test('an absolute data directory stays; blank variables count as unset', () => {

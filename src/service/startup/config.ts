@@ -16,8 +16,16 @@ export interface ServiceConfig {
   readonly httpPort: number;
   /** gRPC (Open Inference Protocol) port (TAS_GRPC_PORT). @defaultValue 8001 */
   readonly grpcPort: number;
-  /** Address the API listens on (TAS_HOST). @defaultValue '0.0.0.0' */
+  /** Address the API listens on (TAS_HOST; the container image sets 0.0.0.0). @defaultValue '127.0.0.1' */
   readonly host: string;
+  /** API keys required (TAS_AUTH=on|off). @defaultValue on, unless every listener is on loopback */
+  readonly auth: 'on' | 'off';
+  /** An admin key kept outside the database (TAS_ADMIN_TOKEN); null: one is made on the first start with auth on. */
+  readonly adminToken: string | null;
+  /** A key that may read /metrics and nothing else (TAS_METRICS_TOKEN). @defaultValue null */
+  readonly metricsToken: string | null;
+  /** Origins that may call the API from a browser (TAS_CORS_ORIGINS, comma-separated). @defaultValue [] (CORS off) */
+  readonly corsOrigins: readonly string[];
   /** Absolute data directory: datasets, checkpoints, artifacts, the embedded database (TAS_DATA_DIR). @defaultValue ./data */
   readonly dataDir: string;
   /** PostgreSQL URL (DATABASE_URL); null = the embedded database under dataDir. */
@@ -49,7 +57,7 @@ export interface ServiceConfig {
 export const CONFIG_DEFAULTS = {
   httpPort: 8000,
   grpcPort: 8001,
-  host: '0.0.0.0',
+  host: '127.0.0.1',
   dataDir: './data',
   redisUrl: 'redis://127.0.0.1:6379',
   maxUploadBytes: 512 * 1024 * 1024,
@@ -83,10 +91,15 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
   if (httpPort !== 0 && httpPort === grpcPort) {
     throw new ConfigError('TAS_GRPC_PORT', `must differ from TAS_HTTP_PORT (${httpPort})`, String(grpcPort));
   }
+  const listenHost = host(env);
   return {
     httpPort,
     grpcPort,
-    host: host(env),
+    host: listenHost,
+    auth: authMode(env, listenHost),
+    adminToken: token(env, 'TAS_ADMIN_TOKEN'),
+    metricsToken: token(env, 'TAS_METRICS_TOKEN'),
+    corsOrigins: corsOrigins(env),
     dataDir: resolve(cwd, get(env, 'TAS_DATA_DIR') ?? CONFIG_DEFAULTS.dataDir),
     databaseUrl: databaseUrl(env),
     redisUrl: redisUrl(env),
@@ -130,6 +143,45 @@ function host(env: Env): string {
   if (raw === undefined) return CONFIG_DEFAULTS.host;
   if (/[\s/]/.test(raw)) throw new ConfigError('TAS_HOST', 'must be a host name or an IP address', raw);
   return raw;
+}
+
+/** Whether `host` is a loopback address (only this machine reaches it). */
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+function authMode(env: Env, listenHost: string): 'on' | 'off' {
+  const raw = get(env, 'TAS_AUTH');
+  if (raw === undefined) return isLoopback(listenHost) ? 'off' : 'on';
+  const v = raw.toLowerCase();
+  if (v !== 'on' && v !== 'off') throw new ConfigError('TAS_AUTH', 'must be on or off', raw);
+  return v;
+}
+
+function token(env: Env, name: string): string | null {
+  const raw = get(env, name);
+  if (raw === undefined) return null;
+  if (raw.length < 16 || /\s/.test(raw)) throw new ConfigError(name, 'must be at least 16 characters without spaces', '***');
+  return raw;
+}
+
+function corsOrigins(env: Env): string[] {
+  const raw = get(env, 'TAS_CORS_ORIGINS');
+  if (raw === undefined) return [];
+  const origins = raw.split(',').map((o) => o.trim()).filter((o) => o !== '');
+  for (const o of origins) {
+    let url: URL | null = null;
+    try {
+      url = new URL(o);
+    } catch {
+      url = null;
+    }
+    if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || url.origin !== o) {
+      throw new ConfigError('TAS_CORS_ORIGINS', `'${o}' is not an origin (scheme://host[:port], nothing after)`, raw);
+    }
+  }
+  return origins;
 }
 
 function databaseUrl(env: Env): string | null {

@@ -1,11 +1,12 @@
 /**
  * One rank's training step: forward (SyncBN layers await their all-gather), loss of the
- * global batch, backward (SyncBN layers await their all-reduce), one all-reduce of every
- * parameter gradient in a single flat bucket, optimizer update.
+ * global batch, backward (SyncBN layers await their all-reduce) during which the
+ * parameter gradients are all-reduced in buckets as soon as each bucket is complete
+ * (grad-buckets.ts), then the wait for the last buckets, optimizer update.
  *
  * Where SyncBN's communication happens: layers/batchnorm.ts calls the BnSync built here,
  * which forwards to the Collective (in-process or gRPC). Parameter gradients are reduced
- * here, in `reduceGradients`.
+ * by the GradientBuckets built here.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Collective } from '../collective/collective.js';
@@ -14,6 +15,7 @@ import type { Rng } from '../math/rng.js';
 import type { Model } from '../model/model.js';
 import type { Optimizer } from '../optim/optimizer.js';
 import { collectiveBnSync, type BnSyncTimer } from './bn-sync.js';
+import { GradientBuckets, gradientBucketsFromEnv, type GradientBucketsOptions } from './grad-buckets.js';
 import { crossEntropy, mse, type LossKind } from './loss.js';
 
 export interface StepTargets {
@@ -28,7 +30,7 @@ export interface StepTimings {
   bnForwardSyncMs: number;
   /** Time waiting in SyncBN's backward all-reduces. */
   bnBackwardSyncMs: number;
-  /** Time in the gradient all-reduce. */
+  /** Time waiting for the gradient all-reduce after backward (what overlap with backward did not hide). */
   gradSyncMs: number;
   /** The rest: forward/backward compute, loss, optimizer. */
   computeMs: number;
@@ -46,14 +48,17 @@ export interface StepResult {
 export class RankTrainer {
   private readonly timer: BnSyncTimer = { forwardMs: 0, backwardMs: 0 };
   readonly bnSync: BnSync | null;
+  private readonly buckets: GradientBuckets | null;
 
   constructor(
     readonly model: Model,
     readonly optimizer: Optimizer,
     readonly collective: Collective,
     readonly loss: LossKind,
+    gradSync: GradientBucketsOptions = gradientBucketsFromEnv(),
   ) {
     this.bnSync = collective.worldSize > 1 ? collectiveBnSync(collective, this.timer) : null;
+    this.buckets = collective.worldSize > 1 ? new GradientBuckets(model.params(), collective, gradSync) : null;
   }
 
   /**
@@ -68,10 +73,12 @@ export class RankTrainer {
     const out = (await this.model.forward(x, ctx)) as tf.Tensor2D;
     const res = this.loss === 'cross_entropy' ? crossEntropy(out, targets.labels ?? new Int32Array(0), globalCount) : mse(out, targets.values ?? new Float32Array(0), globalCount);
     out.dispose();
-    await this.model.backward(res.grad);
+    const buckets = this.buckets;
+    buckets?.begin(res.lossSum, res.correct);
+    await this.model.backward(res.grad, buckets ? (params) => buckets.ready(params) : undefined);
     res.grad.dispose();
     const tg = performance.now();
-    const [lossSum, correct] = await this.reduceGradients(res.lossSum, res.correct);
+    const [lossSum, correct] = buckets ? await buckets.finish() : [res.lossSum, res.correct];
     const gradSyncMs = performance.now() - tg;
     this.optimizer.step(this.model.params(), lr);
     const totalMs = performance.now() - t0;
@@ -87,34 +94,5 @@ export class RankTrainer {
         computeMs: totalMs - this.timer.forwardMs - this.timer.backwardMs - gradSyncMs,
       },
     };
-  }
-
-  /**
-   * Sum every parameter gradient over ranks in ONE flat bucket (one collective per step,
-   * not one per parameter), with the loss sum and correct count riding along at the end.
-   */
-  private async reduceGradients(lossSum: number, correct: number): Promise<[number, number]> {
-    if (this.collective.worldSize === 1) return [lossSum, correct];
-    const params = this.model.params();
-    let total = 2;
-    for (const p of params) total += p.value.size;
-    const bucket = new Float32Array(total);
-    let off = 0;
-    for (const p of params) {
-      if (p.grad) bucket.set(p.grad.dataSync() as Float32Array, off);
-      off += p.value.size;
-    }
-    bucket[off] = lossSum;
-    bucket[off + 1] = correct;
-    // In place: the bucket is ours, so no second 4-bytes-per-parameter array per step.
-    await this.collective.allReduceInPlace(bucket);
-    const sum = bucket;
-    off = 0;
-    for (const p of params) {
-      p.grad?.dispose();
-      p.grad = tf.tensor(sum.subarray(off, off + p.value.size), p.value.shape);
-      off += p.value.size;
-    }
-    return [sum[off], sum[off + 1]];
   }
 }

@@ -20,7 +20,7 @@ import * as K from '../kernels/kernels.js';
 import { biasedVariance, emptyStats, mergeAll, packStats, unpackStats, type ChannelStats } from '../math/bn-stats.js';
 import { newValueWeight, type BnConvention } from '../math/momentum.js';
 import type { HostTensorMap, Param } from '../tensor-types.js';
-import { BaseLayer, newParam, takeState, toHost, setGradOf } from './layer-util.js';
+import { BaseLayer, newBuffer, newParam, takeState, toHost, setGradOf } from './layer-util.js';
 import type { BnSync, ForwardContext } from './layer.js';
 
 export interface BatchNormOptions {
@@ -61,8 +61,8 @@ export class BatchNorm extends BaseLayer {
     this.gamma = opts.affine ? newParam(path, 'weight', tf.ones([c])) : null;
     this.beta = opts.affine ? newParam(path, 'bias', tf.zeros([c])) : null;
     if (this.gamma && this.beta) this.ownParams.push(this.gamma, this.beta);
-    this.runningMean = opts.trackRunningStats ? tf.variable(tf.zeros([c]), false) : null;
-    this.runningVar = opts.trackRunningStats ? tf.variable(tf.ones([c]), false) : null;
+    this.runningMean = opts.trackRunningStats ? newBuffer(tf.zeros([c])) : null;
+    this.runningVar = opts.trackRunningStats ? newBuffer(tf.ones([c])) : null;
   }
 
   override batchNorms(): BatchNorm[] {

@@ -37,8 +37,18 @@ export function takeState(state: HostTensorMap, path: string, name: string, shap
   return t;
 }
 
+/** A trainable parameter holding `init`'s values (`init` itself is disposed: the variable has its own reference). */
 export function newParam(path: string, name: string, init: tf.Tensor): Param {
-  return { name: `${path}.${name}`, value: tf.variable(init, true, `${path}.${name}#${tf.util.now()}`), grad: null };
+  const value = tf.variable(init, true, `${path}.${name}#${tf.util.now()}`);
+  init.dispose();
+  return { name: `${path}.${name}`, value, grad: null };
+}
+
+/** A non-trainable variable (running statistics) holding `init`'s values; `init` is disposed. */
+export function newBuffer(init: tf.Tensor): tf.Variable {
+  const v = tf.variable(init, false);
+  init.dispose();
+  return v;
 }
 
 /** A layer with no BN children and a cache of tensors kept between forward and backward. */

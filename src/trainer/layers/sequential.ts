@@ -35,7 +35,13 @@ export class Sequential {
   }
 
   /** `needInputGrad`: whether the caller needs dL/d(input) (false for the model's first layer). */
-  async backward(dy: tf.Tensor, needInputGrad: boolean): Promise<tf.Tensor | null> {
+  /**
+   * Backward through the layers, last to first. `onGradients`, when given, is told each
+   * layer's parameters as soon as their gradients are final (in this order on every rank,
+   * so a caller may start reducing them while earlier layers still compute); layers
+   * before the first that needs an input gradient are told too, with their gradients.
+   */
+  async backward(dy: tf.Tensor, needInputGrad: boolean, onGradients?: (params: Param[]) => void): Promise<tf.Tensor | null> {
     let g: tf.Tensor | null = dy;
     for (let i = this.layers.length - 1; i >= 0; i--) {
       const needs = i > 0 || needInputGrad;
@@ -50,6 +56,7 @@ export class Sequential {
       } else next = await layer.backward(g!, needs);
       if (g !== dy && g !== next) g!.dispose();
       g = next;
+      onGradients?.(layer.params());
       if (!needs) break;
     }
     return g;

@@ -59,8 +59,8 @@ export class Model {
   }
 
   /** Backward from dL/d(output); parameter gradients land in `params()[i].grad`. */
-  async backward(dy: tf.Tensor): Promise<void> {
-    const dx = await this.net.backward(dy, false);
+  async backward(dy: tf.Tensor, onGradients?: (params: Param[]) => void): Promise<void> {
+    const dx = await this.net.backward(dy, false, onGradients);
     dx?.dispose();
   }
 

@@ -282,6 +282,7 @@ export const datasetRoutes: FastifyPluginAsync<DatasetRouteOptions> = async (app
         const result = await store.ingest(
           q.upload_id !== undefined
             ? {
+                who: request.principal,
                 uploadId: q.upload_id,
                 ...(q.part !== undefined ? { part: q.part } : {}),
                 ...(q.name !== undefined ? { name: q.name } : {}),
@@ -290,7 +291,7 @@ export const datasetRoutes: FastifyPluginAsync<DatasetRouteOptions> = async (app
                 stream,
                 maxBytes: maxUploadBytes,
               }
-            : { name: q.name!, format: q.format!, ...(q.part !== undefined ? { part: q.part } : {}), options, stream, maxBytes: maxUploadBytes },
+            : { who: request.principal, name: q.name!, format: q.format!, ...(q.part !== undefined ? { part: q.part } : {}), options, stream, maxBytes: maxUploadBytes },
         );
         if (result.status === 'pending') return reply.code(202).send(pendingView(result.upload));
         return reply.code(201).header('location', `/v1/datasets/${result.dataset.id}`).send(datasetView(result.dataset));
@@ -315,7 +316,7 @@ export const datasetRoutes: FastifyPluginAsync<DatasetRouteOptions> = async (app
     },
     async (request) => {
       const q = request.query;
-      const page = await store.list({ ...(q.limit !== undefined ? { limit: q.limit } : {}), ...(q.cursor !== undefined ? { cursor: q.cursor } : {}) });
+      const page = await store.list(request.principal, { ...(q.limit !== undefined ? { limit: q.limit } : {}), ...(q.cursor !== undefined ? { cursor: q.cursor } : {}) });
       return { datasets: page.datasets.map(datasetView), next_cursor: page.nextCursor };
     },
   );
@@ -323,6 +324,6 @@ export const datasetRoutes: FastifyPluginAsync<DatasetRouteOptions> = async (app
   app.get<{ Params: { id: string } }>(
     '/v1/datasets/:id',
     { schema: { tags: ['datasets'], summary: 'One dataset, with its ready-to-paste data block', params: idParams, response: { 200: datasetSchema, 404: errorResponse } } },
-    async (request) => datasetView(await store.get(request.params.id)),
+    async (request) => datasetView(await store.get(request.principal, request.params.id)),
   );
 };

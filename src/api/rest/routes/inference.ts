@@ -104,25 +104,28 @@ export const inferenceRoutes: FastifyPluginAsync<InferenceRestOptions> = async (
   const tags = ['inference'];
   const ready = (reply: FastifyReply, ok: boolean) => reply.status(ok ? 200 : 400).send({ ready: ok });
 
-  app.get('/v2/health/live', { schema: { tags, summary: 'Liveness (the process answers)' } }, async () => ({ live: true }));
-  app.get('/v2/health/ready', { schema: { tags, summary: 'Readiness: the model repository is read and loaded (400 when not)' } }, async (_q, reply) => ready(reply, repo.isReady()));
-  app.get('/v2', { schema: { tags, summary: 'Server metadata' } }, async () => ({ name: options.identity.name, version: options.identity.version, extensions: options.identity.extensions }));
+  // Health and server metadata are open; everything about a model needs a key (with auth on).
+  const open = { access: 'open' } as const;
+  app.get('/v2/health/live', { config: open, schema: { tags, summary: 'Liveness (the process answers)' } }, async () => ({ live: true }));
+  app.get('/v2/health/ready', { config: open, schema: { tags, summary: 'Readiness: the model repository is read and loaded (400 when not)' } }, async (_q, reply) => ready(reply, repo.isReady()));
+  app.get('/v2', { config: open, schema: { tags, summary: 'Server metadata' } }, async () => ({ name: options.identity.name, version: options.identity.version, extensions: options.identity.extensions }));
 
-  const metadata = async (p: NameParams) => {
-    const m = await repo.metadata(p.model, p.version ?? '');
+  const metadata = async (tenant: string, p: NameParams) => {
+    const m = await repo.metadata(tenant, p.model, p.version ?? '');
     return { name: m.name, versions: m.versions, platform: PLATFORM, inputs: [m.served.input], outputs: [m.served.output] };
   };
-  app.get<{ Params: NameParams }>('/v2/models/:model', { schema: { tags, summary: 'Model metadata (default version)' } }, async (q) => metadata(q.params));
-  app.get<{ Params: NameParams }>('/v2/models/:model/versions/:version', { schema: { tags, summary: 'Model metadata' } }, async (q) => metadata(q.params));
-  app.get<{ Params: NameParams }>('/v2/models/:model/ready', { schema: { tags, summary: 'Model readiness (400 when not ready)' } }, async (q, reply) => ready(reply, repo.modelReady(q.params.model, '')));
+  app.get<{ Params: NameParams }>('/v2/models/:model', { schema: { tags, summary: 'Model metadata (default version)' } }, async (q) => metadata(q.principal.tenantId, q.params));
+  app.get<{ Params: NameParams }>('/v2/models/:model/versions/:version', { schema: { tags, summary: 'Model metadata' } }, async (q) => metadata(q.principal.tenantId, q.params));
+  app.get<{ Params: NameParams }>('/v2/models/:model/ready', { schema: { tags, summary: 'Model readiness (400 when not ready)' } }, async (q, reply) => ready(reply, repo.modelReady(q.principal.tenantId, q.params.model, '')));
   app.get<{ Params: NameParams }>('/v2/models/:model/versions/:version/ready', { schema: { tags, summary: 'Model version readiness (400 when not ready)' } }, async (q, reply) =>
-    ready(reply, repo.modelReady(q.params.model, q.params.version ?? '')),
+    ready(reply, repo.modelReady(q.principal.tenantId, q.params.model, q.params.version ?? '')),
   );
 
-  const runInfer = async (p: NameParams, body: InferBody) => {
+  const runInfer = async (tenant: string, p: NameParams, body: InferBody) => {
     const res = await infer(
       repo,
       {
+        tenant,
         model: p.model,
         version: p.version ?? '',
         id: body.id ?? '',
@@ -140,24 +143,25 @@ export const inferenceRoutes: FastifyPluginAsync<InferenceRestOptions> = async (
     };
   };
   const bodyLimit = options.maxBodyBytes ?? 32 * 1024 * 1024;
-  app.post<{ Params: NameParams; Body: InferBody }>('/v2/models/:model/infer', { bodyLimit, schema: { tags, summary: 'Inference (default version)', body: inferBodySchema } }, async (q) => runInfer(q.params, q.body));
-  app.post<{ Params: NameParams; Body: InferBody }>('/v2/models/:model/versions/:version/infer', { bodyLimit, schema: { tags, summary: 'Inference', body: inferBodySchema } }, async (q) => runInfer(q.params, q.body));
+  app.post<{ Params: NameParams; Body: InferBody }>('/v2/models/:model/infer', { bodyLimit, schema: { tags, summary: 'Inference (default version)', body: inferBodySchema } }, async (q) => runInfer(q.principal.tenantId, q.params, q.body));
+  app.post<{ Params: NameParams; Body: InferBody }>('/v2/models/:model/versions/:version/infer', { bodyLimit, schema: { tags, summary: 'Inference', body: inferBodySchema } }, async (q) => runInfer(q.principal.tenantId, q.params, q.body));
 
-  app.post('/v2/repository/index', { schema: { tags, summary: 'Every model version and its state (Triton model-repository extension)' } }, async () =>
-    repo.list().map((e) => ({ name: e.name, version: e.version, state: e.state.toUpperCase(), reason: e.reason ?? '' })),
+  // The repository extension: a tenant's own models; the admin's index lists every tenant's.
+  app.post('/v2/repository/index', { schema: { tags, summary: 'Every model version and its state (Triton model-repository extension)' } }, async (q) =>
+    repo.list(q.principal.role === 'admin' ? null : q.principal.tenantId).map((e) => ({ name: e.name, version: e.version, state: e.state.toUpperCase(), reason: e.reason ?? '' })),
   );
   app.post<{ Params: NameParams; Body: { parameters?: { config?: string } } | null }>(
     '/v2/repository/models/:model/load',
     { schema: { tags, summary: 'Load a model (kept loaded across restarts); parameters.config may set max_batch_size and dynamic_batching.max_queue_delay_microseconds', body: loadBodySchema } },
     async (q) => {
       const config = q.body?.parameters?.config;
-      if (config !== undefined) await repo.configure(q.params.model, batchingFromConfig(config));
-      await repo.load(q.params.model);
+      if (config !== undefined) await repo.configure(q.principal.tenantId, q.params.model, batchingFromConfig(config));
+      await repo.load(q.principal.tenantId, q.params.model);
       return {};
     },
   );
   app.post<{ Params: NameParams }>('/v2/repository/models/:model/unload', { schema: { tags, summary: 'Unload a model (kept unloaded across restarts)' } }, async (q) => {
-    await repo.unload(q.params.model);
+    await repo.unload(q.principal.tenantId, q.params.model);
     return {};
   });
 };

@@ -9,6 +9,7 @@ import { databaseUnavailable } from '../../../service/db/testing/fresh-schema.js
 import type { JobService } from '../../../service/jobs/job-service.js';
 import type { JobMetricsView } from '../../../service/jobs/metrics-view.js';
 import { jobServiceFixture, type JobServiceFixture } from '../../../service/jobs/testing/job-service-fixture.js';
+import { adminPrincipal } from '../../../service/tenants/principal.js';
 import { createBaseApp } from '../app.js';
 import { addSharedSchemas } from '../schemas.js';
 import { jobRoutes } from './jobs.js';
@@ -58,7 +59,7 @@ describe('job routes for dashboards', { skip: unavailable ?? false }, () => {
       assert.equal(r.status, 200);
       const page = (await r.json()) as Page;
       // The cached page is the page the repository gives.
-      assert.deepEqual(page, JSON.parse(JSON.stringify(await jobs.list({ limit: 50, ...(cursor ? { cursor } : {}) }))));
+      assert.deepEqual(page, JSON.parse(JSON.stringify(await jobs.list(adminPrincipal(), { limit: 50, ...(cursor ? { cursor } : {}) }))));
       seen.push(...page.jobs.map((j) => j.id));
       cursor = page.next_cursor;
       if (!cursor) break;

@@ -11,6 +11,7 @@ import { JOB_STATUSES, type JobStatus } from '../../../service/db/job-states.js'
 import { MAX_PAGE_SIZE } from '../../../service/db/jobs.js';
 import { ApiError } from '../http-errors.js';
 import { ChangeWatch } from '../long-poll.js';
+import { visibleTenant, type Principal } from '../../../service/tenants/principal.js';
 
 export interface JobRouteOptions {
   readonly jobs: JobService;
@@ -20,6 +21,11 @@ export interface JobRouteOptions {
 
 const idParams = { type: 'object', required: ['id'], properties: { id: { type: 'string', maxLength: 64 } } } as const;
 const errorResponse = { $ref: 'ApiError#' } as const;
+
+/** Whose jobs a principal sees, as a key part: its tenant's, or every tenant's ('*'). */
+function seenBy(who: Principal): string {
+  return visibleTenant(who) ?? '*';
+}
 
 /** Weak ETag of a JSON body: equal bodies, equal tags. */
 export function etagOf(body: unknown): string {
@@ -88,12 +94,12 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         description: 'Body: a training spec (schemas/train.schema.json) plus `priority` and `max_restarts`. With an `Idempotency-Key` header, a retried submission returns the job the first one created (200 instead of 201).',
         headers: { type: 'object', properties: { 'idempotency-key': { type: 'string', minLength: 1, maxLength: 200 } } },
         body: { type: 'object', additionalProperties: true },
-        response: { 200: { $ref: 'Job#' }, 201: { $ref: 'Job#' }, 400: errorResponse, 409: errorResponse },
+        response: { 200: { $ref: 'Job#' }, 201: { $ref: 'Job#' }, 400: errorResponse, 403: errorResponse, 409: errorResponse, 429: errorResponse },
       },
     },
     async (request, reply) => {
       const key = request.headers['idempotency-key'];
-      const { job, created } = await jobs.submit(request.body, typeof key === 'string' ? key : undefined);
+      const { job, created } = await jobs.submit(request.principal, request.body, typeof key === 'string' ? key : undefined);
       return reply.code(created ? 201 : 200).header('location', `/v1/jobs/${job.id}`).send(job);
     },
   );
@@ -126,7 +132,8 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         if (bad !== undefined) throw new ApiError('TAS_ERR_BAD_REQUEST', `status: unknown status ${JSON.stringify(bad)} (one of ${JOB_STATUSES.join(', ')})`, 'status');
       }
       const options = { ...(status ? { status } : {}), ...(q.limit !== undefined ? { limit: q.limit } : {}), ...(q.cursor !== undefined ? { cursor: q.cursor } : {}) };
-      return sendTaggedWhenChanged(request, reply, watch, `list:${JSON.stringify(options)}`, () => jobs.listTagged(options), q.wait);
+      // Polls share reads only with polls that see the same jobs (one tenant's, or all).
+      return sendTaggedWhenChanged(request, reply, watch, `list:${seenBy(request.principal)}:${JSON.stringify(options)}`, () => jobs.listTagged(request.principal, options), q.wait);
     },
   );
 
@@ -141,7 +148,7 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         response: { 200: { $ref: 'Job#' }, 404: errorResponse },
       },
     },
-    async (request, reply) => sendTaggedWhenChanged(request, reply, watch, `job:${request.params.id}`, () => jobs.getTagged(request.params.id), request.query.wait),
+    async (request, reply) => sendTaggedWhenChanged(request, reply, watch, `job:${seenBy(request.principal)}:${request.params.id}`, () => jobs.getTagged(request.principal, request.params.id), request.query.wait),
   );
 
   app.get<{ Params: { id: string }; Querystring: { max_points?: number } }>(
@@ -155,7 +162,7 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         querystring: { type: 'object', properties: { max_points: { type: 'integer', minimum: 2, maximum: 100000, default: DEFAULT_MAX_POINTS } }, additionalProperties: false },
       },
     },
-    async (request, reply) => sendTaggedWhenChanged(request, reply, null, '', () => jobs.metricsTagged(request.params.id, { ...(request.query.max_points ? { maxPoints: request.query.max_points } : {}) }), undefined),
+    async (request, reply) => sendTaggedWhenChanged(request, reply, null, '', () => jobs.metricsTagged(request.principal, request.params.id, { ...(request.query.max_points ? { maxPoints: request.query.max_points } : {}) }), undefined),
   );
 
   app.get<{ Params: { id: string }; Querystring: { after?: string; limit?: number } }>(
@@ -168,7 +175,7 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         querystring: { type: 'object', properties: { after: { type: 'string', maxLength: 20 }, limit: { type: 'integer', minimum: 1, maximum: 5000, default: 500 } }, additionalProperties: false },
       },
     },
-    async (request) => jobs.logs(request.params.id, request.query.after, request.query.limit ?? 500),
+    async (request) => jobs.logs(request.principal, request.params.id, request.query.after, request.query.limit ?? 500),
   );
 
   app.post<{ Params: { id: string } }>(
@@ -181,6 +188,6 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         response: { 200: { $ref: 'Job#' }, 404: errorResponse, 409: errorResponse },
       },
     },
-    async (request) => jobs.cancel(request.params.id),
+    async (request) => jobs.cancel(request.principal, request.params.id),
   );
 };

@@ -25,9 +25,10 @@ function versionOf(v: string): number | 'latest' {
 const fileStem = (model: string, version: number) => `${model.replace(/[^\w.-]/g, '_')}-v${version}`;
 
 export const modelRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, { models }) => {
-  app.get('/v1/models', { schema: { tags: ['models'], summary: 'Models and their latest versions' } }, async () => ({
-    models: (await models.list()).map((m) => ({
+  app.get('/v1/models', { schema: { tags: ['models'], summary: "Models and their latest versions (a tenant's own; every tenant's for the admin)" } }, async (request) => ({
+    models: (await models.list(request.principal)).map((m) => ({
       name: m.name,
+      tenant: m.tenant,
       created_at: m.createdAt,
       latest_version: m.latestVersion,
       versions: m.versions,
@@ -40,7 +41,7 @@ export const modelRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, { 
     '/v1/models/:name/versions/:version',
     { schema: { tags: ['models'], summary: 'One version (a number, or "latest"): job, evaluation, recalibration, final BN statistics', params: versionParams, response: { 200: { $ref: 'ModelVersion#' }, 404: errorResponse } } },
     async (request) => {
-      const v = await models.version(request.params.name, versionOf(request.params.version));
+      const v = await models.version(request.principal, request.params.name, versionOf(request.params.version));
       return { model: v.model, version: v.version, job_id: v.jobId, created_at: v.createdAt, artifact_bytes: v.artifactBytes, metadata: v.metadata };
     },
   );
@@ -49,7 +50,7 @@ export const modelRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, { 
     '/v1/models/:name/versions/:version/artifact',
     { schema: { tags: ['models'], summary: 'Download the safetensors artifact (PyTorch state_dict names, BN running statistics included)', params: versionParams } },
     async (request, reply) => {
-      const v = await models.version(request.params.name, versionOf(request.params.version));
+      const v = await models.version(request.principal, request.params.name, versionOf(request.params.version));
       if (v.artifactBytes === null) throw new ApiError('TAS_ERR_NOT_FOUND', `the artifact of ${v.model} version ${v.version} is missing from the artifact directory`);
       return reply
         .header('content-type', 'application/octet-stream')
@@ -70,7 +71,7 @@ export const modelRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, { 
       },
     },
     async (request, reply) => {
-      const v = await models.version(request.params.name, versionOf(request.params.version));
+      const v = await models.version(request.principal, request.params.name, versionOf(request.params.version));
       if (v.artifactBytes === null) throw new ApiError('TAS_ERR_NOT_FOUND', `the artifact of ${v.model} version ${v.version} is missing from the artifact directory`);
       let artifact: LoadedArtifact;
       try {

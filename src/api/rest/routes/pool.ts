@@ -3,6 +3,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import { STALE_PROBES } from '../../../service/scheduling/worker-registry.js';
 import type { PrismaClient } from '../../../service/db/client.js';
 import { ChangeWatch } from '../long-poll.js';
+import { canSee, visibleTenant, type Principal } from '../../../service/tenants/principal.js';
 import { sendWhenChanged, waitQuery } from './jobs.js';
 
 export interface PoolRouteOptions {
@@ -13,8 +14,9 @@ export interface PoolRouteOptions {
 export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { prisma, probeIntervalMs }) => {
   const watch = new ChangeWatch();
   app.addHook('onClose', async () => watch.close());
-  const read = async () => {
-    const rows = await prisma.worker.findMany({ orderBy: { id: 'asc' } });
+  // Every key sees the whole pool; a tenant sees only its own jobs' ids on it.
+  const read = async (who: Principal) => {
+    const rows = await prisma.worker.findMany({ orderBy: { id: 'asc' }, include: { currentJob: { select: { tenantId: true } } } });
     const staleBefore = Date.now() - STALE_PROBES * probeIntervalMs;
     const workers = rows.map((w) => ({
       id: w.id,
@@ -28,7 +30,7 @@ export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { pr
       backend: w.backend,
       pid: w.pid,
       rss_bytes: w.rssBytes === null ? null : Number(w.rssBytes),
-      current_job_id: w.currentJobId,
+      current_job_id: w.currentJob && canSee(who, w.currentJob.tenantId) ? w.currentJobId : null,
       last_seen_at: w.lastSeenAt.toISOString(),
     }));
     const count = (s: string) => workers.filter((w) => w.state === s).length;
@@ -45,6 +47,7 @@ export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { pr
       },
     },
     // The ETag covers last_seen_at and memory too, so a long poll also ends at each probe.
-    async (request, reply) => sendWhenChanged(request, reply, watch, 'pool', read, request.query.wait),
+    // Long polls share reads per view of the pool: one per tenant (and one for the admin).
+    async (request, reply) => sendWhenChanged(request, reply, watch, `pool:${visibleTenant(request.principal) ?? '*'}`, () => read(request.principal), request.query.wait),
   );
 };
