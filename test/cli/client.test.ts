@@ -10,34 +10,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { clientConfig, TasClient } from '../../src/cli/client.js';
 import { followJob, progressBar, type Output } from '../../src/cli/client-commands.js';
 import { databaseUnavailable } from '../../src/service/db/testing/fresh-schema.js';
+import { ROOT, runTas, TAS, type TasRun } from './run-tas.js';
 import { getJson, postJson, serviceEnvironment, startServe, waitFor, type JobStatusView, type Served } from '../service/harness.js';
 
-const TAS = fileURLToPath(new URL('../../bin/tas.js', import.meta.url));
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const unavailable = await databaseUnavailable();
 const QUICKSTART = JSON.parse(await readFile(new URL('../../examples/quickstart.json', import.meta.url), 'utf8')) as Record<string, unknown>;
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function tas(args: string[], env: Record<string, string>): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [TAS, ...args], { cwd: ROOT, env: { ...process.env, TAS_API_KEY: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d));
-    child.stderr.on('data', (d: Buffer) => (stderr += d));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+type Run = TasRun;
+const tas = runTas;
 
 describe('tas client commands', { skip: unavailable ?? false }, () => {
   let env: Awaited<ReturnType<typeof serviceEnvironment>>;

@@ -3,31 +3,17 @@
 // (same-origin writes pass the cross-site rules); the client finds the admin key the
 // first start wrote to <data>/admin.key.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import type { Browser } from 'playwright-core';
 import { databaseUnavailable } from '../../src/service/db/testing/fresh-schema.js';
+import { runTas as tas } from '../cli/run-tas.js';
 import { serviceEnvironment, startServe, type Served } from '../service/harness.js';
 import { browserUnavailable, buildDashboard, launch } from './browser.js';
 
 const skip = (await databaseUnavailable()) ?? (await browserUnavailable());
 if (skip) console.log(`# skipping the dashboard tests with API keys: ${skip}`);
-const TAS = fileURLToPath(new URL('../../bin/tas.js', import.meta.url));
-
-function tas(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [TAS, ...args], { env: { ...process.env, TAS_API_KEY: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d));
-    child.stderr.on('data', (d: Buffer) => (stderr += d));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe('dashboard and client with API keys on', { skip: skip ?? false }, () => {
   let env: Awaited<ReturnType<typeof serviceEnvironment>>;
