@@ -12,8 +12,8 @@
 #           falls back to the native backend (TAS_BACKEND=auto), then wasm.
 #
 # The service runs from source through tsx (as in development); there is no build step.
-# `npm ci` runs the `prepare` script, which generates the Prisma client and builds the
-# native addons (native/: the collective's sums; native/compute: the trainer's kernels,
+# `npm ci` runs the `prepare` script, which generates the Prisma client, builds the
+# dashboard (ui/ into ui/dist, served at /ui/) and the native addons (native/: the collective's sums; native/compute: the trainer's kernels,
 # against OpenBLAS). Without a compiler or OpenBLAS they are skipped with a line saying
 # so, and the JS sums and the wasm backend run instead.
 #
@@ -40,6 +40,8 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 COPY prisma ./prisma
 COPY native ./native
+COPY ui ./ui
+COPY examples ./examples
 RUN npm ci --omit=optional --omit=dev && npm cache clean --force
 
 FROM ${NODE_IMAGE} AS api
@@ -53,6 +55,7 @@ COPY . .
 COPY --from=api-build /app/node_modules ./node_modules
 COPY --from=api-build /app/src/service/db/generated ./src/service/db/generated
 COPY --from=api-build /app/native ./native
+COPY --from=api-build /app/ui/dist ./ui/dist
 # REST API and the gRPC inference port.
 EXPOSE 8000 8001
 CMD ["npx", "tsx", "src/cli/main.ts", "serve", "--no-workers"]
@@ -72,6 +75,8 @@ ENV NODE_ENV=production
 COPY package.json package-lock.json ./
 COPY prisma ./prisma
 COPY native ./native
+COPY ui ./ui
+COPY examples ./examples
 RUN npm ci --omit=dev && npm cache clean --force
 COPY . .
 # The worker's gRPC port (control + collective).

@@ -1,5 +1,5 @@
 /**
- * bench:api: the cost of a dashboard polling job status. The REST API runs here on the
+ * bench:api: the cost of dashboards following jobs. The REST API runs here on the
  * real PostgreSQL (a fresh schema) and Redis; 50 pollers in a child process (its own event
  * loop and core, so the client does not queue behind the server) GET one running job's status for
  * a few seconds: back to back with If-None-Match (304s while nothing changes), back to
@@ -8,13 +8,25 @@
  * would be. Prints one JSON line per case. Back to back, 50 pollers are a closed loop:
  * latency is about 50 / throughput, so that case measures the server's capacity.
  *
- *   npm run bench:api [-- --concurrency 50 --seconds 5]
+ * The dashboard case: 10,000 jobs in the database, one of them running (its progress row
+ * written every 500 ms, as the scheduler's progress sink does), and 1,000 dashboards,
+ * each long-polling that job's status and the first page of the job list (50 jobs) with
+ * the dashboard's own policy (ui/src/poll-policy.ts: ETag, ?wait=25, at most one poll a
+ * second per resource after a change, jittered), 2,000 keep-alive connections from a
+ * child process. The figure is each answer's delay: how long after the news existed the
+ * dashboard had it (for an answer the change woke, from the change, stamped by the job's
+ * updated_at; for one the news was already there, the round trip). The dashboards open
+ * over 2 s; each one's first answer (its connection opened with it) is reported apart.
+ * Refused: any answer but 200/304, or a connection error.
+ *
+ *   npm run bench:api [-- --concurrency 50 --seconds 5 --dashboards 1000 --dashboard-seconds 20 --jobs 10000 --only poll|dashboard]
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { buildApp } from '../src/api/rest/app.js';
@@ -24,6 +36,7 @@ import { migrate } from '../src/service/db/migrate.js';
 import { createFreshSchema } from '../src/service/db/testing/fresh-schema.js';
 import { JobService } from '../src/service/jobs/job-service.js';
 import { ModelStore } from '../src/service/models/model-store.js';
+import { delayAfterChange, WAIT_S } from '../ui/src/poll-policy.js';
 
 interface LoadArgs {
   url: string;
@@ -82,6 +95,134 @@ async function load(a: LoadArgs): Promise<LoadResult> {
   return { requests: latencies.length, notModified, errors, latenciesMs: latencies, seconds: (performance.now() - started) / 1000 };
 }
 
+interface DashboardArgs {
+  base: string;
+  jobId: string;
+  dashboards: number;
+  seconds: number;
+  /** Dashboards open over this many seconds; each one's first answer (connecting included) is reported apart. */
+  openingS: number;
+}
+
+interface DashboardResult {
+  status: { delays: number[]; opening: number[]; woken: number[]; answers: number; notModified: number };
+  list: { delays: number[]; opening: number[]; woken: number[]; answers: number; notModified: number };
+  refused: number;
+  refusals: string[];
+  seconds: number;
+  /** The load generator's own event-loop stalls (a busy client delays answers too). */
+  clientLoopDelayP99Ms: number;
+  clientCpuShare: number;
+}
+
+/** Epoch milliseconds with sub-millisecond precision (comparable with the server's timestamps on this machine). */
+const nowMs = () => performance.timeOrigin + performance.now();
+
+/** The latest updated_at in a job or a job page, by scanning the JSON (the client must not cost more than a browser would). */
+function latestUpdate(body: string): number {
+  let latest = 0;
+  const key = '"updated_at":"';
+  for (let i = body.indexOf(key); i >= 0; i = body.indexOf(key, i + 1)) {
+    const t = Date.parse(body.slice(i + key.length, body.indexOf('"', i + key.length)));
+    if (t > latest) latest = t;
+  }
+  return latest;
+}
+
+function getBody(agent: http.Agent, url: URL, etag: string | null): Promise<{ status: number; etag: string | null; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent, headers: etag ? { 'if-none-match': etag } : {} }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, etag: (res.headers.etag as string | undefined) ?? null, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+  });
+}
+
+/** A thousand dashboards, each following the job and the job list as the dashboard does. */
+async function dashboardLoad(a: DashboardArgs): Promise<DashboardResult> {
+  const result: DashboardResult = {
+    status: { delays: [], opening: [], woken: [], answers: 0, notModified: 0 },
+    list: { delays: [], opening: [], woken: [], answers: 0, notModified: 0 },
+    refused: 0,
+    refusals: [],
+    seconds: 0,
+    clientLoopDelayP99Ms: 0,
+    clientCpuShare: 0,
+  };
+  const loop = monitorEventLoopDelay({ resolution: 5 });
+  loop.enable();
+  const cpu0 = process.cpuUsage();
+  // One kept-alive connection per poll loop, as a browser keeps its own (the default of
+  // 256 idle sockets would close the rest, and each poll would connect again).
+  const agent = new http.Agent({ keepAlive: true, maxSockets: a.dashboards * 2 + 10, maxFreeSockets: a.dashboards * 2 + 10 });
+  // At the end the agent's sockets are destroyed, which ends the polls still held.
+  let stopped = false;
+  const started = performance.now();
+  const end = started + a.seconds * 1000;
+  const follow = async (url: URL, into: DashboardResult['status']) => {
+    // Dashboards open over the first seconds, not all in the same millisecond.
+    await new Promise((r) => setTimeout(r, Math.random() * a.openingS * 1000));
+    let etag: string | null = null;
+    while (performance.now() < end) {
+      const sentAt = nowMs();
+      const polling = etag !== null;
+      const target = polling ? new URL(`${url.href}${url.search ? '&' : '?'}wait=${WAIT_S}`) : url;
+      let r;
+      try {
+        r = await getBody(agent, target, etag);
+      } catch (e) {
+        if (stopped) return;
+        result.refused++;
+        if (result.refusals.length < 5) result.refusals.push((e as Error).message);
+        await new Promise((res) => setTimeout(res, 1000));
+        continue;
+      }
+      const at = nowMs();
+      const opening = etag === null;
+      if (r.status === 304) {
+        into.notModified++;
+        // Held the whole wait: late by what exceeds it.
+        (opening ? into.opening : into.delays).push(Math.max(0, at - sentAt - WAIT_S * 1000));
+        continue;
+      }
+      if (r.status !== 200) {
+        result.refused++;
+        if (result.refusals.length < 5) result.refusals.push(`HTTP ${r.status}: ${r.body.slice(0, 200)}`);
+        continue;
+      }
+      into.answers++;
+      etag = r.etag;
+      const changedAt = polling ? latestUpdate(r.body) : 0;
+      (opening ? into.opening : into.delays).push(at - Math.max(sentAt, changedAt));
+      // Held until the change (rather than answered at once with news already there).
+      if (changedAt > sentAt) into.woken.push(at - changedAt);
+      await new Promise((res) => setTimeout(res, delayAfterChange(nowMs() - sentAt)));
+    }
+  };
+  const stop = setTimeout(() => {
+    stopped = true;
+    agent.destroy();
+  }, a.seconds * 1000 + 100);
+  await Promise.all(
+    Array.from({ length: a.dashboards }, () => [
+      follow(new URL(`${a.base}/v1/jobs/${a.jobId}`), result.status),
+      follow(new URL(`${a.base}/v1/jobs?limit=50`), result.list),
+    ]).flat(),
+  );
+  clearTimeout(stop);
+  stopped = true;
+  agent.destroy();
+  result.seconds = (performance.now() - started) / 1000;
+  loop.disable();
+  result.clientLoopDelayP99Ms = +(loop.percentile(99) / 1e6).toFixed(1);
+  const cpu = process.cpuUsage(cpu0);
+  result.clientCpuShare = +((cpu.user + cpu.system) / 1e6 / result.seconds).toFixed(2);
+  return result;
+}
+
 function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 }
@@ -90,17 +231,32 @@ if (process.env.TAS_BENCH_LOAD) {
   // Disconnect only once the result is written: a large message would be cut off.
   const result = await load(JSON.parse(process.env.TAS_BENCH_LOAD) as LoadArgs);
   process.send!(result, () => process.disconnect());
+} else if (process.env.TAS_BENCH_DASHBOARDS) {
+  const result = await dashboardLoad(JSON.parse(process.env.TAS_BENCH_DASHBOARDS) as DashboardArgs);
+  process.send!(result, () => process.disconnect());
 } else {
-  const { values } = parseArgs({ options: { concurrency: { type: 'string', default: '50' }, seconds: { type: 'string', default: '5' } } });
+  const { values } = parseArgs({
+    options: {
+      concurrency: { type: 'string', default: '50' },
+      seconds: { type: 'string', default: '5' },
+      dashboards: { type: 'string', default: '1000' },
+      'dashboard-seconds': { type: 'string', default: '20' },
+      jobs: { type: 'string', default: '10000' },
+      only: { type: 'string' },
+    },
+  });
   const concurrency = Number(values.concurrency);
   const seconds = Number(values.seconds);
+  const only = values.only;
+  if (only !== undefined && only !== 'poll' && only !== 'dashboard') throw new Error(`--only: poll or dashboard, got ${only}`);
 
   const schema = await createFreshSchema();
   await migrate(schema.url);
   const prisma = createPrismaClient(schema.url);
   const dataDir = await mkdtemp(join(tmpdir(), 'tas-bench-api-'));
   const redis = redisConnection(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
-  const queue = new JobQueue(redisConnection(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'), `tas-bench-${process.pid}`);
+  const queueConnection = redisConnection(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
+  const queue = new JobQueue(queueConnection, `tas-bench-${process.pid}`);
   const app = await buildApp({
     prisma,
     jobs: new JobService({ prisma, queue, redis, cancelChannel: `tas-bench-${process.pid}:cancel`, dataDir, probeIntervalMs: 2000 }),
@@ -130,11 +286,14 @@ if (process.env.TAS_BENCH_LOAD) {
       prisma.job.update({ where: { id: job.id }, data: { step: ++step, loss: 1 / step, updatedAt: new Date() } }).then(() => updates++, () => undefined);
     }, 100);
 
-    const cases = [
-      { conditional: true, intervalMs: 0 },
-      { conditional: false, intervalMs: 0 },
-      { conditional: true, intervalMs: 100 },
-    ];
+    const cases =
+      only === 'dashboard'
+        ? []
+        : [
+            { conditional: true, intervalMs: 0 },
+            { conditional: false, intervalMs: 0 },
+            { conditional: true, intervalMs: 100 },
+          ];
     for (const { conditional, intervalMs } of cases) {
       const args: LoadArgs = { url: `${base}/v1/jobs/${job.id}`, concurrency, seconds, conditional, intervalMs };
       updates = 0;
@@ -171,9 +330,79 @@ if (process.env.TAS_BENCH_LOAD) {
       );
     }
     clearInterval(progress);
+
+    if (only !== 'poll') {
+      // 10,000 jobs (finished, older than the running one, so it heads the list).
+      const total = Number(values.jobs);
+      const t0 = job.createdAt.getTime() - total * 1000;
+      const statuses = ['succeeded', 'failed', 'cancelled'] as const;
+      for (let i = 0; i < total; i += 2000) {
+        await prisma.job.createMany({
+          data: Array.from({ length: Math.min(2000, total - i) }, (_, k) => ({ name: `old-${i + k}`, spec: { epochs: 1 }, workers: 2, status: statuses[(i + k) % 3]!, step: 100, totalSteps: 100, createdAt: new Date(t0 + (i + k) * 1000) })),
+        });
+      }
+      const inDb = await prisma.job.count();
+      // Progress as the scheduler's sink writes it: every 500 ms.
+      let written = 0;
+      const writer = setInterval(() => {
+        prisma.job.update({ where: { id: job.id }, data: { step: ++step, loss: 1 / step, updatedAt: new Date() } }).then(() => written++, () => undefined);
+      }, 500);
+      const dashboards = Number(values.dashboards);
+      const args: DashboardArgs = { base, jobId: job.id, dashboards, seconds: Number(values['dashboard-seconds']), openingS: 2 };
+      const loop = monitorEventLoopDelay({ resolution: 5 });
+      loop.enable();
+      const cpu0 = process.cpuUsage();
+      const child = fork(fileURLToPath(import.meta.url), [], { execArgv: ['--import', 'tsx'], env: { ...process.env, TAS_BENCH_DASHBOARDS: JSON.stringify(args) } });
+      const r = await new Promise<DashboardResult>((resolve, reject) => {
+        child.once('message', (m) => resolve(m as DashboardResult));
+        child.once('error', reject);
+      });
+      const cpu = process.cpuUsage(cpu0);
+      loop.disable();
+      clearInterval(writer);
+      const stats = (delays: number[]) => {
+        const sorted = [...delays].sort((x, y) => x - y);
+        return sorted.length === 0 ? { n: 0 } : { n: sorted.length, p50_ms: +quantile(sorted, 0.5).toFixed(2), p99_ms: +quantile(sorted, 0.99).toFixed(2), max_ms: +sorted[sorted.length - 1]!.toFixed(2) };
+      };
+      const all = [...r.status.delays, ...r.list.delays].sort((x, y) => x - y);
+      const p99 = all.length > 0 ? quantile(all, 0.99) : Infinity;
+      console.log(
+        JSON.stringify({
+          bench: 'api_dashboards',
+          dashboards,
+          connections: dashboards * 2,
+          jobs_in_db: inDb,
+          list_page: 50,
+          progress_writes_per_s: +(written / r.seconds).toFixed(1),
+          seconds: +r.seconds.toFixed(2),
+          answers: r.status.answers + r.list.answers,
+          answers_per_s: Math.round((r.status.answers + r.list.answers) / r.seconds),
+          not_modified: r.status.notModified + r.list.notModified,
+          refused: r.refused,
+          ...(r.refusals.length > 0 ? { refusals: r.refusals } : {}),
+          p50_ms: all.length > 0 ? +quantile(all, 0.5).toFixed(2) : null,
+          p99_ms: +p99.toFixed(2),
+          status: stats(r.status.delays),
+          list: stats(r.list.delays),
+          opening: stats([...r.status.opening, ...r.list.opening]),
+          woken_by_change: stats([...r.status.woken, ...r.list.woken]),
+          // The server's own CPU and event-loop stalls, to tell its cost from the client's and the machine's.
+          server_cpu_ms_per_answer: +((cpu.user + cpu.system) / 1000 / Math.max(1, r.status.answers + r.list.answers)).toFixed(3),
+          server_cpu_share: +((cpu.user + cpu.system) / 1e6 / r.seconds).toFixed(2),
+          server_loop_delay_p99_ms: +(loop.percentile(99) / 1e6).toFixed(1),
+          server_loop_delay_max_ms: +(loop.max / 1e6).toFixed(1),
+          client_cpu_share: r.clientCpuShare,
+          client_loop_delay_p99_ms: r.clientLoopDelayP99Ms,
+          target_p99_ms: 50,
+          met: p99 < 50 && r.refused === 0,
+        }),
+      );
+    }
   } finally {
     await app.close();
     await queue.close();
+    // BullMQ leaves a connection it was given open.
+    queueConnection.disconnect();
     redis.disconnect();
     await prisma.$disconnect();
     await schema.drop();

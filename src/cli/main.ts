@@ -26,6 +26,8 @@
  *       private redis-server. Prints one JSON line {"listening": ...} when it serves.
  *   tas api | tas scheduler [--no-workers]
  *       One part alone, for several machines (they share DATABASE_URL, REDIS_URL and the data dir).
+ *   tas submit | jobs | status | logs | cancel | models | infer ...
+ *       A client of a running service (TAS_URL): see ./client-commands.ts.
  *
  * TLS (optional, mutual): --tls-cert F --tls-key F --tls-ca F, or TAS_TLS_CERT/KEY/CA.
  */
@@ -42,6 +44,7 @@ import { ENGINE_FAILURE_EXIT_CODE } from '../gpu-pool/worker-service.js';
 import { ConfigError, loadConfig } from '../service/startup/config.js';
 import { ServiceStartError } from '../service/startup/start-errors.js';
 import { startService, type ServiceParts } from './serve.js';
+import { CLIENT_COMMANDS, CLIENT_USAGE, ClientUsageError, runClientCommand } from './client-commands.js';
 import { initBackend } from '../trainer/backend.js';
 import { resolveTrainSpec } from '../trainer/engine/job-spec.js';
 import { runLocalJob } from '../trainer/engine/local-job.js';
@@ -56,7 +59,8 @@ const USAGE = `usage:
   tas validate <spec.json>
   tas serve [--no-workers]          API + scheduler + local workers (env: TAS_HTTP_PORT, TAS_DATA_DIR, DATABASE_URL, REDIS_URL, TAS_WORKERS, TAS_WORKERS_AT)
   tas api                           the REST API alone
-  tas scheduler [--no-workers]      the scheduler and its local workers alone`;
+  tas scheduler [--no-workers]      the scheduler and its local workers alone
+${CLIENT_USAGE}`;
 
 const OPTIONS = {
   out: { type: 'string' },
@@ -366,6 +370,7 @@ async function serve(v: Values, parts: ServiceParts): Promise<number> {
 }
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] !== undefined && CLIENT_COMMANDS.has(argv[0]) && !argv.includes('--help') && !argv.includes('-h')) return runClientCommand(argv);
   let parsed;
   try {
     parsed = parseArgs({ args: argv, allowPositionals: true, options: OPTIONS });
@@ -407,7 +412,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (e: unknown) => {
-    if (e instanceof UsageError) {
+    if (e instanceof UsageError || e instanceof ClientUsageError) {
       console.error(`${e.message}\n${USAGE}`);
       process.exitCode = 2;
     } else if (e instanceof TrainerError) {

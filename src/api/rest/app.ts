@@ -18,6 +18,7 @@ import { healthRoutes, type ReadinessCheck } from './routes/health.js';
 import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
 import { poolRoutes } from './routes/pool.js';
+import { uiRoutes } from './routes/ui.js';
 import { tenantRoutes, whoamiRoute } from './routes/tenants.js';
 import { workerRoutes, type WorkerRouteOptions } from './routes/workers.js';
 import { addSharedSchemas } from './schemas.js';
@@ -104,6 +105,8 @@ export interface ApiDeps {
   readonly registerInference?: (app: FastifyInstance) => Promise<void>;
   /** The Prometheus registry /metrics serves (shared with inference). @defaultValue a new one */
   readonly registry?: Registry;
+  /** The built dashboard served at /ui/. @defaultValue ui/dist */
+  readonly uiDir?: string;
   /** Tenants and keys (/v1/tenants); without it those routes are absent. */
   readonly tenants?: TenantStore;
   /** Workers joining by URL and their jobs' files (/v1/workers, /v1/worker-files); without it those routes are absent. */
@@ -136,13 +139,11 @@ export async function buildApp(deps: ApiDeps, options: BuildAppOptions = {}): Pr
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
   registerPrometheus(app, { prisma: deps.prisma, queue: deps.queue, probeIntervalMs: deps.probeIntervalMs, ...(deps.registry ? { registry: deps.registry } : {}) });
-  // Closing (shutdown) answers held long polls at once, so close() is not held up by them.
-  const closing = new AbortController();
-  app.addHook('preClose', async () => closing.abort());
   await app.register(healthRoutes, { checks: deps.checks });
-  await app.register(jobRoutes, { jobs: deps.jobs, closing: closing.signal });
+  await app.register(jobRoutes, { jobs: deps.jobs });
   await app.register(modelRoutes, { models: deps.models });
-  await app.register(poolRoutes, { prisma: deps.prisma, probeIntervalMs: deps.probeIntervalMs, closing: closing.signal });
+  await app.register(poolRoutes, { prisma: deps.prisma, probeIntervalMs: deps.probeIntervalMs });
+  await app.register(uiRoutes, deps.uiDir !== undefined ? { dir: deps.uiDir } : {});
   await app.register(whoamiRoute);
   if (deps.tenants) await app.register(tenantRoutes, { tenants: deps.tenants });
   if (deps.workers) await app.register(workerRoutes, deps.workers);

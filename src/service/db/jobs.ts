@@ -115,28 +115,21 @@ export class JobRepository {
 
   /** Jobs newest first; filter by status; keyset pages so inserts do not shift them. */
   async listJobs(options: ListJobsOptions = {}): Promise<JobPage> {
-    const limit = options.limit ?? DEFAULT_PAGE_SIZE;
-    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE_SIZE) {
-      throw new DbError('TAS_ERR_INVALID_ARGUMENT', `limit must be an integer from 1 to ${MAX_PAGE_SIZE}, got ${limit}`);
-    }
-    const statuses = options.status === undefined ? undefined : ([] as JobStatus[]).concat(options.status);
-    const after = options.cursor === undefined ? undefined : decodeCursor(options.cursor);
-    const rows = await this.prisma.job.findMany({
-      where: {
-        ...(options.tenantId !== undefined ? { tenantId: options.tenantId } : {}),
-        ...(statuses ? { status: { in: statuses } } : {}),
-        // (createdAt, id) < (cursor.createdAt, cursor.id): rows after the cursor in
-        // descending order, served by the (created_at, id) indexes.
-        ...(after
-          ? { OR: [{ createdAt: { lt: after.createdAt } }, { createdAt: after.createdAt, id: { lt: after.id } }] }
-          : {}),
-      },
-      orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
-      take: limit + 1,
-    });
+    const { limit, args } = pageQuery(options);
+    const rows = await this.prisma.job.findMany(args);
     const jobs = rows.slice(0, limit);
     const last = jobs[jobs.length - 1];
     return { jobs, nextCursor: rows.length > limit && last ? encodeCursor(last) : null };
+  }
+
+  /**
+   * What `listJobs` would return, reduced to each row's id, status and update time (and
+   * the row past the page, which decides `nextCursor`): a cheap read that changes
+   * whenever the page does, for long polls and caches.
+   */
+  async listJobStamps(options: ListJobsOptions = {}): Promise<Array<{ id: string; status: JobStatus; updatedAt: Date; tenantId: string }>> {
+    const { args } = pageQuery(options);
+    return this.prisma.job.findMany({ ...args, select: { id: true, status: true, updatedAt: true, tenantId: true } });
   }
 
   /**
@@ -188,6 +181,30 @@ export class JobRepository {
     // By id: transitions of a job are serialised by its row lock, so ids follow their order.
     return this.prisma.jobTransition.findMany({ where: { jobId }, orderBy: { id: 'asc' } });
   }
+}
+
+/** The query of one page of `listJobs`: newest first, one row more than the page. */
+function pageQuery(options: ListJobsOptions) {
+  const limit = options.limit ?? DEFAULT_PAGE_SIZE;
+  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE_SIZE) {
+    throw new DbError('TAS_ERR_INVALID_ARGUMENT', `limit must be an integer from 1 to ${MAX_PAGE_SIZE}, got ${limit}`);
+  }
+  const statuses = options.status === undefined ? undefined : ([] as JobStatus[]).concat(options.status);
+  const after = options.cursor === undefined ? undefined : decodeCursor(options.cursor);
+  return {
+    limit,
+    args: {
+      where: {
+        ...(options.tenantId !== undefined ? { tenantId: options.tenantId } : {}),
+        ...(statuses ? { status: { in: statuses } } : {}),
+        // (createdAt, id) < (cursor.createdAt, cursor.id): rows after the cursor in
+        // descending order, served by the (created_at, id) indexes.
+        ...(after ? { OR: [{ createdAt: { lt: after.createdAt } }, { createdAt: after.createdAt, id: { lt: after.id } }] } : {}),
+      },
+      orderBy: [{ createdAt: 'desc' as const }, { id: 'desc' as const }],
+      take: limit + 1,
+    },
+  };
 }
 
 function notFound(id: string): DbError {

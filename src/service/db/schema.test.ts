@@ -48,7 +48,7 @@ describe('schema.prisma and the migrations agree', { skip: unavailable ?? false 
     assert.deepEqual(await prisma.jobTransition.findUniqueOrThrow({ where: { id: transition.id } }), transition);
 
     const metric = await prisma.jobMetric.create({
-      data: { jobId: job.id, step: 10, loss: 0.25, accuracy: 0.5, samplesPerSec: 1e4, computeMs: 14.3, bnFwdMs: 2.9, bnBwdMs: 4.4, gradMs: 1.9, bnStats: { bn1: { mean: [0.1], var: [1] } } },
+      data: { jobId: job.id, step: 10, loss: 0.25, accuracy: 0.5, lr: 0.05, samplesPerSec: 1e4, computeMs: 14.3, bnFwdMs: 2.9, bnBwdMs: 4.4, gradMs: 1.9, bnStats: { bn1: { mean: [0.1], var: [1] } } },
     });
     assert.deepEqual(await prisma.jobMetric.findFirstOrThrow({ where: { jobId: job.id, step: 10 } }), metric);
     const noStats = await prisma.jobMetric.create({ data: { jobId: job.id, step: 11 } });

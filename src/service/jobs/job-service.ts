@@ -78,15 +78,37 @@ export interface JobView {
 }
 
 /** A status view with its ETag, as the polling path serves it. */
-export interface TaggedView {
-  readonly etag: string;
+export interface TaggedView extends Tagged {
   readonly view: JobView;
-  /** The view serialised once, sent as is to every poller. */
-  readonly json: string;
 }
 
 /** Views kept for polling (the most recently built per job). */
 const VIEW_CACHE_SIZE = 2000;
+/** List pages and metrics views kept for polling (the most recently built of each). */
+const PAGE_CACHE_SIZE = 200;
+/** Points per series of the metrics view unless the client asks otherwise. */
+export const DEFAULT_MAX_POINTS = 1000;
+
+export interface ListOptions {
+  readonly status?: JobStatus[];
+  readonly limit?: number;
+  readonly cursor?: string;
+}
+
+/** A JSON answer serialised once (sent as is to every poller), with its ETag. */
+export interface Tagged {
+  readonly etag: string;
+  readonly json: string;
+}
+
+function etagOfJson(json: string): string {
+  return `W/"${createHash('sha1').update(json).digest('base64url')}"`;
+}
+
+function tagged(body: unknown): Tagged {
+  const json = JSON.stringify(body);
+  return { etag: etagOfJson(json), json };
+}
 
 export class JobService {
   readonly repo: JobRepository;
@@ -96,6 +118,10 @@ export class JobService {
   private readonly countReads = new SingleFlight<string, string>();
   private readonly viewBuilds = new SingleFlight<string, TaggedView>();
   private readonly views = new Map<string, { version: string; tagged: TaggedView }>();
+  private readonly listReads = new SingleFlight<string, Array<{ id: string; status: JobStatus; updatedAt: Date; tenantId: string }>>();
+  private readonly builds = new SingleFlight<string, Tagged>();
+  private readonly listPages = new Map<string, { version: string; tagged: Tagged }>();
+  private readonly metricViews = new Map<string, { version: string; tagged: Tagged }>();
 
   constructor(private readonly options: JobServiceOptions) {
     this.repo = new JobRepository(options.prisma);
@@ -184,11 +210,11 @@ export class JobService {
     return this.viewBuilds.run(`${id}@${version}`, async () => {
       const view = await this.view(await this.repo.getJob(id));
       const json = JSON.stringify(view);
-      const tagged = { etag: `W/"${createHash('sha1').update(json).digest('base64url')}"`, view, json };
+      const t = { etag: etagOfJson(json), view, json };
       this.views.delete(id);
-      this.views.set(id, { version, tagged });
+      this.views.set(id, { version, tagged: t });
       if (this.views.size > VIEW_CACHE_SIZE) this.views.delete(this.views.keys().next().value!);
-      return tagged;
+      return t;
     });
   }
 
@@ -198,18 +224,62 @@ export class JobService {
     if (!row) return null;
     let v = `${row.updatedAt.getTime()}:${row.status}`;
     if (row.status === 'queued' || row.status === 'retrying') {
-      const c = await this.countReads.run('pool', async () => JSON.stringify(await poolCounts(this.options.prisma, this.options.probeIntervalMs)));
       const held = await this.countReads.run(`tenant:${row.tenantId}`, async () => String(await tenantWorkersHeld(this.options.prisma, row.tenantId)));
-      v += `:${c}:${held}`;
+      v += `:${await this.poolVersion()}:${held}`;
     }
     return { version: v, tenantId: row.tenantId };
   }
 
   /** `who`'s jobs (every tenant's for the admin), newest first. */
-  async list(who: Principal, options: { status?: JobStatus[]; limit?: number; cursor?: string }): Promise<{ jobs: JobView[]; next_cursor: string | null }> {
+  async list(who: Principal, options: ListOptions): Promise<{ jobs: JobView[]; next_cursor: string | null }> {
     const tenantId = visibleTenant(who);
     const page = await this.repo.listJobs({ ...options, ...(tenantId !== null ? { tenantId } : {}) });
-    return { jobs: await Promise.all(page.jobs.map((j) => this.view(j, { brief: true }))), next_cursor: page.nextCursor };
+    return { jobs: await this.buildViews(page.jobs, { brief: true }), next_cursor: page.nextCursor };
+  }
+
+  /**
+   * A page of `who`'s job list with its ETag, as polling dashboards read it: one cheap
+   * read of the page's ids, states and update times (plus the pool's counts and the
+   * tenants' held workers when a job on it waits) decides whether the page built last
+   * time still holds; it is rebuilt, once for all concurrent readers who see the same
+   * jobs, only when that changed.
+   */
+  async listTagged(who: Principal, options: ListOptions): Promise<Tagged> {
+    const tenantId = visibleTenant(who);
+    const key = JSON.stringify([tenantId, options.status ? [...options.status].sort() : null, options.limit ?? null, options.cursor ?? null]);
+    const stamps = await this.listReads.run(key, () => this.repo.listJobStamps({ ...options, ...(tenantId !== null ? { tenantId } : {}) }));
+    let version = stamps.map((r) => `${r.id}:${r.updatedAt.getTime()}:${r.status}`).join(',');
+    const waitingTenants = [...new Set(stamps.filter((r) => r.status === 'queued' || r.status === 'retrying').map((r) => r.tenantId))];
+    if (waitingTenants.length > 0) {
+      const held = await Promise.all(waitingTenants.map((t) => this.countReads.run(`tenant:${t}`, async () => String(await tenantWorkersHeld(this.options.prisma, t)))));
+      version += `:${await this.poolVersion()}:${held.join(',')}`;
+    }
+    return this.cached(this.listPages, `list:${key}`, version, async () => tagged(await this.list(who, options)));
+  }
+
+  /** The metrics view with its ETag, built once per version of the job (its progress moves it). */
+  async metricsTagged(who: Principal, id: string, options: { maxPoints?: number } = {}): Promise<Tagged> {
+    const read = await this.versionReads.run(id, () => this.version(id));
+    if (read === null || !canSee(who, read.tenantId)) throw new DbError('TAS_ERR_NOT_FOUND', `no job with id ${JSON.stringify(id)}`);
+    const maxPoints = options.maxPoints ?? DEFAULT_MAX_POINTS;
+    return this.cached(this.metricViews, `metrics:${id}:${maxPoints}`, read.version, async () => tagged(await this.metrics(who, id, { maxPoints })));
+  }
+
+  /** `build()`'s result for `key` at `version`: from `cache` when it was built at that version, else built once for all callers. */
+  private async cached(cache: Map<string, { version: string; tagged: Tagged }>, key: string, version: string, build: () => Promise<Tagged>): Promise<Tagged> {
+    const hit = cache.get(key);
+    if (hit && hit.version === version) return hit.tagged;
+    return this.builds.run(`${key}@${version}`, async () => {
+      const t = await build();
+      cache.delete(key);
+      cache.set(key, { version, tagged: t });
+      if (cache.size > PAGE_CACHE_SIZE) cache.delete(cache.keys().next().value!);
+      return t;
+    });
+  }
+
+  private poolVersion(): Promise<string> {
+    return this.countReads.run('pool', async () => JSON.stringify(await poolCounts(this.options.prisma, this.options.probeIntervalMs)));
   }
 
   /** Cancel: final at once in the database; the scheduler stops every rank and frees the gang. */
@@ -231,8 +301,8 @@ export class JobService {
       this.options.prisma.jobMetric.findMany({ where: { jobId: id }, orderBy: [{ step: 'asc' }, { id: 'asc' }] }),
       this.options.prisma.modelVersion.findFirst({ where: { jobId: id }, orderBy: { createdAt: 'desc' }, select: { metadata: true } }),
     ]);
-    const meta = version?.metadata as { bn_final?: unknown } | undefined;
-    return summariseMetrics(job.id, rows, meta?.bn_final ?? null, options.maxPoints ?? 1000);
+    const meta = version?.metadata as { bn_final?: unknown; recalibration?: unknown } | undefined;
+    return summariseMetrics(job.id, rows, meta?.bn_final ?? null, options.maxPoints ?? DEFAULT_MAX_POINTS, meta?.recalibration ?? null);
   }
 
   async logs(who: Principal, id: string, after: string | undefined, limit: number): Promise<{ lines: JobLogLine[]; next_after: string | null }> {
@@ -271,51 +341,86 @@ export class JobService {
   }
 
   private async view(job: Job, opts: { brief?: boolean } = {}): Promise<JobView> {
-    const waiting = job.status === 'queued' || job.status === 'retrying';
-    const [tenant, attempts, workers, versions, transitions, counts] = await Promise.all([
-      this.options.prisma.tenant.findUniqueOrThrow({ where: { id: job.tenantId }, select: { name: true, maxWorkers: true } }),
-      this.options.prisma.jobAttempt.findMany({ where: { jobId: job.id }, orderBy: { number: 'asc' } }),
-      this.options.prisma.worker.findMany({ where: { currentJobId: job.id }, orderBy: { id: 'asc' } }),
-      this.models.byJob(job.id),
-      opts.brief ? Promise.resolve([]) : this.options.prisma.jobTransition.findMany({ where: { jobId: job.id }, orderBy: { id: 'asc' } }),
-      waiting ? poolCounts(this.options.prisma, this.options.probeIntervalMs) : Promise.resolve(null),
+    return (await this.buildViews([job], opts))[0]!;
+  }
+
+  /** The views of several jobs, with a fixed number of queries whatever their number (a list page). */
+  private async buildViews(jobs: readonly Job[], opts: { brief?: boolean } = {}): Promise<JobView[]> {
+    if (jobs.length === 0) return [];
+    const ids = jobs.map((j) => j.id);
+    const prisma = this.options.prisma;
+    const anyWaiting = jobs.some((j) => j.status === 'queued' || j.status === 'retrying');
+    const [tenants, attempts, workers, versions, transitions, counts] = await Promise.all([
+      prisma.tenant.findMany({ where: { id: { in: [...new Set(jobs.map((j) => j.tenantId))] } }, select: { id: true, name: true, maxWorkers: true } }),
+      prisma.jobAttempt.findMany({ where: { jobId: { in: ids } }, orderBy: [{ jobId: 'asc' }, { number: 'asc' }] }),
+      prisma.worker.findMany({ where: { currentJobId: { in: ids } }, orderBy: { id: 'asc' } }),
+      this.models.byJobs(ids),
+      opts.brief ? Promise.resolve([]) : prisma.jobTransition.findMany({ where: { jobId: { in: ids } }, orderBy: { id: 'asc' } }),
+      anyWaiting ? poolCounts(prisma, this.options.probeIntervalMs) : Promise.resolve(null),
     ]);
-    const last = attempts[attempts.length - 1];
-    // The devices: the gang holding the job now, else the last attempt's workers.
-    const held = workers.length > 0 ? workers : last ? await this.options.prisma.worker.findMany({ where: { id: { in: last.workerIds } }, orderBy: { id: 'asc' } }) : [];
-    const w = counts ? waitingFor(job.workers, counts) : null;
-    // A job within its tenant's max_workers waits while the tenant's other jobs hold the rest.
-    const quota = w && tenant.maxWorkers !== null ? quotaWait(tenant.name, await tenantWorkersHeld(this.options.prisma, job.tenantId, job.id), tenant.maxWorkers, job.workers) : null;
-    return {
-      id: job.id,
-      tenant: tenant.name,
-      name: job.name,
-      status: job.status,
-      priority: job.priority,
-      workers: job.workers,
-      max_restarts: job.maxRestarts,
-      attempts: job.attempts,
-      progress: { step: job.step, total_steps: job.totalSteps, epoch: job.epoch, fraction: job.totalSteps ? job.step / job.totalSteps : null },
-      latest: { loss: job.loss, accuracy: job.accuracy },
-      backend: job.backend,
-      devices: held.map((x) => ({ worker: x.address, device_kind: x.deviceKind, device_name: x.deviceName, backend: x.backend })),
-      attempt_history: attempts.map((a) => ({
-        number: a.number,
-        generation: a.generation,
-        status: a.status,
-        workers: a.addresses,
-        error: a.error,
-        started_at: a.startedAt.toISOString(),
-        ended_at: a.endedAt?.toISOString() ?? null,
-      })),
-      waiting_for: w ? { requested_workers: w.requestedWorkers, free_workers: w.freeWorkers, online_workers: w.onlineWorkers, reason: quota ?? w.reason } : null,
-      error: job.error,
-      model: versions[versions.length - 1] ? { name: versions[versions.length - 1]!.model, version: versions[versions.length - 1]!.version } : null,
-      transitions: transitions.map((t) => ({ from: t.from, to: t.to, reason: t.reason, at: t.at.toISOString() })),
-      created_at: job.createdAt.toISOString(),
-      updated_at: job.updatedAt.toISOString(),
-      started_at: job.startedAt?.toISOString() ?? null,
-      finished_at: job.finishedAt?.toISOString() ?? null,
+    const byJob = <T>(rows: readonly T[], key: (r: T) => string | null) => {
+      const m = new Map<string, T[]>();
+      for (const r of rows) {
+        const k = key(r);
+        if (k !== null) m.set(k, [...(m.get(k) ?? []), r]);
+      }
+      return m;
     };
+    const attemptsOf = byJob(attempts, (a) => a.jobId);
+    const holding = byJob(workers, (w) => w.currentJobId);
+    const transitionsOf = byJob(transitions, (t) => t.jobId);
+    // The devices: the gang holding the job now, else the last attempt's workers.
+    const lastWorkerIds = jobs.flatMap((j) => (holding.has(j.id) ? [] : attemptsOf.get(j.id)?.at(-1)?.workerIds ?? []));
+    const lastWorkers = lastWorkerIds.length > 0 ? await prisma.worker.findMany({ where: { id: { in: [...new Set(lastWorkerIds)] } }, orderBy: { id: 'asc' } }) : [];
+    const tenantOf = new Map(tenants.map((t) => [t.id, t]));
+    // A waiting job within its tenant's max_workers waits while the tenant's other jobs hold the rest.
+    const quotas = new Map<string, string | null>();
+    for (const job of jobs) {
+      const tenant = tenantOf.get(job.tenantId);
+      if (!counts || (job.status !== 'queued' && job.status !== 'retrying') || !tenant || tenant.maxWorkers === null) continue;
+      quotas.set(job.id, quotaWait(tenant.name, await tenantWorkersHeld(prisma, job.tenantId, job.id), tenant.maxWorkers, job.workers));
+    }
+    return jobs.map((job) => {
+      const jobAttempts = attemptsOf.get(job.id) ?? [];
+      const last = jobAttempts[jobAttempts.length - 1];
+      const held = holding.get(job.id) ?? (last ? lastWorkers.filter((x) => last.workerIds.includes(x.id)) : []);
+      const waiting = job.status === 'queued' || job.status === 'retrying';
+      const w = waiting && counts ? waitingFor(job.workers, counts) : null;
+      const published = versions.get(job.id) ?? [];
+      const latestVersion = published[published.length - 1];
+      const tenant = tenantOf.get(job.tenantId);
+      if (!tenant) throw new DbError('TAS_ERR_NOT_FOUND', `job ${job.id}: no tenant ${job.tenantId}`);
+      return {
+        id: job.id,
+        tenant: tenant.name,
+        name: job.name,
+        status: job.status,
+        priority: job.priority,
+        workers: job.workers,
+        max_restarts: job.maxRestarts,
+        attempts: job.attempts,
+        progress: { step: job.step, total_steps: job.totalSteps, epoch: job.epoch, fraction: job.totalSteps ? job.step / job.totalSteps : null },
+        latest: { loss: job.loss, accuracy: job.accuracy },
+        backend: job.backend,
+        devices: held.map((x) => ({ worker: x.address, device_kind: x.deviceKind, device_name: x.deviceName, backend: x.backend })),
+        attempt_history: jobAttempts.map((a) => ({
+          number: a.number,
+          generation: a.generation,
+          status: a.status,
+          workers: a.addresses,
+          error: a.error,
+          started_at: a.startedAt.toISOString(),
+          ended_at: a.endedAt?.toISOString() ?? null,
+        })),
+        waiting_for: w ? { requested_workers: w.requestedWorkers, free_workers: w.freeWorkers, online_workers: w.onlineWorkers, reason: quotas.get(job.id) ?? w.reason } : null,
+        error: job.error,
+        model: latestVersion ? { name: latestVersion.model, version: latestVersion.version } : null,
+        transitions: (transitionsOf.get(job.id) ?? []).map((t) => ({ from: t.from, to: t.to, reason: t.reason, at: t.at.toISOString() })),
+        created_at: job.createdAt.toISOString(),
+        updated_at: job.updatedAt.toISOString(),
+        started_at: job.startedAt?.toISOString() ?? null,
+        finished_at: job.finishedAt?.toISOString() ?? null,
+      };
+    });
   }
 }

@@ -137,7 +137,14 @@ export class ModelStore implements RepositorySource {
 
   /** The versions a job published (normally one). */
   async byJob(jobId: string): Promise<Array<{ model: string; version: number }>> {
-    const rows = await this.prisma.modelVersion.findMany({ where: { jobId }, include: { model: { select: { name: true } } }, orderBy: { createdAt: 'asc' } });
-    return rows.map((r) => ({ model: r.model.name, version: r.version }));
+    return (await this.byJobs([jobId])).get(jobId) ?? [];
+  }
+
+  /** The versions each of these jobs published, oldest first, in one query. */
+  async byJobs(jobIds: readonly string[]): Promise<Map<string, Array<{ model: string; version: number }>>> {
+    const rows = await this.prisma.modelVersion.findMany({ where: { jobId: { in: [...jobIds] } }, include: { model: { select: { name: true } } }, orderBy: { createdAt: 'asc' } });
+    const out = new Map<string, Array<{ model: string; version: number }>>();
+    for (const r of rows) if (r.jobId !== null) out.set(r.jobId, [...(out.get(r.jobId) ?? []), { model: r.model.name, version: r.version }]);
+    return out;
   }
 }

@@ -62,6 +62,7 @@ export class ProgressSink {
           step: Number(s.global_step),
           loss: finite(s.loss),
           accuracy: finite(s.accuracy),
+          lr: finite(s.lr),
           samplesPerSec: finite(s.samples_per_sec),
           computeMs: s.compute_ms,
           bnFwdMs: s.bn_forward_sync_ms,

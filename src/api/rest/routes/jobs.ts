@@ -6,19 +6,26 @@
  */
 import { createHash } from 'node:crypto';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
-import type { JobService, TaggedView } from '../../../service/jobs/job-service.js';
+import { DEFAULT_MAX_POINTS, type JobService, type Tagged } from '../../../service/jobs/job-service.js';
 import { JOB_STATUSES, type JobStatus } from '../../../service/db/job-states.js';
 import { MAX_PAGE_SIZE } from '../../../service/db/jobs.js';
 import { ApiError } from '../http-errors.js';
+import { ChangeWatch } from '../long-poll.js';
+import { visibleTenant, type Principal } from '../../../service/tenants/principal.js';
 
 export interface JobRouteOptions {
   readonly jobs: JobService;
-  /** Aborted when the server closes: long polls answer at once instead of holding the close up. */
-  readonly closing?: AbortSignal;
+  /** How often a long-polled job or job list is read while requests wait on it. @defaultValue 25 */
+  readonly longPollCheckMs?: number;
 }
 
 const idParams = { type: 'object', required: ['id'], properties: { id: { type: 'string', maxLength: 64 } } } as const;
 const errorResponse = { $ref: 'ApiError#' } as const;
+
+/** Whose jobs a principal sees, as a key part: its tenant's, or every tenant's ('*'). */
+function seenBy(who: Principal): string {
+  return visibleTenant(who) ?? '*';
+}
 
 /** Weak ETag of a JSON body: equal bodies, equal tags. */
 export function etagOf(body: unknown): string {
@@ -30,44 +37,42 @@ function clientHas(request: FastifyRequest, tag: string): boolean {
   return seen !== undefined && seen.split(',').some((t) => t.trim() === tag || t.trim() === '*');
 }
 
-/** Sends `body` with its ETag, or 304 when the client already has it. */
-export function sendWithEtag(request: FastifyRequest, reply: FastifyReply, body: unknown): FastifyReply {
-  const tag = etagOf(body);
+/**
+ * A long poll: with `wait` seconds and an If-None-Match, the answer is held until the
+ * resource's ETag differs (or the wait ends, then 304), so a dashboard or a script learns
+ * of a change when it happens instead of polling in a loop. Waiting requests share one
+ * read of their resource (`key`) per check of `watch`. Without `wait`, a plain
+ * conditional GET. Resolves with the latest read.
+ */
+async function latestWhenChanged<T>(request: FastifyRequest, reply: FastifyReply, watch: ChangeWatch, key: string, read: () => Promise<T>, tagOf: (t: T) => string, waitSeconds: number | undefined): Promise<T> {
+  const polling = Boolean(waitSeconds) && request.headers['if-none-match'] !== undefined;
+  // A long poll starts from a read shared with the other polls of this check.
+  const t = polling ? await watch.latest(key, read) : await read();
+  if (!waitSeconds || !polling || !clientHas(request, tagOf(t))) return t;
+  const gone = new AbortController();
+  reply.raw.once('close', () => gone.abort());
+  return watch.wait(key, read, tagOf, (tag) => clientHas(request, tag), t, waitSeconds * 1000, gone.signal);
+}
+
+export async function sendWhenChanged(request: FastifyRequest, reply: FastifyReply, watch: ChangeWatch, key: string, read: () => Promise<unknown>, waitSeconds: number | undefined): Promise<FastifyReply> {
+  const tags = new WeakMap<object, string>();
+  // Hashed once per read, however many waiters compare it.
+  const tagOf = (body: unknown) => {
+    if (typeof body !== 'object' || body === null) return etagOf(body);
+    let tag = tags.get(body);
+    if (tag === undefined) tags.set(body, (tag = etagOf(body)));
+    return tag;
+  };
+  const body = await latestWhenChanged(request, reply, watch, key, read, tagOf, waitSeconds);
+  const tag = tagOf(body);
   void reply.header('etag', tag).header('cache-control', 'no-cache');
   if (clientHas(request, tag)) return reply.code(304).send();
   return reply.send(body);
 }
 
-/** How often a long poll re-reads its resource. */
-export const LONG_POLL_CHECK_MS = 200;
-
-/**
- * A long poll: with `wait` seconds and an If-None-Match, the answer is held until the
- * resource's ETag differs (or the wait ends, then 304), so a dashboard or a script learns
- * of a change when it happens instead of polling in a loop. Without `wait`, a plain
- * conditional GET. Resolves with the latest read.
- */
-async function latestWhenChanged<T>(request: FastifyRequest, read: () => Promise<T>, tagOf: (t: T) => string, waitSeconds: number | undefined, closing?: AbortSignal): Promise<T> {
-  let t = await read();
-  if (waitSeconds && request.headers['if-none-match'] !== undefined) {
-    const deadline = Date.now() + waitSeconds * 1000;
-    let closed = false;
-    request.raw.once('close', () => (closed = true));
-    while (clientHas(request, tagOf(t)) && Date.now() < deadline && !closed && !closing?.aborted) {
-      await new Promise((r) => setTimeout(r, Math.min(LONG_POLL_CHECK_MS, Math.max(0, deadline - Date.now()))));
-      t = await read();
-    }
-  }
-  return t;
-}
-
-export async function sendWhenChanged(request: FastifyRequest, reply: FastifyReply, read: () => Promise<unknown>, waitSeconds: number | undefined, closing?: AbortSignal): Promise<FastifyReply> {
-  return sendWithEtag(request, reply, await latestWhenChanged(request, read, etagOf, waitSeconds, closing));
-}
-
-/** As sendWhenChanged, for resources that come with their ETag (no hashing per request). */
-export async function sendTaggedWhenChanged(request: FastifyRequest, reply: FastifyReply, read: () => Promise<TaggedView>, waitSeconds: number | undefined, closing?: AbortSignal): Promise<FastifyReply> {
-  const t = await latestWhenChanged(request, read, (v) => v.etag, waitSeconds, closing);
+/** As sendWhenChanged, for resources that come with their ETag and serialised JSON (no hashing per request). */
+export async function sendTaggedWhenChanged(request: FastifyRequest, reply: FastifyReply, watch: ChangeWatch | null, key: string, read: () => Promise<Tagged>, waitSeconds: number | undefined): Promise<FastifyReply> {
+  const t = watch ? await latestWhenChanged(request, reply, watch, key, read, (v) => v.etag, waitSeconds) : await read();
   void reply.header('etag', t.etag).header('cache-control', 'no-cache');
   if (clientHas(request, t.etag)) return reply.code(304).send();
   return reply.type('application/json; charset=utf-8').serializer((x) => x as string).send(t.json);
@@ -76,7 +81,11 @@ export async function sendTaggedWhenChanged(request: FastifyRequest, reply: Fast
 /** The `wait` query parameter of long-polled resources. */
 export const waitQuery = { wait: { type: 'number', minimum: 0, maximum: 60, description: 'long poll: with If-None-Match, hold the answer up to this many seconds until the resource changes' } } as const;
 
-export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs, closing }) => {
+export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs, longPollCheckMs }) => {
+  const watch = new ChangeWatch(longPollCheckMs !== undefined ? { checkMs: longPollCheckMs } : {});
+  // Closing (shutdown) answers held long polls at once, so close() is not held up by them.
+  app.addHook('preClose', async () => watch.close());
+
   app.post(
     '/v1/jobs',
     {
@@ -96,18 +105,19 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
     },
   );
 
-  app.get<{ Querystring: { status?: string; limit?: number; cursor?: string } }>(
+  app.get<{ Querystring: { status?: string; limit?: number; cursor?: string; wait?: number } }>(
     '/v1/jobs',
     {
       schema: {
         tags: ['jobs'],
-        summary: 'List jobs, newest first',
+        summary: 'List jobs, newest first (ETag; ?wait=S long-polls the page)',
         querystring: {
           type: 'object',
           properties: {
             status: { type: 'string', description: `comma-separated: ${JOB_STATUSES.join(', ')}` },
             limit: { type: 'integer', minimum: 1, maximum: MAX_PAGE_SIZE, default: 50 },
             cursor: { type: 'string', maxLength: 500 },
+            ...waitQuery,
           },
           additionalProperties: false,
         },
@@ -122,8 +132,9 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         const bad = status.find((s) => !(JOB_STATUSES as readonly string[]).includes(s));
         if (bad !== undefined) throw new ApiError('TAS_ERR_BAD_REQUEST', `status: unknown status ${JSON.stringify(bad)} (one of ${JOB_STATUSES.join(', ')})`, 'status');
       }
-      const page = await jobs.list(request.principal, { ...(status ? { status } : {}), ...(q.limit !== undefined ? { limit: q.limit } : {}), ...(q.cursor !== undefined ? { cursor: q.cursor } : {}) });
-      return sendWithEtag(request, reply, page);
+      const options = { ...(status ? { status } : {}), ...(q.limit !== undefined ? { limit: q.limit } : {}), ...(q.cursor !== undefined ? { cursor: q.cursor } : {}) };
+      // Polls share reads only with polls that see the same jobs (one tenant's, or all).
+      return sendTaggedWhenChanged(request, reply, watch, `list:${seenBy(request.principal)}:${JSON.stringify(options)}`, () => jobs.listTagged(request.principal, options), q.wait);
     },
   );
 
@@ -138,7 +149,7 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
         response: { 200: { $ref: 'Job#' }, 404: errorResponse },
       },
     },
-    async (request, reply) => sendTaggedWhenChanged(request, reply, () => jobs.getTagged(request.principal, request.params.id), request.query.wait, closing),
+    async (request, reply) => sendTaggedWhenChanged(request, reply, watch, `job:${seenBy(request.principal)}:${request.params.id}`, () => jobs.getTagged(request.principal, request.params.id), request.query.wait),
   );
 
   app.get<{ Params: { id: string }; Querystring: { max_points?: number } }>(
@@ -146,12 +157,13 @@ export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs
     {
       schema: {
         tags: ['jobs'],
-        summary: 'Per-step loss, accuracy, throughput, time split, and each BN layer\'s running statistics over time',
+        summary: "Per-step loss, accuracy, learning rate, throughput, time split, and each BN layer's running statistics over time (ETag)",
+        description: 'Series longer than `max_points` are downsampled by windows that keep every series\' minimum and maximum (and the first and last step), so spikes survive.',
         params: idParams,
-        querystring: { type: 'object', properties: { max_points: { type: 'integer', minimum: 2, maximum: 100000, default: 1000 } }, additionalProperties: false },
+        querystring: { type: 'object', properties: { max_points: { type: 'integer', minimum: 2, maximum: 100000, default: DEFAULT_MAX_POINTS } }, additionalProperties: false },
       },
     },
-    async (request, reply) => sendWithEtag(request, reply, await jobs.metrics(request.principal, request.params.id, { ...(request.query.max_points ? { maxPoints: request.query.max_points } : {}) })),
+    async (request, reply) => sendTaggedWhenChanged(request, reply, null, '', () => jobs.metricsTagged(request.principal, request.params.id, { ...(request.query.max_points ? { maxPoints: request.query.max_points } : {}) }), undefined),
   );
 
   app.get<{ Params: { id: string }; Querystring: { after?: string; limit?: number } }>(

@@ -2,17 +2,19 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { STALE_PROBES } from '../../../service/scheduling/worker-registry.js';
 import type { PrismaClient } from '../../../service/db/client.js';
-import { canSee, type Principal } from '../../../service/tenants/principal.js';
+import { ChangeWatch } from '../long-poll.js';
+import { canSee, visibleTenant, type Principal } from '../../../service/tenants/principal.js';
 import { sendWhenChanged, waitQuery } from './jobs.js';
 
 export interface PoolRouteOptions {
   readonly prisma: PrismaClient;
   readonly probeIntervalMs: number;
-  /** Aborted when the server closes (long polls answer at once). */
-  readonly closing?: AbortSignal;
 }
 
-export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { prisma, probeIntervalMs, closing }) => {
+export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { prisma, probeIntervalMs }) => {
+  const watch = new ChangeWatch();
+  // Closing (shutdown) answers held long polls at once.
+  app.addHook('preClose', async () => watch.close());
   // Every key sees the whole pool; a tenant sees only its own jobs' ids on it.
   const read = async (who: Principal) => {
     const rows = await prisma.worker.findMany({ orderBy: { id: 'asc' }, include: { currentJob: { select: { tenantId: true } } } });
@@ -48,6 +50,7 @@ export const poolRoutes: FastifyPluginAsync<PoolRouteOptions> = async (app, { pr
       },
     },
     // The ETag covers last_seen_at and memory too, so a long poll also ends at each probe.
-    async (request, reply) => sendWhenChanged(request, reply, () => read(request.principal), request.query.wait, closing),
+    // Long polls share reads per view of the pool: one per tenant (and one for the admin).
+    async (request, reply) => sendWhenChanged(request, reply, watch, `pool:${visibleTenant(request.principal) ?? '*'}`, () => read(request.principal), request.query.wait),
   );
 };
