@@ -16,7 +16,8 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { alive } from '../support/alive.js';
+import { freePort } from '../support/ports.js';
 import { Redis } from 'ioredis';
 import { decodeSafetensors, type SafetensorsTensor } from '../../src/trainer/artifact/safetensors.js';
 import { getJson, postJson, TERMINAL, waitFor, type JobStatusView, type Served } from '../service/harness.js';
@@ -111,20 +112,7 @@ export async function assertHealthy(served: Served, workers: number, name = `aft
   assert.equal(job.status, 'succeeded', `${job.error}\n${served.log.join('\n')}`);
 }
 
-/** Whether a process is alive (not a zombie). */
-export function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
+export { alive };
 
 /** Resolves when none of `pids` is alive; fails after `timeoutMs` (a bounded poll: a process gone is no event we can hear). */
 export async function gone(pids: number[], timeoutMs = 10_000): Promise<void> {
@@ -144,15 +132,7 @@ export async function stopWith(served: Served, signal: NodeJS.Signals): Promise<
   return { code, signal: sig, ms: performance.now() - t0 };
 }
 
-export async function freePort(): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  assert.ok(typeof address === 'object' && address !== null);
-  return address.port;
-}
+export { freePort };
 
 /** A redis-server this test owns (never the shared one on 6379), on `port`. */
 export async function startRedis(port: number): Promise<{ url: string; process: ChildProcess; kill(): Promise<void> }> {

@@ -19,6 +19,7 @@ import { makeNetwork, netnsUnavailable, type Network } from '../netns/hosts.js';
 import { startServe, waitFor, TERMINAL, type JobStatusView, type Served } from '../service/harness.js';
 import { startJoinedWorker, type JoinedWorker } from '../service/joined-worker.js';
 import { spiralsCsv } from '../service/spirals-csv.js';
+import { assertSameTensors } from '../faults/fault-kit.js';
 
 const noNetns = netnsUnavailable();
 const ADMIN = 'admin-token-multihost-0123456789';
@@ -102,12 +103,7 @@ describe('the service across hosts (network namespaces)', { skip: noNetns ?? fal
   const assertSameResult = async (id: string) => {
     const done = await job(id, (j) => TERMINAL.has(j.status));
     assert.equal(done.status, 'succeeded', `${JSON.stringify(done.attempt_history)}\n${served.log.slice(-40).join('\n')}`);
-    const got = await artifactOf(done);
-    assert.deepEqual([...got.keys()], [...reference.keys()]);
-    for (const [name, t] of got) {
-      const u = reference.get(name)!;
-      assert.ok(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).equals(Buffer.from(u.data.buffer, u.data.byteOffset, u.data.byteLength)), `${name} differs from the uninterrupted run's`);
-    }
+    assertSameTensors(await artifactOf(done), reference);
     return done;
   };
 

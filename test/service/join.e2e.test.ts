@@ -17,6 +17,7 @@ import { decodeSafetensors } from '../../src/trainer/artifact/safetensors.js';
 import { serviceEnvironment, startServe, waitFor, TERMINAL, type JobStatusView, type Served } from './harness.js';
 import { startJoinedWorker, type JoinedWorker } from './joined-worker.js';
 import { spiralsCsv } from './spirals-csv.js';
+import { assertSameTensors } from '../faults/fault-kit.js';
 
 const unavailable = await databaseUnavailable();
 const ADMIN = 'admin-token-join-0123456789abcdef';
@@ -150,9 +151,7 @@ describe('workers that join by URL', { skip: unavailable ?? false }, () => {
     assert.ok(!job.attempt_history[1]!.workers.includes(rank0.address), 'the second attempt ran on the workers still there');
     const version = await call('GET', `${served.url}/v1/models/${job.model!.name}/versions/${job.model!.version}`);
     assert.ok(version.body.metadata.resumed_from_step > 0, `resumed from the service's checkpoint: ${JSON.stringify(version.body.metadata)}`);
-    const tensors = await artifact(job.model!);
-    assert.deepEqual([...tensors.keys()], [...refTensors.keys()]);
-    for (const [name, t] of tensors) assert.ok(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).equals(Buffer.from(refTensors.get(name)!.data.buffer, refTensors.get(name)!.data.byteOffset, refTensors.get(name)!.data.byteLength)), `${name} differs from the uninterrupted run's`);
+    assertSameTensors(await artifact(job.model!), refTensors);
     // A worker that had the CSV read it from its cache the second time.
     assert.ok(workers.some((w) => w !== rank0 && w.log.some((l) => /inputs from the service: 0 fetched \(0 bytes\), 1 from the cache/.test(l))));
 

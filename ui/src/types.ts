@@ -4,28 +4,9 @@ export const JOB_STATUSES = ['queued', 'scheduled', 'running', 'retrying', 'succ
 export type JobStatus = (typeof JOB_STATUSES)[number];
 export const TERMINAL: ReadonlySet<string> = new Set(['succeeded', 'failed', 'cancelled']);
 
-export interface Job {
-  id: string;
-  name: string;
-  status: JobStatus;
-  priority: number;
-  workers: number;
-  max_restarts: number;
-  attempts: number;
-  progress: { step: number; total_steps: number | null; epoch: number; fraction: number | null };
-  latest: { loss: number | null; accuracy: number | null };
-  backend: string | null;
-  devices: Array<{ worker: string; device_kind: string; device_name: string | null; backend: string | null }>;
-  attempt_history: Array<{ number: number; generation: number; status: string; workers: string[]; error: string | null; started_at: string; ended_at: string | null }>;
-  waiting_for: { requested_workers: number; free_workers: number; online_workers: number; reason: string } | null;
-  error: string | null;
-  model: { name: string; version: number } | null;
-  transitions: Array<{ from: string | null; to: string; reason: string | null; at: string }>;
-  created_at: string;
-  updated_at: string;
-  started_at: string | null;
-  finished_at: string | null;
-}
+/** A job: the server's own declaration of what it sends. */
+export type { JobView as Job } from '../../src/service/jobs/job-view';
+import type { JobView as Job } from '../../src/service/jobs/job-view';
 
 export interface JobPage {
   jobs: Job[];

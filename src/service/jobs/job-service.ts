@@ -18,6 +18,7 @@ import type { Prisma, PrismaClient } from '../db/client.js';
 import { DbError } from '../db/errors.js';
 import { ServiceError } from '../errors.js';
 import { isTerminal, type JobStatus } from '../db/job-states.js';
+import type { JobView } from './job-view.js';
 import { JobRepository, type Job } from '../db/jobs.js';
 import { appendJobLog, readJobLog, type JobLogLine } from './job-log.js';
 import { summariseMetrics, type JobMetricsView } from './metrics-view.js';
@@ -46,35 +47,12 @@ export interface JobServiceOptions {
 /** How long a submission waits for the queue before leaving the job to the scheduler's reconciliation. */
 const ENQUEUE_TIMEOUT_MS = 2000;
 
+export type { JobView };
+
 export interface SubmitResult {
   readonly job: JobView;
   /** False when the Idempotency-Key named a job submitted before. */
   readonly created: boolean;
-}
-
-export interface JobView {
-  id: string;
-  /** The owning tenant's name. */
-  tenant: string;
-  name: string;
-  status: JobStatus;
-  priority: number;
-  workers: number;
-  max_restarts: number;
-  attempts: number;
-  progress: { step: number; total_steps: number | null; epoch: number; fraction: number | null };
-  latest: { loss: number | null; accuracy: number | null };
-  backend: string | null;
-  devices: Array<{ worker: string; device_kind: string; device_name: string | null; backend: string | null }>;
-  attempt_history: Array<{ number: number; generation: number; status: string; workers: string[]; error: string | null; started_at: string; ended_at: string | null }>;
-  waiting_for: { requested_workers: number; free_workers: number; online_workers: number; reason: string } | null;
-  error: string | null;
-  model: { name: string; version: number } | null;
-  transitions: Array<{ from: string | null; to: string; reason: string | null; at: string }>;
-  created_at: string;
-  updated_at: string;
-  started_at: string | null;
-  finished_at: string | null;
 }
 
 /** A status view with its ETag, as the polling path serves it. */

@@ -1,30 +1,19 @@
 // Publication is idempotent per job: a run thought lost that finishes beside its retry
 // must not make a second version of the model.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { createPrismaClient, type PrismaClient } from '../db/client.js';
-import { migrate } from '../db/migrate.js';
-import { createFreshSchema, databaseUnavailable, type FreshSchema } from '../db/testing/fresh-schema.js';
+import { describe, test } from 'node:test';
+import { databaseUnavailable } from '../db/testing/fresh-schema.js';
+import { useMigratedDatabase } from '../db/testing/migrated-database.js';
 import { ModelStore } from './model-store.js';
 
 const unavailable = await databaseUnavailable();
 
 describe('ModelStore.publish', { skip: unavailable ?? false }, () => {
-  let schema: FreshSchema;
-  let prisma: PrismaClient;
-  before(async () => {
-    schema = await createFreshSchema();
-    await migrate(schema.url);
-    prisma = createPrismaClient(schema.url);
-  });
-  after(async () => {
-    await prisma?.$disconnect();
-    await schema?.drop();
-  });
+  const db = useMigratedDatabase();
 
   test('one version per job, however often (and however concurrently) it publishes', async () => {
-    const store = new ModelStore(prisma);
-    const job = (name: string) => prisma.job.create({ data: { name, spec: {}, workers: 2 } });
+    const store = new ModelStore(db.prisma);
+    const job = (name: string) => db.prisma.job.create({ data: { name, spec: {}, workers: 2 } });
     const a = await job('a');
     const b = await job('b');
     const input = (jobId: string | null, file: string) => ({ name: 'm', jobId, artifactPath: `/artifacts/${file}`, metadata: {} });
@@ -37,7 +26,7 @@ describe('ModelStore.publish', { skip: unavailable ?? false }, () => {
     assert.equal(await store.publish(input(null, 'x')), 3);
     assert.equal(await store.publish(input(null, 'y')), 4);
 
-    const rows = await prisma.modelVersion.findMany({ orderBy: { version: 'asc' }, select: { version: true, jobId: true, artifactPath: true } });
+    const rows = await db.prisma.modelVersion.findMany({ orderBy: { version: 'asc' }, select: { version: true, jobId: true, artifactPath: true } });
     assert.deepEqual(rows.map((r) => [r.version, r.jobId]), [[1, a.id], [2, b.id], [3, null], [4, null]]);
     // Job a's version is whichever of its two concurrent publications came first.
     assert.ok(['/artifacts/a1', '/artifacts/a2'].includes(rows[0]!.artifactPath), rows[0]!.artifactPath);

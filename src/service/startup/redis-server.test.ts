@@ -3,8 +3,8 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -13,6 +13,8 @@ import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { isServiceStartError } from './start-errors.js';
 import { checkRedisPolicy, ensureRedis, isLocalHost, type RedisHandle } from './redis-server.js';
+import { alive } from '../../../test/support/alive.js';
+import { freePort } from '../../../test/support/ports.js';
 
 const SHARED_REDIS = 'redis://127.0.0.1:6379';
 const CHILD = fileURLToPath(new URL('./testing/private-redis-child.ts', import.meta.url));
@@ -23,16 +25,6 @@ after(async () => {
   rmSync(dataDir, { recursive: true, force: true });
 });
 
-/** A loopback port that nothing listens on (bound, then released). */
-async function closedPort(): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  assert.ok(typeof address === 'object' && address !== null);
-  return address.port;
-}
 
 async function serverPid(url: string): Promise<number> {
   const client = new Redis(url, { maxRetriesPerRequest: 0, retryStrategy: () => null });
@@ -43,25 +35,6 @@ async function serverPid(url: string): Promise<number> {
   }
 }
 
-/**
- * Whether `pid` is a live process. A process that has exited but is not reaped yet (a
- * zombie: its parent, the sh wrapper, may die first and leave the reaping to init) still
- * answers kill(pid, 0), so on Linux its state is read from /proc.
- */
-function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    // /proc/<pid>/stat: "pid (comm) S ..."; the state follows the last ')'.
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return process.platform !== 'linux';
-  }
-}
 
 /** Resolves when the server at `port` closes a connection held open to it (it exited). */
 async function connectionClosedBy(port: number): Promise<void> {
@@ -96,7 +69,7 @@ describe('ensureRedis', () => {
   });
 
   test('nothing at a local URL: starts a private redis-server that answers, configured for BullMQ; stop() ends it', async () => {
-    const port = await closedPort();
+    const port = await freePort();
     const redis = await ensureRedis(`redis://127.0.0.1:${port}/2`, { startIfMissing: true, dataDir });
     handles.push(redis);
     assert.equal(redis.started, true);
@@ -114,7 +87,7 @@ describe('ensureRedis', () => {
       assert.deepEqual(await client.call('CONFIG', 'GET', 'bind'), ['bind', '127.0.0.1']);
       assert.deepEqual(await client.call('CONFIG', 'GET', 'dir'), ['dir', join(dataDir, 'redis')]);
       pid = await serverPid(redis.url);
-      assert.ok(isRunning(pid));
+      assert.ok(alive(pid));
     } finally {
       client.disconnect();
     }
@@ -122,13 +95,13 @@ describe('ensureRedis', () => {
     const closed = connectionClosedBy(redisPort);
     await redis.stop();
     await closed;
-    assert.equal(isRunning(pid), false, `redis-server ${pid} still runs after stop()`);
+    assert.equal(alive(pid), false, `redis-server ${pid} still runs after stop()`);
     await assert.rejects(ensureRedis(redis.url, { startIfMissing: false }), (err) => isServiceStartError(err, 'TAS_ERR_REDIS_UNAVAILABLE'));
   });
 
   test('a private server that dies is started again on the same port; stop() ends it for good', { timeout: 60_000 }, async () => {
     const lines: string[] = [];
-    const redis = await ensureRedis(`redis://127.0.0.1:${await closedPort()}`, { dataDir, log: (m) => lines.push(m) });
+    const redis = await ensureRedis(`redis://127.0.0.1:${await freePort()}`, { dataDir, log: (m) => lines.push(m) });
     handles.push(redis);
     const port = Number(new URL(redis.url).port);
     const first = await serverPid(redis.url);
@@ -156,8 +129,8 @@ describe('ensureRedis', () => {
       await redis.stop();
       await last.closed;
       const deadline = Date.now() + 5000;
-      while (isRunning(second) && Date.now() < deadline) await new Promise((r) => setImmediate(r));
-      assert.equal(isRunning(second), false);
+      while (alive(second) && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+      assert.equal(alive(second), false);
       assert.equal(lines.length, 2, 'no restart after stop()');
       await assert.rejects(ensureRedis(redis.url, { startIfMissing: false }), (err) => isServiceStartError(err, 'TAS_ERR_REDIS_UNAVAILABLE'));
     } finally {
@@ -166,7 +139,7 @@ describe('ensureRedis', () => {
   });
 
   test('startIfMissing: false and nothing answers: a typed error saying how to get Redis', async () => {
-    const url = `redis://127.0.0.1:${await closedPort()}`;
+    const url = `redis://127.0.0.1:${await freePort()}`;
     await assert.rejects(ensureRedis(url, { startIfMissing: false }), (err) => {
       assert.ok(isServiceStartError(err, 'TAS_ERR_REDIS_UNAVAILABLE'), String(err));
       assert.ok(err.message.startsWith(`no Redis answers at ${url} (connect ECONNREFUSED`), err.message);
@@ -186,7 +159,7 @@ describe('ensureRedis', () => {
   });
 
   test('without redis-server on PATH: the error says to install it', async () => {
-    const url = `redis://127.0.0.1:${await closedPort()}`;
+    const url = `redis://127.0.0.1:${await freePort()}`;
     const saved = process.env.PATH;
     process.env.PATH = dataDir; // a directory without redis-server
     try {
@@ -202,7 +175,7 @@ describe('ensureRedis', () => {
   });
 
   test('a Redis that refuses our credentials is an error, not a reason to start another', async () => {
-    const redis = await ensureRedis(`redis://127.0.0.1:${await closedPort()}`, { dataDir });
+    const redis = await ensureRedis(`redis://127.0.0.1:${await freePort()}`, { dataDir });
     handles.push(redis);
     const admin = new Redis(redis.url);
     await admin.call('CONFIG', 'SET', 'requirepass', 's3cret');
@@ -221,7 +194,7 @@ describe('ensureRedis', () => {
   });
 
   test('a private server does not outlive its process, even after SIGKILL', { timeout: 60_000 }, async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CHILD, `redis://127.0.0.1:${await closedPort()}`], {
+    const child = spawn(process.execPath, ['--import', 'tsx', CHILD, `redis://127.0.0.1:${await freePort()}`], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     const exited = once(child, 'exit');
@@ -234,7 +207,7 @@ describe('ensureRedis', () => {
       ])) as [string];
       const { url, started, pid } = JSON.parse(line) as { url: string; started: boolean; pid: number };
       assert.equal(started, true);
-      assert.ok(isRunning(pid));
+      assert.ok(alive(pid));
       const closed = connectionClosedBy(Number(new URL(url).port));
       child.kill('SIGKILL');
       await closed;
@@ -242,8 +215,8 @@ describe('ensureRedis', () => {
       // Its sockets close inside the kernel's exit path, a moment before the process is
       // gone: wait for that (bounded), so only a server that keeps running fails.
       const deadline = Date.now() + 5000;
-      while (isRunning(pid) && Date.now() < deadline) await new Promise((r) => setImmediate(r));
-      assert.equal(isRunning(pid), false, `redis-server ${pid} outlived its process`);
+      while (alive(pid) && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+      assert.equal(alive(pid), false, `redis-server ${pid} outlived its process`);
     } finally {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     }
@@ -252,7 +225,7 @@ describe('ensureRedis', () => {
 
 describe('checkRedisPolicy', () => {
   test('null for noeviction; a warning naming the policy otherwise', async () => {
-    const redis = await ensureRedis(`redis://127.0.0.1:${await closedPort()}`, { dataDir });
+    const redis = await ensureRedis(`redis://127.0.0.1:${await freePort()}`, { dataDir });
     handles.push(redis);
     const client = new Redis(redis.url);
     try {
