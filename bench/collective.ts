@@ -11,7 +11,8 @@
  * workers on one host do (pool.ts `collectivePeers`). gloo runs over loopback TCP (its
  * transport here); ratios are printed for each of ours.
  * BENCH_WORLDS=2,4 (default) picks the world sizes; BENCH_GLOO=0 skips gloo;
- * BENCH_FRAME_BYTES sets the collective's frameBytes (default: the collective's own).
+ * BENCH_FRAME_BYTES sets the collective's frameBytes and BENCH_WINDOW_KB its
+ * crossHostWindowBytes in KiB (0: unbounded; default: the collective's own).
  * The rank processes start exactly as the pool starts its workers: the same Node flags
  * and malloc environment (src/gpu-pool/worker-env.ts; the first JSON line says which);
  * BENCH_WORKER_ENV=0 starts them as plain `node --import tsx` instead.
@@ -19,7 +20,7 @@
  * namespace, test/netns/hosts.ts) behind a link rate-limited to BENCH_LINK_MBIT (default
  * 1000) both ways, and gloo's ranks on the same hosts; lines give the all-reduce's bus
  * bandwidth (algorithm bandwidth x 2(W-1)/W, the share of each link an all-reduce uses)
- * against the link rate.
+ * against the link rate, from the p50 of 30 calls (min and p90 beside it).
  * Internally re-runs this file as `rank` and `tcp-echo` child processes.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -65,7 +66,8 @@ async function rankMain(world: number, rank: number, transport: string): Promise
   const { peers } = JSON.parse(line) as { peers: string[] };
   // Generous timeout: W=4 processes share 2 cores.
   const frameBytes = process.env.BENCH_FRAME_BYTES ? { frameBytes: Number(process.env.BENCH_FRAME_BYTES) } : {};
-  const c = await GrpcCollective.connect({ jobId: 'bench', generation: 1, rank, worldSize: world, peers, server, timeoutMs: 30_000, heartbeatMs: 500, ...frameBytes });
+  const window = process.env.BENCH_WINDOW_KB ? { crossHostWindowBytes: Number(process.env.BENCH_WINDOW_KB) * 1024 } : {};
+  const c = await GrpcCollective.connect({ jobId: 'bench', generation: 1, rank, worldSize: world, peers, server, timeoutMs: 30_000, heartbeatMs: 500, ...frameBytes, ...window });
   const report = (o: Record<string, unknown>) => rank === 0 && emit({ bench: 'collective', impl: 'grpc', transport, world, ...o });
 
   const time = async (f: () => Promise<unknown>, warm: number, iters: number): Promise<number[]> => {
@@ -93,7 +95,7 @@ async function rankMain(world: number, rank: number, transport: string): Promise
   }
   for (const [n, iters] of [
     [262_144, 50],
-    [4_194_304, 10],
+    [4_194_304, transport === 'netns' ? 30 : 10],
   ] as const) {
     // allReduceInPlace is torch.distributed.all_reduce's form, which gloo's script times;
     // allReduce also allocates the result array.
@@ -102,7 +104,7 @@ async function rankMain(world: number, rank: number, transport: string): Promise
       const x = new Float32Array(n).fill(1);
       const ts = await time(() => (op === 'allReduce' ? c.allReduce(x) : c.allReduceInPlace(x)), 5, iters);
       const p50 = quantile(ts, 0.5);
-      report({ op, floats: n, iters, p50_us: round(p50 * 1000, 1), algbw_GBps: round((n * 4) / (p50 / 1000) / 1e9) });
+      report({ op, floats: n, iters, p50_us: round(p50 * 1000, 1), min_us: round(Math.min(...ts) * 1000, 1), p90_us: round(quantile(ts, 0.9) * 1000, 1), algbw_GBps: round((n * 4) / (p50 / 1000) / 1e9) });
     }
   }
   if (transport !== 'netns') {

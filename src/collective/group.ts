@@ -70,6 +70,13 @@ export interface GrpcCollectiveOptions {
    * of two ranks: 1 MiB).
    */
   frameBytes?: number;
+  /**
+   * How many bytes a peer on another host (a TCP address other than loopback) may have in
+   * flight to this rank at once: the HTTP/2 receive window of the stream its frames come
+   * on (default `CROSS_HOST_WINDOW`, 512 KiB; 0: unbounded, TCP alone paces). See
+   * `CROSS_HOST_WINDOW` for why; peers on this host are never bounded.
+   */
+  crossHostWindowBytes?: number;
   /** PEM file paths: mutual TLS. Plaintext when absent. */
   tls?: TlsFiles;
   /** Where rejected frames and failures are reported (default console.warn). */
@@ -108,15 +115,38 @@ export function family(op: Op): CallInfo['name'] | undefined {
 const DEFAULT_FRAME_BYTES = 4 << 20;
 
 /**
- * Frame payload size of a large allReduce when the options give none: 1 MiB for two ranks
- * (each half of the buffer is 8 frames, so the reduce-scatter, the sums and the all-gather
- * overlap), 4 MiB for more. Chosen with grpc-js, which cost per message; on grpc-h2.ts the
- * size barely matters (16 MB in place, loopback, p50: W=2 256 KiB-2 MiB 10.3-11.6 ms,
- * W=4 1-4 MiB 33.6-34.5 ms, within this VM's noise). Other calls (broadcast, allGather)
- * send 4 MiB frames: nothing to overlap there.
+ * The receive window of a stream from a rank on another host. A large all-reduce sends to
+ * W-1 peers at once; across hosts those streams share each host's link, and with nothing
+ * but TCP pacing them, whichever has the larger congestion window takes the link while the
+ * others queue behind it (a switch or `tc` queue holds tens of milliseconds), so segments
+ * finish at different times and the all-gather waits for the last. A bounded window keeps
+ * every stream's bytes in flight equal, and the link's share with them. Measured
+ * (bench:collective namespace mode, W=4, 16 MB, 1 Gbit/s links): unbounded 0.852-0.900
+ * of the link rate (8 runs, p90 248-279 ms); 512 KiB 0.900-0.924 (9 runs, p90 229-236
+ * ms); gloo 0.934-0.952 (docs/decisions/0004). On loopback or a Unix socket the same
+ * window halves the throughput (the receiver's event loop, shared with the other ranks'
+ * on few cores, gives the window back late), so peers on the same host are never bounded.
  */
-function defaultReduceFrameBytes(worldSize: number): number {
-  return worldSize === 2 ? 1 << 20 : DEFAULT_FRAME_BYTES;
+export const CROSS_HOST_WINDOW = 512 << 10;
+
+/** A TCP address on another host: neither `unix:` nor loopback. */
+export function acrossHosts(address: string): boolean {
+  if (address.startsWith('unix:')) return false;
+  const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[(.*)\]$/u, '$1').toLowerCase();
+  return !(host === 'localhost' || host === '::1' || /^(::ffff:)?127\./u.test(host));
+}
+
+/**
+ * Frame payload size of a large allReduce when the options give none: 1 MiB, so that each
+ * segment is several frames and the reduce-scatter, the sums and the all-gather overlap.
+ * Across hosts that matters (bench:collective namespace mode, W=4, 16 MB, 1 Gbit/s links,
+ * 512 KiB windows: 1 MiB frames 0.912 of the link rate, 4 MiB 0.864, twice each); on one
+ * host the size barely does (16 MB in place, loopback, p50: W=2 256 KiB-2 MiB 10.3-11.6
+ * ms, W=4 1-4 MiB 33.6-34.5 ms, within this VM's noise). Other calls (broadcast,
+ * allGather) send 4 MiB frames: nothing to overlap there.
+ */
+function defaultReduceFrameBytes(): number {
+  return 1 << 20;
 }
 
 export class CollectiveGroup implements RoutedGroup, LinkOwner {
@@ -141,6 +171,8 @@ export class CollectiveGroup implements RoutedGroup, LinkOwner {
   protected readonly frameFloats: number;
   /** Largest payload per frame of a large allReduce. */
   protected readonly reduceFrameFloats: number;
+  /** Receive window of a stream from a rank on another host; 0: unbounded. */
+  private readonly crossHostWindow: number;
   protected readonly header: Buffer;
   /** This attempt's collective token: a HELLO must carry it (GrpcCollectiveOptions.token). */
   private readonly token: string;
@@ -181,7 +213,8 @@ export class CollectiveGroup implements RoutedGroup, LinkOwner {
     this.connectTimeoutMs = opts.connectTimeoutMs ?? Math.max(30_000, this.timeoutMs);
     this.smallBytes = opts.smallMessageBytes ?? 64 * 1024;
     this.frameFloats = Math.max(1, Math.floor((opts.frameBytes ?? DEFAULT_FRAME_BYTES) / 4));
-    this.reduceFrameFloats = Math.max(1, Math.floor((opts.frameBytes ?? defaultReduceFrameBytes(this.worldSize)) / 4));
+    this.reduceFrameFloats = Math.max(1, Math.floor((opts.frameBytes ?? defaultReduceFrameBytes()) / 4));
+    this.crossHostWindow = opts.crossHostWindowBytes ?? CROSS_HOST_WINDOW;
     this.log = opts.log ?? ((m) => console.warn(m));
     this.header = encodeFrameHeader(this.jobId, this.generation, this.rank);
     this.token = opts.token ?? '';
@@ -218,7 +251,8 @@ export class CollectiveGroup implements RoutedGroup, LinkOwner {
     let backoff = 20;
     const attempt = () => {
       if (this.failure || this.closing) return;
-      const { call, close } = dialH2(this.peers[p], EXCHANGE_PATH, recvAlloc, this.tls);
+      const window = acrossHosts(this.peers[p]) ? this.crossHostWindow : 0;
+      const { call, close } = dialH2(this.peers[p], EXCHANGE_PATH, recvAlloc, this.tls, window > 0 ? { receiveWindow: window } : {});
       this.connections.push(close);
       this.dialCalls.add(call);
       let link: Link | undefined;

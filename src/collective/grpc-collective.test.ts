@@ -14,6 +14,7 @@ import { COLLECTIVE_SERVICE, decodeFrame, encodeFrame, encodeFrameHeader, encode
 import { recvAlloc } from './receive-buffers.js';
 import { hasOpenssl, makeTestCerts } from '../grpc/testing/tls.js';
 import { MessageReader, PLACE_MIN, PLACE_PEEK } from './transport/grpc-h2.js';
+import { acrossHosts } from './group.js';
 
 const PROTO = join(import.meta.dirname, '../../proto/collective.proto');
 
@@ -131,6 +132,13 @@ describe('collective.proto wire format', () => {
         assert.deepEqual(Array.from(new Float32Array(f.payload.buffer, f.payload.byteOffset, 3)), [1, 2, 3]);
       }
     }
+  });
+});
+
+describe('acrossHosts: which peers get a bounded receive window', () => {
+  it('TCP to another host, not Unix sockets or loopback in any spelling', () => {
+    for (const a of ['10.77.0.2:7000', '[fd00::5]:7000', 'worker-3.tas:7000', '192.168.1.4:1']) assert.equal(acrossHosts(a), true, a);
+    for (const a of ['unix:/tmp/x.sock', '127.0.0.1:7000', '127.1.2.3:7000', 'localhost:7000', 'LOCALHOST:7000', '[::1]:7000', '[::ffff:127.0.0.1]:7000']) assert.equal(acrossHosts(a), false, a);
   });
 });
 

@@ -17,8 +17,9 @@
  *   frame as they arrive and sends each final frame to every other rank
  *   (ALL_GATHER_RING), where it is only copied into the result. 2(W-1)/W of the buffer
  *   each way per rank, as a ring, in 2 dependent steps instead of 2(W-1), pipelined in
- *   frames of `frameBytes` (1 MiB for two ranks, 4 MiB for more:
- *   `defaultReduceFrameBytes`).
+ *   frames of `frameBytes` (1 MiB: `defaultReduceFrameBytes`). Across hosts every
+ *   stream's bytes in flight are bounded (`CROSS_HOST_WINDOW`, group.ts), so the W-1
+ *   streams out of a link share it evenly.
  * - allReduceInPlace: the same frames and bits, the result written into the caller's
  *   buffer (torch's all_reduce): each final segment overwrites the values sent from there
  *   once their write reached the socket.

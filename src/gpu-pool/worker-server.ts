@@ -60,6 +60,19 @@ function deviceFor(options: WorkerServerOptions): DeviceAssignment {
   return assignDevices(1)[0];
 }
 
+/**
+ * TAS_COLLECTIVE_WINDOW_KB: how many KiB a rank on another host may have in flight to
+ * this worker's ranks at once (the collective's `crossHostWindowBytes`; 0: unbounded).
+ * Unset: the collective's default (512 KiB).
+ */
+export function collectiveWindowFromEnv(env: NodeJS.ProcessEnv): number | undefined {
+  const raw = env.TAS_COLLECTIVE_WINDOW_KB?.trim();
+  if (!raw) return undefined;
+  const kb = Number(raw);
+  if (!Number.isInteger(kb) || kb < 0 || kb > 2 ** 21) throw new RangeError(`TAS_COLLECTIVE_WINDOW_KB must be an integer from 0 (unbounded) to 2097152, got '${raw}'`);
+  return kb * 1024;
+}
+
 export async function startWorkerServer(options: WorkerServerOptions = {}): Promise<WorkerServer> {
   const log = options.log ?? ((m: string) => process.stderr.write(`[tas worker] ${m}\n`));
   const backend = await initBackend(undefined, log);
@@ -71,11 +84,12 @@ export async function startWorkerServer(options: WorkerServerOptions = {}): Prom
   const server = new grpc.Server({ 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': -1 });
   const memoryLimitBytes = workerMemoryLimitBytes(device, backend.name);
   const failpoints = parseFailpoints(process.env.TAS_FAILPOINTS);
+  const windowBytes = collectiveWindowFromEnv(process.env);
   if (failpoints.length > 0) log(`failpoints armed (TAS_FAILPOINTS): ${process.env.TAS_FAILPOINTS}`);
   addWorkerService(server, {
     device,
     collective: { port: coll.port, unixPath: coll.unixPath, hostId: hostId() },
-    connectCollective: (req) => GrpcCollective.connect({ ...req, server: coll.server, log, ...(options.tls ? { tls: options.tls } : {}) }),
+    connectCollective: (req) => GrpcCollective.connect({ ...req, server: coll.server, log, ...(windowBytes !== undefined ? { crossHostWindowBytes: windowBytes } : {}), ...(options.tls ? { tls: options.tls } : {}) }),
     memoryLimitBytes,
     ...(options.onEngineFailure ? { onEngineFailure: options.onEngineFailure } : {}),
     ...(failpoints.length > 0 ? { failpoints } : {}),

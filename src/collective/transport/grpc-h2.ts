@@ -526,7 +526,7 @@ function target(address: string): { path: string } | { host: string; port: numbe
  * it. A connection that cannot be made fails the call with UNAVAILABLE (callers retry).
  * `close()` ends the connection (gracefully: after the call).
  */
-export function dial(address: string, path: string, alloc: Alloc, files?: TlsFiles): { call: GrpcCall; close: () => void } {
+export function dial(address: string, path: string, alloc: Alloc, files?: TlsFiles, options: { receiveWindow?: number } = {}): { call: GrpcCall; close: () => void } {
   const t = target(address);
   const authority = 'path' in t ? 'localhost' : address;
   let conn: H2Connection | undefined;
@@ -538,7 +538,7 @@ export function dial(address: string, path: string, alloc: Alloc, files?: TlsFil
     const host = 'path' in t ? 'localhost' : t.host;
     sock = tls.connect({ ...t, ...creds, ALPNProtocols: ['h2'], ...(net.isIP(host) ? {} : { servername: host }) });
   } else sock = net.connect({ ...t, onread });
-  conn = new H2Connection(sock, true, { readInto: !files });
+  conn = new H2Connection(sock, true, { readInto: !files, ...(options.receiveWindow ? { receiveWindow: options.receiveWindow } : {}) });
   const stream = conn.request([
     [':method', 'POST'],
     [':scheme', files ? 'https' : 'http'],

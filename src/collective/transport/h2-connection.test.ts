@@ -62,6 +62,32 @@ describe('HTTP/2 interop with node:http2', () => {
     assert.ok(call.stream.conn.bytesReadDirect > 0.9 * total, `${call.stream.conn.bytesReadDirect} of ${total} bytes read in place`);
   });
 
+  it('our client with a bounded receive window: the server may send only that much at once, in quarter-window frames, and every byte arrives', async () => {
+    const srv = http2.createServer();
+    const seen: { maxFrame?: number; window?: number } = {};
+    const body = randomBytes(2 << 20);
+    srv.on('stream', (stream) => {
+      // What our client told this server: its largest frame and the connection's window.
+      seen.maxFrame = stream.session!.remoteSettings.maxFrameSize;
+      seen.window = stream.session!.state.remoteWindowSize;
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.end(grpcMessage(body));
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    cleanup.push(() => srv.close());
+    const { call, close } = dial(`127.0.0.1:${(srv.address() as AddressInfo).port}`, PATH, alloc, undefined, { receiveWindow: 128 << 10 });
+    cleanup.push(close);
+    const got = collect(call);
+    call.end();
+    const { messages, status } = await got;
+    assert.equal(status.code, 0);
+    assert.equal(seen.maxFrame, 32 << 10);
+    assert.ok(seen.window !== undefined && seen.window <= 128 << 10, `connection window ${seen.window}`);
+    assert.equal(messages.length, 1);
+    assert.ok(messages[0]!.equals(body));
+  });
+
   it('node:http2 client against our server: echo of large messages, trailers, and UNIMPLEMENTED for another path', async () => {
     const server = await GrpcH2Server.listen(PATH, alloc, { host: '127.0.0.1', port: 0 });
     cleanup.push(() => server.forceShutdown());

@@ -48,6 +48,10 @@ const LOCAL_MAX_FRAME = 1 << 20;
 const SEND_MAX_FRAME = 1 << 20;
 /** Receive windows are topped up once this much of them is consumed. */
 const WINDOW_REFILL = 2 ** 30;
+/** The smallest receive window a connection may ask for (HTTP/2's initial window, 64 KiB). */
+const MIN_RECEIVE_WINDOW = 65535;
+/** HTTP/2's smallest SETTINGS_MAX_FRAME_SIZE. */
+const MIN_MAX_FRAME = 16384;
 /** A header block larger than this is refused (ours are a few hundred bytes). */
 const MAX_HEADER_BLOCK = 64 * 1024;
 /** Bytes a client connection's socket reads into at a time (one reused buffer). */
@@ -176,6 +180,12 @@ export class H2Stream extends EventEmitter {
 export interface H2ConnectionOptions {
   /** Client: read with `onread` into one reused buffer (the socket must have been created with `onread`); false: 'data' events. */
   readInto?: boolean;
+  /**
+   * The connection's receive window in bytes: at most this much of the peer's DATA is in
+   * flight to us at once (we ask for DATA frames of at most a quarter of it and give the
+   * window back a quarter at a time). Default: 2^31-1, as good as none: TCP alone paces.
+   */
+  receiveWindow?: number;
 }
 
 /**
@@ -192,6 +202,8 @@ export class H2Connection extends EventEmitter {
   private peerMaxFrame = 16384;
   private connSendWindow = 65535;
   private connRecvUnacked = 0;
+  /** Received DATA bytes that make us give the connection window back (`receiveWindow`). */
+  private readonly connRefill: number;
   /** Streams waiting for connection-level send window. */
   private readonly blocked = new Set<H2Stream>();
   private goawaySent = false;
@@ -242,12 +254,16 @@ export class H2Connection extends EventEmitter {
     socket.on('error', (e: Error) => this.die(e));
     socket.on('close', () => this.die(new Error('connection closed')));
     socket.on('end', () => this.die(new Error('connection ended by the peer')));
-    // Our settings; the connection receive window up to the maximum.
+    // Our settings: stream windows at the maximum; the connection's receive window the
+    // one asked for (else the maximum), with frames small enough to give it back in parts.
+    const window = Math.min(MAX_WINDOW, Math.max(MIN_RECEIVE_WINDOW, Math.floor(opts.receiveWindow ?? MAX_WINDOW)));
+    const maxFrame = Math.min(LOCAL_MAX_FRAME, Math.max(MIN_MAX_FRAME, Math.floor(window / 4)));
+    this.connRefill = window === MAX_WINDOW ? WINDOW_REFILL : maxFrame;
     socket.cork();
     if (isClient) socket.write(PREFACE);
     const settings: Array<[number, number]> = [
       [S.INITIAL_WINDOW_SIZE, MAX_WINDOW],
-      [S.MAX_FRAME_SIZE, LOCAL_MAX_FRAME],
+      [S.MAX_FRAME_SIZE, maxFrame],
     ];
     if (isClient) settings.push([S.ENABLE_PUSH, 0]);
     const p = Buffer.allocUnsafe(6 * settings.length);
@@ -256,7 +272,7 @@ export class H2Connection extends EventEmitter {
       p.writeUInt32BE(v, 6 * i + 2);
     });
     this.writeFrame(T.SETTINGS, 0, 0, p);
-    this.writeFrame(T.WINDOW_UPDATE, 0, 0, u32(MAX_WINDOW - 65535));
+    this.writeFrame(T.WINDOW_UPDATE, 0, 0, u32(window - 65535));
     socket.uncork();
   }
 
@@ -587,7 +603,7 @@ export class H2Connection extends EventEmitter {
     const s = this.dStream;
     this.dStream = undefined;
     this.connRecvUnacked += len;
-    if (this.connRecvUnacked >= WINDOW_REFILL) {
+    if (this.connRecvUnacked >= this.connRefill) {
       this.writeFrame(T.WINDOW_UPDATE, 0, 0, u32(this.connRecvUnacked));
       this.connRecvUnacked = 0;
     }
