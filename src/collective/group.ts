@@ -122,8 +122,8 @@ const DEFAULT_FRAME_BYTES = 4 << 20;
  * finish at different times and the all-gather waits for the last. A bounded window keeps
  * every stream's bytes in flight equal, and the link's share with them. Measured
  * (bench:collective namespace mode, W=4, 16 MB, 1 Gbit/s links): unbounded 0.852-0.900
- * of the link rate (8 runs, p90 248-279 ms); 512 KiB 0.900-0.924 (9 runs, p90 229-236
- * ms); gloo 0.934-0.952 (docs/decisions/0004). On loopback or a Unix socket the same
+ * of the link rate (8 runs, p90 248-279 ms); 512 KiB 0.900-0.920 (5 runs, p90 229-236
+ * ms); gloo 0.937-0.947 (docs/decisions/0004). On loopback or a Unix socket the same
  * window halves the throughput (the receiver's event loop, shared with the other ranks'
  * on few cores, gives the window back late), so peers on the same host are never bounded.
  */
