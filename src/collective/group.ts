@@ -66,8 +66,8 @@ export interface GrpcCollectiveOptions {
   /** allReduce buffers below this many bytes use the rank-order all-to-all (default 64 KiB). */
   smallMessageBytes?: number;
   /**
-   * Largest payload per frame; larger messages are split (default 4 MiB; a large allReduce
-   * of two ranks: 1 MiB).
+   * Largest payload per frame; larger messages are split (default 4 MiB; a large
+   * allReduce: 1 MiB).
    */
   frameBytes?: number;
   /**

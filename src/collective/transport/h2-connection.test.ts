@@ -62,7 +62,7 @@ describe('HTTP/2 interop with node:http2', () => {
     assert.ok(call.stream.conn.bytesReadDirect > 0.9 * total, `${call.stream.conn.bytesReadDirect} of ${total} bytes read in place`);
   });
 
-  it('our client with a bounded receive window: the server may send only that much at once, in quarter-window frames, and every byte arrives', async () => {
+  it('our client with a bounded receive window: the server may send only that much at once, in quarter-window frames, and every byte arrives', { timeout: 15_000 }, async () => {
     const srv = http2.createServer();
     const seen: { maxFrame?: number; window?: number } = {};
     const body = randomBytes(2 << 20);
@@ -76,7 +76,8 @@ describe('HTTP/2 interop with node:http2', () => {
     });
     await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
     cleanup.push(() => srv.close());
-    const { call, close } = dial(`127.0.0.1:${(srv.address() as AddressInfo).port}`, PATH, alloc, undefined, { receiveWindow: 128 << 10 });
+    const port = (srv.address() as AddressInfo).port;
+    const { call, close } = dial(`127.0.0.1:${port}`, PATH, alloc, undefined, { receiveWindow: 128 << 10 });
     cleanup.push(close);
     const got = collect(call);
     call.end();
@@ -86,6 +87,16 @@ describe('HTTP/2 interop with node:http2', () => {
     assert.ok(seen.window !== undefined && seen.window <= 128 << 10, `connection window ${seen.window}`);
     assert.equal(messages.length, 1);
     assert.ok(messages[0]!.equals(body));
+    // The smallest window, HTTP/2's initial one: no window update is sent (an increment of
+    // 0 would be a protocol error) and the message still arrives, in 16 KiB frames.
+    const smallest = dial(`127.0.0.1:${port}`, PATH, alloc, undefined, { receiveWindow: 1 });
+    cleanup.push(smallest.close);
+    const again = collect(smallest.call);
+    smallest.call.end();
+    const second = await again;
+    assert.equal(second.status.code, 0);
+    assert.equal(seen.maxFrame, 16 << 10);
+    assert.ok(second.messages[0]!.equals(body));
   });
 
   it('node:http2 client against our server: echo of large messages, trailers, and UNIMPLEMENTED for another path', async () => {

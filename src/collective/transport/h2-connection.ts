@@ -272,7 +272,8 @@ export class H2Connection extends EventEmitter {
       p.writeUInt32BE(v, 6 * i + 2);
     });
     this.writeFrame(T.SETTINGS, 0, 0, p);
-    this.writeFrame(T.WINDOW_UPDATE, 0, 0, u32(window - 65535));
+    // The connection starts at HTTP/2's 65,535 bytes; an increment of 0 is an error.
+    if (window > 65535) this.writeFrame(T.WINDOW_UPDATE, 0, 0, u32(window - 65535));
     socket.uncork();
   }
 
