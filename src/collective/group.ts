@@ -30,6 +30,7 @@ import { Link, routerFor, type CollectiveServer, type LinkOwner, type RoutedGrou
 import { frameOf, recvAlloc } from './receive-buffers.js';
 import { dial as dialH2, Status, statusName, type CallStatus, type GrpcCall } from './transport/grpc-h2.js';
 import type { TlsFiles } from '../grpc/tls-files.js';
+import { acrossHosts, CROSS_HOST_WINDOW } from './cross-host.js';
 import { timingSafeEqual } from 'node:crypto';
 
 /** Whether a HELLO's token is this attempt's (constant time for equal lengths). */
@@ -74,7 +75,7 @@ export interface GrpcCollectiveOptions {
    * How many bytes a peer on another host (a TCP address other than loopback) may have in
    * flight to this rank at once: the HTTP/2 receive window of the stream its frames come
    * on (default `CROSS_HOST_WINDOW`, 512 KiB; 0: unbounded, TCP alone paces). See
-   * `CROSS_HOST_WINDOW` for why; peers on this host are never bounded.
+   * `CROSS_HOST_WINDOW` (cross-host.ts) for why; peers on this host are never bounded.
    */
   crossHostWindowBytes?: number;
   /** PEM file paths: mutual TLS. Plaintext when absent. */
@@ -113,28 +114,6 @@ export function family(op: Op): CallInfo['name'] | undefined {
 }
 
 const DEFAULT_FRAME_BYTES = 4 << 20;
-
-/**
- * The receive window of a stream from a rank on another host. A large all-reduce sends to
- * W-1 peers at once; across hosts those streams share each host's link, and with nothing
- * but TCP pacing them, whichever has the larger congestion window takes the link while the
- * others queue behind it (a switch or `tc` queue holds tens of milliseconds), so segments
- * finish at different times and the all-gather waits for the last. A bounded window keeps
- * every stream's bytes in flight equal, and the link's share with them. Measured
- * (bench:collective namespace mode, W=4, 16 MB, 1 Gbit/s links): unbounded 0.852-0.900
- * of the link rate (8 runs, p90 248-279 ms); 512 KiB 0.900-0.920 (5 runs, p90 229-236
- * ms); gloo 0.937-0.947 (docs/decisions/0004). On loopback or a Unix socket the same
- * window halves the throughput (the receiver's event loop, shared with the other ranks'
- * on few cores, gives the window back late), so peers on the same host are never bounded.
- */
-export const CROSS_HOST_WINDOW = 512 << 10;
-
-/** A TCP address on another host: neither `unix:` nor loopback. */
-export function acrossHosts(address: string): boolean {
-  if (address.startsWith('unix:')) return false;
-  const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[(.*)\]$/u, '$1').toLowerCase();
-  return !(host === 'localhost' || host === '::1' || /^(::ffff:)?127\./u.test(host));
-}
 
 /**
  * Frame payload size of a large allReduce when the options give none: 1 MiB, so that each

@@ -14,7 +14,7 @@ import { COLLECTIVE_SERVICE, decodeFrame, encodeFrame, encodeFrameHeader, encode
 import { recvAlloc } from './receive-buffers.js';
 import { hasOpenssl, makeTestCerts } from '../grpc/testing/tls.js';
 import { MessageReader, PLACE_MIN, PLACE_PEEK } from './transport/grpc-h2.js';
-import { acrossHosts } from './group.js';
+import { acrossHosts } from './cross-host.js';
 
 const PROTO = join(import.meta.dirname, '../../proto/collective.proto');
 

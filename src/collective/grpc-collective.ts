@@ -18,7 +18,7 @@
  *   (ALL_GATHER_RING), where it is only copied into the result. 2(W-1)/W of the buffer
  *   each way per rank, as a ring, in 2 dependent steps instead of 2(W-1), pipelined in
  *   frames of `frameBytes` (1 MiB: `defaultReduceFrameBytes`). Across hosts every
- *   stream's bytes in flight are bounded (`CROSS_HOST_WINDOW`, group.ts), so the W-1
+ *   stream's bytes in flight are bounded (`CROSS_HOST_WINDOW`, cross-host.ts), so the W-1
  *   streams out of a link share it evenly.
  * - allReduceInPlace: the same frames and bits, the result written into the caller's
  *   buffer (torch's all_reduce): each final segment overwrites the values sent from there
