@@ -43,6 +43,20 @@ async function makeGroup(world: number, opts: Partial<GrpcCollectiveOptions> = {
   };
 }
 
+/** Dials `peer` with grpc-js, sends `hello` and resolves with the error status the server ends the call with (rejects if it answers a frame). */
+function refusedHello(peer: string, hello: Buffer): Promise<grpc.ServiceError> {
+  return new Promise<grpc.ServiceError>((resolve, reject) => {
+    const client = new grpc.Client(peer, grpc.credentials.createInsecure());
+    const call = client.makeBidiStreamRequest<Buffer, Frame>(EXCHANGE_PATH, (b) => b, decodeFrame);
+    call.on('data', (f: Frame) => reject(new Error(`accepted: ${Op[f.op]}`)));
+    call.on('error', (e: grpc.ServiceError) => {
+      client.close();
+      resolve(e);
+    });
+    call.write(hello);
+  });
+}
+
 function inProcess<T>(world: number, fn: (c: Collective, rank: number) => Promise<T>): Promise<T[]> {
   const g = new InProcessGroup(world);
   return Promise.all(Array.from({ length: world }, (_, r) => fn(g.member(r), r)));
@@ -373,17 +387,7 @@ describe('GrpcCollective', () => {
     const logs: string[] = [];
     const g = await makeGroup(2, { generation: 5, log: (m) => logs.push(m) });
     try {
-      const hello = (jobId: string, generation: number) =>
-        new Promise<grpc.ServiceError>((resolve, reject) => {
-          const client = new grpc.Client(g.peers[0], grpc.credentials.createInsecure());
-          const call = client.makeBidiStreamRequest<Buffer, Frame>(EXCHANGE_PATH, (b) => b, decodeFrame);
-          call.on('data', (f: Frame) => reject(new Error(`accepted: ${Op[f.op]}`)));
-          call.on('error', (e: grpc.ServiceError) => {
-            client.close();
-            resolve(e);
-          });
-          call.write(encodeFrame(encodeFrameHeader(jobId, generation, 1), { op: Op.HELLO, worldSize: 2 }));
-        });
+      const hello = (jobId: string, generation: number) => refusedHello(g.peers[0]!, encodeFrame(encodeFrameHeader(jobId, generation, 1), { op: Op.HELLO, worldSize: 2 }));
       const other = await hello('another-job', 5);
       assert.equal(other.code, grpc.status.UNAVAILABLE);
       assert.match(other.details, /no collective of job another-job generation 5 here/);
@@ -406,17 +410,7 @@ describe('GrpcCollective', () => {
     const logs: string[] = [];
     const g = await makeGroup(2, { generation: 3, token: 'attempt-secret', log: (m) => logs.push(m) });
     try {
-      const hello = (token: string | undefined) =>
-        new Promise<grpc.ServiceError>((resolve, reject) => {
-          const client = new grpc.Client(g.peers[0], grpc.credentials.createInsecure());
-          const call = client.makeBidiStreamRequest<Buffer, Frame>(EXCHANGE_PATH, (b) => b, decodeFrame);
-          call.on('data', (f: Frame) => reject(new Error(`accepted: ${Op[f.op]}`)));
-          call.on('error', (e: grpc.ServiceError) => {
-            client.close();
-            resolve(e);
-          });
-          call.write(encodeFrame(encodeFrameHeader(g.jobId, 3, 1), { op: Op.HELLO, worldSize: 2, ...(token !== undefined ? { token } : {}) }));
-        });
+      const hello = (token: string | undefined) => refusedHello(g.peers[0]!, encodeFrame(encodeFrameHeader(g.jobId, 3, 1), { op: Op.HELLO, worldSize: 2, ...(token !== undefined ? { token } : {}) }));
       for (const token of [undefined, 'guessed-secret']) {
         const refused = await hello(token);
         assert.equal(refused.code, grpc.status.FAILED_PRECONDITION);
