@@ -20,6 +20,7 @@ import type { TlsFiles } from '../grpc/tls-files.js';
 import type { ServiceConfig } from '../service/startup/config.js';
 import { createPrismaClient, type PrismaClient } from '../service/db/client.js';
 import { migrate } from '../service/db/migrate.js';
+import { ChangeFeed } from '../service/db/change-feed.js';
 import { DatasetStore } from '../service/datasets/dataset-store.js';
 import { startEmbeddedPostgres } from '../service/startup/embedded-postgres.js';
 import { JobService } from '../service/jobs/job-service.js';
@@ -213,9 +214,14 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
       onStop('inference', () => inference.close());
       grpcAddress = inference.grpc?.address ?? null;
       const datasets = new DatasetStore({ prisma, dataDir: config.dataDir });
+      // Long polls of jobs answer when a change commits, whichever process wrote it.
+      const changes = new ChangeFeed(databaseUrl, { log });
+      await changes.start();
+      onStop('change feed', () => changes.close());
+      if (!changes.live) log('change feed: not listening yet; job long polls read every 25 ms until it is');
       app = await buildApp({
         prisma,
-        jobs: new JobService({ prisma, queue, redis: commands, cancelChannel: names.cancelChannel, dataDir: config.dataDir, probeIntervalMs: config.probeIntervalMs, redisHealth, log }),
+        jobs: new JobService({ prisma, queue, redis: commands, cancelChannel: names.cancelChannel, dataDir: config.dataDir, probeIntervalMs: config.probeIntervalMs, redisHealth, log, changes }),
         models: new ModelStore(prisma),
         queue,
         probeIntervalMs: config.probeIntervalMs,
@@ -225,6 +231,7 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
         registry: metricsRegistry,
         tenants,
         workers: { registry, files: new JobFiles({ prisma, dataDir: config.dataDir }), heartbeatMs: config.workerHeartbeatMs, leaveAfterMs: config.workerLeaveAfterMs },
+        changes,
       }, { access: { auth, corsOrigins: config.corsOrigins, redis: commands, rateLimitNamespace: rateNamespace } });
       const server = app;
       onStop('REST API', () => server.close());

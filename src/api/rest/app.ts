@@ -16,6 +16,7 @@ import { ApiError, toApiError } from './http-errors.js';
 import { registerPrometheus } from './prometheus.js';
 import { healthRoutes, type ReadinessCheck } from './routes/health.js';
 import { jobRoutes } from './routes/jobs.js';
+import type { ChangeSource } from './long-poll.js';
 import { modelRoutes } from './routes/models.js';
 import { poolRoutes } from './routes/pool.js';
 import { uiRoutes } from './routes/ui.js';
@@ -111,6 +112,8 @@ export interface ApiDeps {
   readonly tenants?: TenantStore;
   /** Workers joining by URL and their jobs' files (/v1/workers, /v1/worker-files); without it those routes are absent. */
   readonly workers?: WorkerRouteOptions;
+  /** Committed changes as the database announces them (service/db/change-feed.ts): job long polls answer when one commits. @defaultValue long polls read every 25 ms */
+  readonly changes?: ChangeSource;
 }
 
 /** The whole REST API: OpenAPI at /docs, then every resource's routes. */
@@ -140,7 +143,7 @@ export async function buildApp(deps: ApiDeps, options: BuildAppOptions = {}): Pr
   await app.register(swaggerUi, { routePrefix: '/docs' });
   registerPrometheus(app, { prisma: deps.prisma, queue: deps.queue, probeIntervalMs: deps.probeIntervalMs, ...(deps.registry ? { registry: deps.registry } : {}) });
   await app.register(healthRoutes, { checks: deps.checks });
-  await app.register(jobRoutes, { jobs: deps.jobs });
+  await app.register(jobRoutes, { jobs: deps.jobs, ...(deps.changes ? { changes: deps.changes } : {}) });
   await app.register(modelRoutes, { models: deps.models });
   await app.register(poolRoutes, { prisma: deps.prisma, probeIntervalMs: deps.probeIntervalMs });
   await app.register(uiRoutes, deps.uiDir !== undefined ? { dir: deps.uiDir } : {});

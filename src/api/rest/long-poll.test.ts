@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import { describe, test } from 'node:test';
-import { ChangeWatch } from './long-poll.js';
+import { ChangeWatch, type ChangeSource } from './long-poll.js';
 
 /** A resource whose value the test changes, counting its reads; `changed` fires on each read after a change. */
 function resource() {
@@ -22,6 +22,25 @@ function resource() {
 }
 
 const tagOf = (v: number) => `v${v}`;
+
+/** Announcements as the test makes them (what the database's change feed delivers). */
+class Announcer implements ChangeSource {
+  live = true;
+  private readonly listeners = new Set<(topic: string | null) => void>();
+  subscribe(changed: (topic: string | null) => void): () => void {
+    this.listeners.add(changed);
+    return () => this.listeners.delete(changed);
+  }
+  announce(topic: string | null): void {
+    for (const l of this.listeners) l(topic);
+  }
+}
+
+/** A clock the test steps. */
+function clock() {
+  const c = { t: 0, now: () => c.t };
+  return c;
+}
 const never = () => new AbortController().signal;
 
 describe('ChangeWatch', () => {
@@ -99,5 +118,81 @@ describe('ChangeWatch', () => {
     assert.equal(await fine, 1);
     // After close, a wait answers at once.
     assert.equal(await watch.wait('k', r.read, tagOf, () => true, 5, 60_000, never()), 5);
+  });
+
+  test('with a live source, an announced change answers its waiters at once; other topics read nothing', { timeout: 10_000 }, async () => {
+    const source = new Announcer();
+    // Without the announcement the waiter would be read again only after a minute.
+    const watch = new ChangeWatch({ checkMs: 5, quietMs: 60_000, source, affects: (key, topic) => key === topic });
+    const r = resource();
+    const waiting = watch.wait('a', r.read, tagOf, (t) => t === 'v1', 1, 120_000, never());
+    // A poll without a read to start from is read at once.
+    await once(r.events, 'read');
+    assert.equal(r.reads, 1);
+    r.value = 2;
+    source.announce('b');
+    source.announce('a');
+    assert.equal(await waiting, 2);
+    assert.equal(r.reads, 2, "'b' read nothing");
+    watch.close();
+  });
+
+  test('latest: with a live source a read stays current until a change is announced (quietMs at most); without one, checkMs', async () => {
+    const source = new Announcer();
+    const c = clock();
+    const watch = new ChangeWatch({ checkMs: 25, quietMs: 1000, source, now: c.now });
+    const r = resource();
+    await watch.latest('k', r.read);
+    c.t += 500;
+    await watch.latest('k', r.read);
+    assert.equal(r.reads, 1, 'nothing announced: the read holds');
+    source.announce('job:x');
+    await watch.latest('k', r.read);
+    assert.equal(r.reads, 2, 'announced: read again');
+    c.t += 1001;
+    await watch.latest('k', r.read);
+    assert.equal(r.reads, 3, 'older than quietMs: read again');
+    source.live = false;
+    c.t += 10;
+    await watch.latest('k', r.read);
+    assert.equal(r.reads, 3);
+    c.t += 20;
+    await watch.latest('k', r.read);
+    assert.equal(r.reads, 4, 'source down: reads every checkMs');
+    watch.close();
+  });
+
+  test('a read that began before an announcement is not current after it', async () => {
+    const source = new Announcer();
+    const c = clock();
+    const watch = new ChangeWatch({ checkMs: 25, quietMs: 1000, source, now: c.now });
+    let release!: () => void;
+    let reads = 0;
+    const slow = async () => {
+      reads++;
+      if (reads === 1) await new Promise<void>((r) => (release = r));
+      return reads;
+    };
+    const first = watch.latest('k', slow);
+    source.announce('job:x');
+    release();
+    assert.equal(await first, 1);
+    c.t += 26;
+    assert.equal(await watch.latest('k', slow), 2);
+    watch.close();
+  });
+
+  test('the source coming back (null: changes may have been missed) reads every watched key again', { timeout: 10_000 }, async () => {
+    const source = new Announcer();
+    const watch = new ChangeWatch({ checkMs: 5, quietMs: 60_000, source, affects: () => false });
+    const a = resource();
+    const b = resource();
+    const waits = [watch.wait('a', a.read, tagOf, (t) => t === 'v1', 1, 120_000, never()), watch.wait('b', b.read, tagOf, (t) => t === 'v1', 1, 120_000, never())];
+    await Promise.all([once(a.events, 'read'), once(b.events, 'read')]);
+    a.value = 2;
+    b.value = 3;
+    source.announce(null);
+    assert.deepEqual(await Promise.all(waits), [2, 3]);
+    watch.close();
   });
 });

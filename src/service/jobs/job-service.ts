@@ -24,6 +24,7 @@ import { appendJobLog, readJobLog, type JobLogLine } from './job-log.js';
 import { summariseMetrics, type JobMetricsView } from './metrics-view.js';
 import { ModelStore } from '../models/model-store.js';
 import { SingleFlight } from './single-flight.js';
+import type { ChangeSubscriptions } from '../db/change-feed.js';
 import { within } from '../scheduling/redis-health.js';
 import { createHash } from 'node:crypto';
 import { canSee, visibleTenant, type Principal } from '../tenants/principal.js';
@@ -42,6 +43,12 @@ export interface JobServiceOptions {
   /** Whether Redis answers: while it does not, a submission answers 503 at once (nothing is written). */
   readonly redisHealth?: { readonly up: boolean; readonly reason: string };
   readonly log?: (message: string) => void;
+  /**
+   * Committed changes as the database announces them (`ChangeFeed`): a read shared by
+   * pollers that began before a change is not joined after it is announced, so a long
+   * poll woken by the change reads it.
+   */
+  readonly changes?: ChangeSubscriptions;
 }
 
 /** How long a submission waits for the queue before leaving the job to the scheduler's reconciliation. */
@@ -104,6 +111,18 @@ export class JobService {
   constructor(private readonly options: JobServiceOptions) {
     this.repo = new JobRepository(options.prisma);
     this.models = new ModelStore(options.prisma);
+    options.changes?.subscribe((topic) => this.changed(topic));
+  }
+
+  /** A change was announced (`job:<id>`, `pool`, `tenants`; null: unknown): shared reads it may postdate start anew. */
+  private changed(topic: string | null): void {
+    this.listReads.forget();
+    if (topic !== null && topic.startsWith('job:')) {
+      this.versionReads.forget(topic.slice(4));
+      return;
+    }
+    this.versionReads.forget();
+    this.countReads.forget();
   }
 
   /** Submit a job as `who` (the job is its tenant's); quotas of tenant keys apply. */

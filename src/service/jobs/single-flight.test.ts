@@ -21,3 +21,23 @@ test('concurrent calls for a key share one run; later calls run again', async ()
   await assert.rejects(sf.run('a', async () => Promise.reject(new Error('x'))), /x/);
   assert.equal(await sf.run('a', async () => 8), 8);
 });
+
+test('forget: later calls start anew while the forgotten call still answers its callers', async () => {
+  const sf = new SingleFlight<string, string>();
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const before = sf.run('a', async () => {
+    await gate;
+    return 'before';
+  });
+  sf.forget('a');
+  const after = sf.run('a', async () => 'after');
+  // The forgotten call settling does not drop the newer one.
+  release();
+  assert.equal(await before, 'before');
+  assert.equal(await after, 'after');
+  const again = sf.run('b', async () => 'b1');
+  sf.forget();
+  assert.equal(await sf.run('b', async () => 'b2'), 'b2');
+  assert.equal(await again, 'b1');
+});

@@ -4,15 +4,17 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import pg from 'pg';
 import type { PrismaClient } from '../../../service/db/client.js';
 import { databaseUnavailable } from '../../../service/db/testing/fresh-schema.js';
+import { resolveDatabaseUrl } from '../../../service/db/url.js';
 import type { JobService } from '../../../service/jobs/job-service.js';
 import type { JobMetricsView } from '../../../service/jobs/metrics-view.js';
 import { jobServiceFixture, type JobServiceFixture } from '../../../service/jobs/testing/job-service-fixture.js';
 import { adminPrincipal } from '../../../service/tenants/principal.js';
 import { createBaseApp } from '../app.js';
 import { addSharedSchemas } from '../schemas.js';
-import { jobRoutes } from './jobs.js';
+import { jobKeyAffected, jobRoutes } from './jobs.js';
 
 const unavailable = await databaseUnavailable();
 
@@ -127,5 +129,67 @@ describe('job routes for dashboards', { skip: unavailable ?? false }, () => {
     const bad = await fetch(`${base}/v1/jobs/${id}/metrics?max_points=1`);
     assert.equal(bad.status, 400);
     assert.equal(((await bad.json()) as { error: { field: string } }).error.field, 'max_points');
+  });
+});
+
+describe('job long polls on the database change feed', { skip: unavailable ?? false }, () => {
+  let fixture: JobServiceFixture;
+  let app: FastifyInstance;
+  let base: string;
+
+  before(async () => {
+    fixture = await jobServiceFixture({ changes: true });
+    assert.equal(fixture.changes?.live, true);
+    app = createBaseApp();
+    addSharedSchemas(app);
+    // A minute between periodic reads: only the announcement of a change can answer in time.
+    await app.register(jobRoutes, { jobs: fixture.jobs, longPollCheckMs: 60_000, changes: fixture.changes! });
+    base = await app.listen({ port: 0, host: '127.0.0.1' });
+  });
+  after(async () => {
+    await app?.close();
+    await fixture?.close();
+  });
+
+  test('a change committed by another connection answers the job and the list long polls at once', { timeout: 20_000 }, async () => {
+    const { prisma, schema } = fixture;
+    const job = await prisma.job.create({ data: { name: 'watched', spec: {}, workers: 1, status: 'running', totalSteps: 100 } });
+    const other = await prisma.job.create({ data: { name: 'other', spec: {}, workers: 1, status: 'running', totalSteps: 100, createdAt: new Date(Date.now() - 60_000) } });
+    const tagOf = async (url: string) => {
+      const r = await fetch(url);
+      await r.arrayBuffer();
+      return r.headers.get('etag')!;
+    };
+    const jobUrl = `${base}/v1/jobs/${job.id}`;
+    const listUrl = `${base}/v1/jobs?limit=5`;
+    const [jobTag, listTag] = [await tagOf(jobUrl), await tagOf(listUrl)];
+    const waits = Array.from({ length: 10 }, () => fetch(`${jobUrl}?wait=50`, { headers: { 'if-none-match': jobTag } }));
+    const listWait = fetch(`${listUrl}&wait=50`, { headers: { 'if-none-match': listTag } });
+    // A change to another job does not answer the job's polls (its ETag stands).
+    const writer = new pg.Client({ connectionString: resolveDatabaseUrl(schema.url).connectionString });
+    await writer.connect();
+    try {
+      await writer.query('UPDATE jobs SET step = 3, updated_at = now() WHERE id = $1', [other.id]);
+      const list = await listWait;
+      assert.equal(list.status, 200);
+      assert.equal(((await list.json()) as Page).jobs.find((j) => j.id === other.id)!.progress.step, 3);
+      // As a scheduler in another process writes progress.
+      await writer.query('UPDATE jobs SET step = 42, updated_at = now() WHERE id = $1', [job.id]);
+      for (const r of await Promise.all(waits)) {
+        assert.equal(r.status, 200);
+        assert.equal(((await r.json()) as { progress: { step: number } }).progress.step, 42);
+      }
+    } finally {
+      await writer.end();
+    }
+  });
+
+  test('which announced changes reach which long-polled keys', () => {
+    const id = '0b8f3c1e-0000-4000-8000-000000000001';
+    assert.equal(jobKeyAffected(`job:*:${id}`, `job:${id}`), true);
+    assert.equal(jobKeyAffected(`job:tenant-a:${id}`, 'job:0b8f3c1e-0000-4000-8000-000000000002'), false);
+    assert.equal(jobKeyAffected('list:*:{"limit":50}', `job:${id}`), true);
+    assert.equal(jobKeyAffected(`job:*:${id}`, 'pool'), true);
+    assert.equal(jobKeyAffected('list:*:{}', 'tenants'), true);
   });
 });

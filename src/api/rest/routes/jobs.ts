@@ -10,13 +10,25 @@ import { DEFAULT_MAX_POINTS, type JobService, type Tagged } from '../../../servi
 import { JOB_STATUSES, type JobStatus } from '../../../service/db/job-states.js';
 import { MAX_PAGE_SIZE } from '../../../service/db/jobs.js';
 import { ApiError } from '../http-errors.js';
-import { ChangeWatch } from '../long-poll.js';
+import { ChangeWatch, type ChangeSource } from '../long-poll.js';
 import { visibleTenant, type Principal } from '../../../service/tenants/principal.js';
 
 export interface JobRouteOptions {
   readonly jobs: JobService;
-  /** How often a long-polled job or job list is read while requests wait on it. @defaultValue 25 */
+  /** How often a long-polled job or job list is read while requests wait on it (without a live `changes`). @defaultValue 25 */
   readonly longPollCheckMs?: number;
+  /** Committed changes as the database announces them: long polls answer when one commits. */
+  readonly changes?: ChangeSource;
+}
+
+/**
+ * Whether an announced change (`job:<id>`, `pool`, `tenants`) may change a long-polled
+ * resource: a job's view moves with its own row, a page of the list with any job's; the
+ * pool (a waiting job's view counts free workers) and the tenants move every view.
+ */
+export function jobKeyAffected(key: string, topic: string): boolean {
+  if (!topic.startsWith('job:')) return true;
+  return key.startsWith('list:') || key.endsWith(`:${topic.slice(4)}`);
 }
 
 const idParams = { type: 'object', required: ['id'], properties: { id: { type: 'string', maxLength: 64 } } } as const;
@@ -81,8 +93,8 @@ export async function sendTaggedWhenChanged(request: FastifyRequest, reply: Fast
 /** The `wait` query parameter of long-polled resources. */
 export const waitQuery = { wait: { type: 'number', minimum: 0, maximum: 60, description: 'long poll: with If-None-Match, hold the answer up to this many seconds until the resource changes' } } as const;
 
-export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs, longPollCheckMs }) => {
-  const watch = new ChangeWatch(longPollCheckMs !== undefined ? { checkMs: longPollCheckMs } : {});
+export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs, longPollCheckMs, changes }) => {
+  const watch = new ChangeWatch({ ...(longPollCheckMs !== undefined ? { checkMs: longPollCheckMs } : {}), ...(changes ? { source: changes, affects: jobKeyAffected } : {}) });
   // Closing (shutdown) answers held long polls at once, so close() is not held up by them.
   app.addHook('preClose', async () => watch.close());
 
