@@ -195,4 +195,29 @@ describe('ChangeWatch', () => {
     assert.deepEqual(await Promise.all(waits), [2, 3]);
     watch.close();
   });
+
+  test('a stream of announcements reads a key once per checkMs at most', { timeout: 10_000 }, async () => {
+    const source = new Announcer();
+    const watch = new ChangeWatch({ checkMs: 50, quietMs: 60_000, source });
+    const r = resource();
+    const waiting = watch.wait('a', r.read, tagOf, (t) => t === 'v1', 1, 120_000, never());
+    await once(r.events, 'read');
+    // An announcement every millisecond for 100 ms, as many jobs writing progress would make.
+    const t0 = performance.now();
+    await new Promise<void>((done) => {
+      const every = setInterval(() => {
+        source.announce('job:x');
+        if (performance.now() - t0 >= 100) {
+          clearInterval(every);
+          done();
+        }
+      }, 1);
+    });
+    const elapsed = performance.now() - t0;
+    assert.ok(r.reads <= 2 + Math.ceil(elapsed / 50), `${r.reads} reads in ${elapsed.toFixed(0)} ms`);
+    r.value = 2;
+    source.announce('job:x');
+    assert.equal(await waiting, 2);
+    watch.close();
+  });
 });

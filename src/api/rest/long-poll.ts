@@ -8,9 +8,10 @@
  *
  * When it may have changed: with a live `ChangeSource` (the database announcing each
  * committed change), a key is read again as soon as a change that `affects` it is
- * announced, and a read stays current until then, or `quietMs` at most (a view can also
- * move with time alone: a worker whose probes stop shows offline without a write). With
- * no source, or while it is down (the listener reconnecting), every `checkMs`.
+ * announced (one check per `checkMs` at most, however many arrive), and a read stays
+ * current until then, or `quietMs` at most (a view can also move with time alone: a
+ * worker whose probes stop shows offline without a write). With no source, or while it
+ * is down (the listener reconnecting), every `checkMs`.
  */
 
 /** Announcements of committed changes, as topics (`job:<id>`, `pool`, ...). */
@@ -73,8 +74,9 @@ export class ChangeWatch {
   private timer: NodeJS.Timeout | null = null;
   private timerDue = Infinity;
   private checking = false;
-  /** When every watched key was last read (announcements read only the keys they name). */
+  /** When every watched key was last read (announcements read only the keys they name), and when any check last began. */
   private lastFull = -Infinity;
+  private lastCheck = -Infinity;
   private closed = false;
   private readonly unsubscribe: (() => void) | null;
   readonly checkMs: number;
@@ -127,7 +129,7 @@ export class ChangeWatch {
       const last = this.recent.get(key);
       if (!last || last.changes !== this.changeCount(key)) {
         this.markDirty(key);
-        this.schedule(0);
+        this.schedule(this.soon());
       } else this.schedule(this.interval());
     });
   }
@@ -210,7 +212,12 @@ export class ChangeWatch {
       if (this.watched.has(key)) this.markDirty(key);
     }
     if (topic === null) this.dirty = null;
-    if (this.dirty === null || this.dirty.size > 0) this.schedule(0);
+    if (this.dirty === null || this.dirty.size > 0) this.schedule(this.soon());
+  }
+
+  /** The delay before a check for announced changes: at once, but one check per `checkMs` at most, however many arrive. */
+  private soon(): number {
+    return Math.max(0, this.lastCheck + this.checkMs - this.now());
   }
 
   private markDirty(key: string): void {
@@ -248,6 +255,7 @@ export class ChangeWatch {
     const only = this.dirty;
     this.dirty = new Set();
     const now = this.now();
+    this.lastCheck = now;
     const full = only === null || now - this.lastFull >= this.interval() - 1;
     if (full) this.lastFull = now;
     const due = [...this.watched].filter(([key]) => full || only.has(key));
@@ -275,6 +283,6 @@ export class ChangeWatch {
     );
     this.checking = false;
     // Changes announced during this round are read now; else at the next full check.
-    this.schedule(this.dirty === null || this.dirty.size > 0 ? 0 : Math.max(0, this.lastFull + this.interval() - this.now()));
+    this.schedule(this.dirty === null || this.dirty.size > 0 ? this.soon() : Math.max(0, this.lastFull + this.interval() - this.now()));
   }
 }
