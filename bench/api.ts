@@ -17,12 +17,19 @@
  * dashboard had it (for an answer the change woke, from the change, stamped by the job's
  * updated_at; for one the news was already there, the round trip), over the
  * `--dashboard-seconds` that follow the dashboards opening. They open over 2 s, a herd
- * of 500 a second that the machine takes another second or two to absorb; the first 4 s
- * are reported apart: each dashboard's first answer (its connection opened with it) as
- * `opening`, every other answer then as `while_opening`.
+ * of 500 a second (2,000 new connections: the server sets up about one a millisecond
+ * here, so the last first answers come 1-3 s late); the opening phase, until every
+ * dashboard has had its first answer and polled again (at least 4 s), is reported
+ * apart: each dashboard's first answer (its connection opened with it) as `opening`,
+ * every other answer then as `while_opening`.
  * Refused: any answer but 200/304, or a connection error, in any phase.
  *
- *   npm run bench:api [-- --concurrency 50 --seconds 5 --dashboards 1000 --dashboard-seconds 20 --jobs 10000 --only poll|dashboard]
+ * Then followers: 100 clients each following the job alone and polling again as soon as
+ * an answer comes, so every answer waits for the next progress write: the figure is the
+ * time from the write to the answer. BENCH_CHANGE_FEED=0 runs the API without the
+ * database's change announcements (long polls then find changes by reading every 25 ms).
+ *
+ *   npm run bench:api [-- --concurrency 50 --seconds 5 --dashboards 1000 --dashboard-seconds 20 --followers 100 --followers-seconds 10 --jobs 10000 --only poll|dashboard]
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
@@ -36,10 +43,11 @@ import { buildApp } from '../src/api/rest/app.js';
 import { JobQueue, redisConnection } from '../src/service/scheduling/job-queue.js';
 import { createPrismaClient } from '../src/service/db/client.js';
 import { migrate } from '../src/service/db/migrate.js';
+import { ChangeFeed } from '../src/service/db/change-feed.js';
 import { createFreshSchema } from '../src/service/db/testing/fresh-schema.js';
 import { JobService } from '../src/service/jobs/job-service.js';
 import { ModelStore } from '../src/service/models/model-store.js';
-import { delayAfterChange, WAIT_S } from '../ui/src/poll-policy.js';
+import { delayAfterChange, JITTER, MIN_INTERVAL_MS, WAIT_S } from '../ui/src/poll-policy.js';
 
 interface LoadArgs {
   url: string;
@@ -106,11 +114,13 @@ interface DashboardArgs {
   /** Dashboards open over this many seconds; each one's first answer (connecting included) is reported apart. */
   openingS: number;
   /**
-   * Answers in the first `settleS` seconds (the dashboards opening, and the seconds
-   * after while their first polls fall into step) are reported apart from the
-   * `seconds` of open dashboards that follow.
+   * The opening phase lasts at least this long, and until every dashboard has had its
+   * first answer and polled again; its answers are reported apart from the `seconds` of
+   * open dashboards that follow.
    */
   settleS: number;
+  /** Followers instead of dashboards: each follows the job alone and polls again as soon as an answer comes (as `tas status --follow` or a script would), so every answer is woken by a change. */
+  followers?: boolean;
 }
 
 /** One resource's answers: delays (ms) of open dashboards, of each first answer, of the answers while dashboards open; woken ones. */
@@ -129,6 +139,9 @@ interface DashboardResult {
   refused: number;
   refusals: string[];
   seconds: number;
+  /** When the last dashboard had its first answer, and when the measured seconds began (s from the start). */
+  openedS: number | null;
+  measuredFromS: number | null;
   /** The load generator's own event-loop stalls (a busy client delays answers too). */
   clientLoopDelayP99Ms: number;
   clientCpuShare: number;
@@ -168,6 +181,8 @@ async function dashboardLoad(a: DashboardArgs): Promise<DashboardResult> {
     refused: 0,
     refusals: [],
     seconds: 0,
+    openedS: null,
+    measuredFromS: null,
     clientLoopDelayP99Ms: 0,
     clientCpuShare: 0,
   };
@@ -180,8 +195,21 @@ async function dashboardLoad(a: DashboardArgs): Promise<DashboardResult> {
   // At the end the agent's sockets are destroyed, which ends the polls still held.
   let stopped = false;
   const started = performance.now();
-  const settled = started + a.settleS * 1000;
-  const end = settled + a.seconds * 1000;
+  // The dashboards are open once every one has had its first answer and polled again
+  // (one poll interval later), and `settleS` has passed; the measured seconds follow.
+  // Until then it is the opening phase (bounded, should some never open).
+  const loops = a.dashboards * (a.followers ? 1 : 2);
+  let firstAnswers = 0;
+  let settled = Infinity;
+  const latest = started + (a.settleS + a.seconds + 30) * 1000;
+  let end = latest;
+  const opened = () => {
+    if (++firstAnswers < loops) return;
+    settled = Math.max(started + a.settleS * 1000, performance.now() + MIN_INTERVAL_MS * (1 + JITTER) + 300);
+    end = Math.min(latest, settled + a.seconds * 1000);
+    result.openedS = +((performance.now() - started) / 1000).toFixed(2);
+    result.measuredFromS = +((settled - started) / 1000).toFixed(2);
+  };
   /** Where an answer's delay goes: each first answer apart, then by phase. */
   const delaysFor = (into: Followed, first: boolean, at: number) => (first ? into.opening : at < settled ? into.openingPhase : into.delays);
   const follow = async (url: URL, into: Followed) => {
@@ -216,28 +244,27 @@ async function dashboardLoad(a: DashboardArgs): Promise<DashboardResult> {
         continue;
       }
       into.answers++;
+      if (etag === null) opened();
       etag = r.etag;
       const changedAt = polling ? latestUpdate(r.body) : 0;
       delays.push(at - Math.max(sentAt, changedAt));
       // Held until the change (rather than answered at once with news already there).
       if (changedAt > sentAt && delays === into.delays) into.woken.push(at - changedAt);
-      await new Promise((res) => setTimeout(res, delayAfterChange(nowMs() - sentAt)));
+      if (!a.followers) await new Promise((res) => setTimeout(res, delayAfterChange(nowMs() - sentAt)));
     }
   };
-  const stop = setTimeout(
-    () => {
-      stopped = true;
-      agent.destroy();
-    },
-    (a.settleS + a.seconds) * 1000 + 100,
-  );
+  const stop = setInterval(() => {
+    if (performance.now() < end + 100) return;
+    stopped = true;
+    agent.destroy();
+  }, 100);
   await Promise.all(
     Array.from({ length: a.dashboards }, () => [
       follow(new URL(`${a.base}/v1/jobs/${a.jobId}`), result.status),
-      follow(new URL(`${a.base}/v1/jobs?limit=50`), result.list),
+      ...(a.followers ? [] : [follow(new URL(`${a.base}/v1/jobs?limit=50`), result.list)]),
     ]).flat(),
   );
-  clearTimeout(stop);
+  clearInterval(stop);
   stopped = true;
   agent.destroy();
   result.seconds = (performance.now() - started) / 1000;
@@ -266,6 +293,8 @@ if (process.env.TAS_BENCH_LOAD) {
       seconds: { type: 'string', default: '5' },
       dashboards: { type: 'string', default: '1000' },
       'dashboard-seconds': { type: 'string', default: '20' },
+      followers: { type: 'string', default: '100' },
+      'followers-seconds': { type: 'string', default: '10' },
       jobs: { type: 'string', default: '10000' },
       only: { type: 'string' },
     },
@@ -282,13 +311,17 @@ if (process.env.TAS_BENCH_LOAD) {
   const redis = redisConnection(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
   const queueConnection = redisConnection(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
   const queue = new JobQueue(queueConnection, `tas-bench-${process.pid}`);
+  // As the service: long polls hear of committed changes (BENCH_CHANGE_FEED=0: they read every 25 ms).
+  const changes = process.env.BENCH_CHANGE_FEED === '0' ? null : new ChangeFeed(schema.url);
+  await changes?.start();
   const app = await buildApp({
     prisma,
-    jobs: new JobService({ prisma, queue, redis, cancelChannel: `tas-bench-${process.pid}:cancel`, dataDir, probeIntervalMs: 2000 }),
+    jobs: new JobService({ prisma, queue, redis, cancelChannel: `tas-bench-${process.pid}:cancel`, dataDir, probeIntervalMs: 2000, ...(changes ? { changes } : {}) }),
     models: new ModelStore(prisma),
     queue,
     probeIntervalMs: 2000,
     checks: [],
+    ...(changes ? { changes } : {}),
   });
   // Server-side time of each status request (routing to the last byte handed to the
   // socket), beside the client's round trip, to tell server cost from client overhead.
@@ -372,19 +405,32 @@ if (process.env.TAS_BENCH_LOAD) {
       const writer = setInterval(() => {
         prisma.job.update({ where: { id: job.id }, data: { step: ++step, loss: 1 / step, updatedAt: new Date() } }).then(() => written++, () => undefined);
       }, 500);
+      // The load in a child process, with the server's CPU and event-loop stalls meanwhile.
+      const play = async (args: DashboardArgs) => {
+        const loop = monitorEventLoopDelay({ resolution: 5 });
+        loop.enable();
+        const cpu0 = process.cpuUsage();
+        const child = fork(fileURLToPath(import.meta.url), [], { execArgv: ['--import', 'tsx'], env: { ...process.env, TAS_BENCH_DASHBOARDS: JSON.stringify(args) } });
+        const r = await new Promise<DashboardResult>((resolve, reject) => {
+          child.once('message', (m) => resolve(m as DashboardResult));
+          child.once('error', reject);
+        });
+        const cpu = process.cpuUsage(cpu0);
+        loop.disable();
+        const answers = r.status.answers + r.list.answers;
+        const server = {
+          server_cpu_ms_per_answer: +((cpu.user + cpu.system) / 1000 / Math.max(1, answers)).toFixed(3),
+          server_cpu_share: +((cpu.user + cpu.system) / 1e6 / r.seconds).toFixed(2),
+          server_loop_delay_p99_ms: +(loop.percentile(99) / 1e6).toFixed(1),
+          server_loop_delay_max_ms: +(loop.max / 1e6).toFixed(1),
+          client_cpu_share: r.clientCpuShare,
+          client_loop_delay_p99_ms: r.clientLoopDelayP99Ms,
+        };
+        return { r, answers, server };
+      };
       const dashboards = Number(values.dashboards);
       const args: DashboardArgs = { base, jobId: job.id, dashboards, seconds: Number(values['dashboard-seconds']), openingS: 2, settleS: 4 };
-      const loop = monitorEventLoopDelay({ resolution: 5 });
-      loop.enable();
-      const cpu0 = process.cpuUsage();
-      const child = fork(fileURLToPath(import.meta.url), [], { execArgv: ['--import', 'tsx'], env: { ...process.env, TAS_BENCH_DASHBOARDS: JSON.stringify(args) } });
-      const r = await new Promise<DashboardResult>((resolve, reject) => {
-        child.once('message', (m) => resolve(m as DashboardResult));
-        child.once('error', reject);
-      });
-      const cpu = process.cpuUsage(cpu0);
-      loop.disable();
-      clearInterval(writer);
+      const { r, server } = await play(args);
       const stats = (delays: number[]) => {
         const sorted = [...delays].sort((x, y) => x - y);
         return sorted.length === 0 ? { n: 0 } : { n: sorted.length, p50_ms: +quantile(sorted, 0.5).toFixed(2), p99_ms: +quantile(sorted, 0.99).toFixed(2), max_ms: +sorted[sorted.length - 1]!.toFixed(2) };
@@ -394,6 +440,7 @@ if (process.env.TAS_BENCH_LOAD) {
       console.log(
         JSON.stringify({
           bench: 'api_dashboards',
+          change_feed: changes !== null,
           dashboards,
           connections: dashboards * 2,
           jobs_in_db: inDb,
@@ -412,23 +459,41 @@ if (process.env.TAS_BENCH_LOAD) {
           woken_by_change: stats([...r.status.woken, ...r.list.woken]),
           // Before the figures above: the dashboards opening (each one's first answer,
           // its connection opened with it), and every other answer while they open.
-          opening_phase_s: args.settleS,
+          all_open_after_s: r.openedS,
+          measured_from_s: r.measuredFromS,
           opening: stats([...r.status.opening, ...r.list.opening]),
           while_opening: stats([...r.status.openingPhase, ...r.list.openingPhase]),
           // The server's own CPU and event-loop stalls, to tell its cost from the client's and the machine's.
-          server_cpu_ms_per_answer: +((cpu.user + cpu.system) / 1000 / Math.max(1, r.status.answers + r.list.answers)).toFixed(3),
-          server_cpu_share: +((cpu.user + cpu.system) / 1e6 / r.seconds).toFixed(2),
-          server_loop_delay_p99_ms: +(loop.percentile(99) / 1e6).toFixed(1),
-          server_loop_delay_max_ms: +(loop.max / 1e6).toFixed(1),
-          client_cpu_share: r.clientCpuShare,
-          client_loop_delay_p99_ms: r.clientLoopDelayP99Ms,
+          ...server,
           target_p99_ms: 50,
           met: p99 < 50 && r.refused === 0,
         }),
       );
+
+      // Followers: every poll waits for the next progress write, so each answer measures
+      // the way from a committed change to the waiting client (announced, or found by
+      // the next periodic read).
+      const followers = Number(values.followers);
+      const f = await play({ base, jobId: job.id, dashboards: followers, seconds: Number(values['followers-seconds']), openingS: 1, settleS: 2, followers: true });
+      console.log(
+        JSON.stringify({
+          bench: 'api_long_poll_followers',
+          change_feed: changes !== null,
+          followers,
+          progress_writes_per_s: 2,
+          seconds: +f.r.seconds.toFixed(2),
+          answers: f.answers,
+          refused: f.r.refused,
+          // From the change's write (its updated_at) to the answer's arrival.
+          woken_by_change: stats(f.r.status.woken),
+          ...f.server,
+        }),
+      );
+      clearInterval(writer);
     }
   } finally {
     await app.close();
+    await changes?.close();
     await queue.close();
     // BullMQ leaves a connection it was given open.
     queueConnection.disconnect();
