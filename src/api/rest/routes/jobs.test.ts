@@ -143,7 +143,7 @@ describe('job long polls on the database change feed', { skip: unavailable ?? fa
     app = createBaseApp();
     addSharedSchemas(app);
     // A minute between periodic reads: only the announcement of a change can answer in time.
-    await app.register(jobRoutes, { jobs: fixture.jobs, longPollCheckMs: 60_000, changes: fixture.changes! });
+    await app.register(jobRoutes, { jobs: fixture.jobs, longPollCheckMs: 10, longPollQuietMs: 60_000, changes: fixture.changes! });
     base = await app.listen({ port: 0, host: '127.0.0.1' });
   });
   after(async () => {

@@ -19,6 +19,8 @@ export interface JobRouteOptions {
   readonly longPollCheckMs?: number;
   /** Committed changes as the database announces them: long polls answer when one commits. */
   readonly changes?: ChangeSource;
+  /** With a live `changes`, the longest a read stays current and the interval of reads of waited-on resources. @defaultValue 1000 */
+  readonly longPollQuietMs?: number;
 }
 
 /**
@@ -93,8 +95,12 @@ export async function sendTaggedWhenChanged(request: FastifyRequest, reply: Fast
 /** The `wait` query parameter of long-polled resources. */
 export const waitQuery = { wait: { type: 'number', minimum: 0, maximum: 60, description: 'long poll: with If-None-Match, hold the answer up to this many seconds until the resource changes' } } as const;
 
-export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs, longPollCheckMs, changes }) => {
-  const watch = new ChangeWatch({ ...(longPollCheckMs !== undefined ? { checkMs: longPollCheckMs } : {}), ...(changes ? { source: changes, affects: jobKeyAffected } : {}) });
+export const jobRoutes: FastifyPluginAsync<JobRouteOptions> = async (app, { jobs, longPollCheckMs, changes, longPollQuietMs }) => {
+  const watch = new ChangeWatch({
+    ...(longPollCheckMs !== undefined ? { checkMs: longPollCheckMs } : {}),
+    ...(changes ? { source: changes, affects: jobKeyAffected } : {}),
+    ...(longPollQuietMs !== undefined ? { quietMs: longPollQuietMs } : {}),
+  });
   // Closing (shutdown) answers held long polls at once, so close() is not held up by them.
   app.addHook('preClose', async () => watch.close());
 
