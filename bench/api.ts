@@ -474,13 +474,14 @@ if (process.env.TAS_BENCH_LOAD) {
       // the way from a committed change to the waiting client (announced, or found by
       // the next periodic read).
       const followers = Number(values.followers);
+      const writtenBefore = written;
       const f = await play({ base, jobId: job.id, dashboards: followers, seconds: Number(values['followers-seconds']), openingS: 1, settleS: 2, followers: true });
       console.log(
         JSON.stringify({
           bench: 'api_long_poll_followers',
           change_feed: changes !== null,
           followers,
-          progress_writes_per_s: 2,
+          progress_writes_per_s: +((written - writtenBefore) / f.r.seconds).toFixed(1),
           seconds: +f.r.seconds.toFixed(2),
           answers: f.answers,
           refused: f.r.refused,

@@ -216,9 +216,9 @@ export async function startService(config: ServiceConfig, parts: ServiceParts, o
       const datasets = new DatasetStore({ prisma, dataDir: config.dataDir });
       // Long polls of jobs answer when a change commits, whichever process wrote it.
       const changes = new ChangeFeed(databaseUrl, { log });
+      // Not listening yet (it logged why and retries): long polls read periodically meanwhile.
       await changes.start();
       onStop('change feed', () => changes.close());
-      if (!changes.live) log('change feed: not listening yet; job long polls read every 25 ms until it is');
       app = await buildApp({
         prisma,
         jobs: new JobService({ prisma, queue, redis: commands, cancelChannel: names.cancelChannel, dataDir: config.dataDir, probeIntervalMs: config.probeIntervalMs, redisHealth, log, changes }),

@@ -36,10 +36,12 @@ class Announcer implements ChangeSource {
   }
 }
 
-/** A clock the test steps. */
-function clock() {
+/** A watch on a live test source, its reads current for 25 ms without it and 1 s with it, on a clock the test steps (`c.t`). */
+function steppedWatch() {
+  const source = new Announcer();
   const c = { t: 0, now: () => c.t };
-  return c;
+  const watch = new ChangeWatch({ checkMs: 25, quietMs: 1000, source, now: c.now });
+  return { source, c, watch };
 }
 const never = () => new AbortController().signal;
 
@@ -138,9 +140,7 @@ describe('ChangeWatch', () => {
   });
 
   test('latest: with a live source a read stays current until a change is announced (quietMs at most); without one, checkMs', async () => {
-    const source = new Announcer();
-    const c = clock();
-    const watch = new ChangeWatch({ checkMs: 25, quietMs: 1000, source, now: c.now });
+    const { source, c, watch } = steppedWatch();
     const r = resource();
     await watch.latest('k', r.read);
     c.t += 500;
@@ -163,9 +163,7 @@ describe('ChangeWatch', () => {
   });
 
   test('a read that began before an announcement is not current after it', async () => {
-    const source = new Announcer();
-    const c = clock();
-    const watch = new ChangeWatch({ checkMs: 25, quietMs: 1000, source, now: c.now });
+    const { source, c, watch } = steppedWatch();
     let release!: () => void;
     let reads = 0;
     const slow = async () => {

@@ -14,15 +14,12 @@
  * is down (the listener reconnecting), every `checkMs`.
  */
 
-/** Announcements of committed changes, as topics (`job:<id>`, `pool`, ...). */
-export interface ChangeSource {
+import type { ChangeSubscriptions } from '../../service/db/change-feed.js';
+
+/** Announcements of committed changes, as topics (`job:<id>`, `pool`, ...): `ChangeFeed`. */
+export interface ChangeSource extends ChangeSubscriptions {
   /** True while every committed change is announced (the listener is connected). */
   readonly live: boolean;
-  /**
-   * Calls `changed(topic)` for each announced change, and `changed(null)` when changes
-   * may have gone unannounced (the source just came back). Returns the unsubscribe.
-   */
-  subscribe(changed: (topic: string | null) => void): () => void;
 }
 
 export interface ChangeWatchOptions {
@@ -230,7 +227,8 @@ export class ChangeWatch {
     if (this.recent.size > RECENT_KEYS) {
       const oldest = this.recent.keys().next().value!;
       this.recent.delete(oldest);
-      if (!this.watched.has(oldest)) this.changes.delete(oldest);
+      // A key being read keeps its count: the read compares with it when it lands.
+      if (!this.watched.has(oldest) && !this.reading.has(oldest)) this.changes.delete(oldest);
     }
   }
 

@@ -130,7 +130,7 @@ export class ChangeFeed implements ChangeSubscriptions {
     if (this.pingTimer) clearInterval(this.pingTimer);
     this.pingTimer = null;
     client.end().catch(() => undefined);
-    if (!this.down) this.options.log?.(`change feed: ${err.message}; long polls read every 25 ms until it listens again (retrying)`);
+    if (!this.down) this.options.log?.(`change feed: ${err.message}; long polls fall back to periodic reads until it listens again (retrying)`);
     this.down = true;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;

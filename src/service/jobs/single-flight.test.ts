@@ -24,18 +24,29 @@ test('concurrent calls for a key share one run; later calls run again', async ()
 
 test('forget: later calls start anew while the forgotten call still answers its callers', async () => {
   const sf = new SingleFlight<string, string>();
-  let release!: () => void;
-  const gate = new Promise<void>((r) => (release = r));
+  const gated = () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    return { release, gate };
+  };
+  const first = gated();
+  const second = gated();
   const before = sf.run('a', async () => {
-    await gate;
+    await first.gate;
     return 'before';
   });
   sf.forget('a');
-  const after = sf.run('a', async () => 'after');
-  // The forgotten call settling does not drop the newer one.
-  release();
+  const after = sf.run('a', async () => {
+    await second.gate;
+    return 'after';
+  });
+  // The forgotten call settling does not drop the newer one: a caller now still joins it.
+  first.release();
   assert.equal(await before, 'before');
+  const joined = sf.run('a', async () => 'a third run');
+  second.release();
   assert.equal(await after, 'after');
+  assert.equal(await joined, 'after');
   const again = sf.run('b', async () => 'b1');
   sf.forget();
   assert.equal(await sf.run('b', async () => 'b2'), 'b2');

@@ -165,7 +165,7 @@ describe('job long polls on the database change feed', { skip: unavailable ?? fa
     const [jobTag, listTag] = [await tagOf(jobUrl), await tagOf(listUrl)];
     const waits = Array.from({ length: 10 }, () => fetch(`${jobUrl}?wait=50`, { headers: { 'if-none-match': jobTag } }));
     const listWait = fetch(`${listUrl}&wait=50`, { headers: { 'if-none-match': listTag } });
-    // A change to another job does not answer the job's polls (its ETag stands).
+    // First another job moves: the list's poll is answered, the job's polls keep waiting (their ETag stands).
     const writer = new pg.Client({ connectionString: resolveDatabaseUrl(schema.url).connectionString });
     await writer.connect();
     try {
